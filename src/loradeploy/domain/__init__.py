@@ -1,0 +1,1 @@
+"""Pure decisions and value types. Nothing here talks to a server."""

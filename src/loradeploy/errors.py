@@ -1,0 +1,121 @@
+"""The project's errors, organised by what the caller should do next.
+
+Every error carries a one-line ``message`` that names the object (model, version,
+alias, adapter, server URL) and a ``hint`` with the next step. Messages are safe to
+log: no credentials, and remote bodies are cut short by :func:`short`.
+
+    LoraDeployError
+     ├── UsageError                 exit 2   fix the command line or configuration
+     │    └── AuthenticationError            wrong or missing credentials
+     ├── PermanentError             exit 3   valid request, cannot succeed as things are
+     │    ├── NotFoundError                  model, version, alias or served name missing
+     │    ├── InvalidAdapterError            adapter files fail validation
+     │    ├── IncompatibleAdapterError       adapter does not fit the served base or limits
+     │    ├── AdapterRejectedError           the server refused to load the adapter
+     │    ├── AdapterAlreadyLoadedError      the name is taken on the server
+     │    └── AliasMovedError                an alias moved while we worked
+     ├── TransientError             exit 75  retry later, the same command is safe to rerun
+     │    ├── ServerUnavailableError         unreachable, 5xx, engine down
+     │    ├── DeadlineExceededError          a wait ran out of time
+     │    └── LockHeldError                  another deployment of this model is running
+     └── CheckFailedError           exit 1   a check ran and said no (smoke test, gate)
+
+Exit codes are the contract with Argo (``retryStrategy`` retries only 75); they are
+mapped here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes. Documented in README.md ("Exit codes")."""
+
+    OK = 0
+    CHECK_FAILED = 1
+    USAGE = 2
+    PERMANENT = 3
+    TRANSIENT = 75  # EX_TEMPFAIL from sysexits.h: the one code worth retrying
+
+
+class LoraDeployError(Exception):
+    """Base class. ``exit_code`` tells the caller what to do next."""
+
+    exit_code: ExitCode = ExitCode.PERMANENT
+    default_hint = "see the message above"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint or self.default_hint
+
+    def one_line(self) -> str:
+        """The single line shown to a person: what happened, then what to do."""
+        text = f"{self.message}; next: {self.hint}"
+        return " ".join(text.split())
+
+
+class UsageError(LoraDeployError):
+    exit_code = ExitCode.USAGE
+    default_hint = "fix the flag or setting and run the command again"
+
+
+class AuthenticationError(UsageError):
+    default_hint = "check the credentials (MLFLOW_TRACKING_USERNAME/PASSWORD, VLLM_API_KEY)"
+
+
+class PermanentError(LoraDeployError):
+    exit_code = ExitCode.PERMANENT
+
+
+class NotFoundError(PermanentError):
+    pass
+
+
+class InvalidAdapterError(PermanentError):
+    default_hint = "fix the adapter files and register a new version"
+
+
+class IncompatibleAdapterError(PermanentError):
+    default_hint = "register an adapter trained for the served base model"
+
+
+class AdapterRejectedError(PermanentError):
+    default_hint = "read the vLLM server log; the adapter was not loaded"
+
+
+class AdapterAlreadyLoadedError(PermanentError):
+    default_hint = "choose another name or unload the adapter first"
+
+
+class AliasMovedError(PermanentError):
+    default_hint = "re-run the deployment from load-adapter for the alias's new version"
+
+
+class TransientError(LoraDeployError):
+    exit_code = ExitCode.TRANSIENT
+    default_hint = "retry later; the command is safe to run again"
+
+
+class ServerUnavailableError(TransientError):
+    pass
+
+
+class DeadlineExceededError(TransientError):
+    pass
+
+
+class LockHeldError(TransientError):
+    pass
+
+
+class CheckFailedError(LoraDeployError):
+    exit_code = ExitCode.CHECK_FAILED
+    default_hint = "read result.json in the output folder for the failed checks"
+
+
+def short(text: str, limit: int = 200) -> str:
+    """Cut a remote body to one short line, so it is safe to put in a message."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,303 @@
+"""``loradeploy stack up | down | status``: MLflow and vLLM on loopback.
+
+State lives under one folder (the *home*, ``.loradeploy/`` by default)::
+
+    stack.json          where the servers listen; every command reads it
+    mlflow/             SQLite database and proxied artifacts (kept by ``down``)
+    adapters/           the folder vLLM reads adapters from (kept by ``down``)
+    logs/, run/         server logs and process records
+
+The virtualenvs and the converted base model (``envs/``, ``models/``) are built by
+``make setup`` and may live in another folder (``assets``), so tests can run a
+second stack in a temporary home without building them again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from loradeploy.errors import UsageError
+from loradeploy.settings import STACK_FILE, StackInfo
+from loradeploy.stack import processes
+from loradeploy.stack.processes import ProcessRecord
+
+SERVED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BASE_MODEL_DIR = "models/smollm2-135m-instruct"
+MLFLOW_START_TIMEOUT_S = 120.0
+VLLM_START_TIMEOUT_S = 600.0
+
+Tick = Callable[[str, float], None]
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    assets: Path
+    replicas: int = 1
+    served_model: str = SERVED_MODEL
+    model_dir: Path | None = None
+    max_loras: int = 2  # the specification's two slots: live and candidate
+    max_lora_rank: int = 16
+    max_cpu_loras: int = 4
+    max_model_len: int = 2048
+    kv_cache_gib: int = 1
+    api_key: str | None = None
+    extra_vllm_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_model_dir(self) -> Path:
+        return self.model_dir or self.assets / BASE_MODEL_DIR
+
+    @property
+    def adapters_root(self) -> Path:
+        return self.home / "adapters"
+
+    def env_python(self, name: str) -> Path:
+        return self.assets / "envs" / name / "bin" / "python"
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str | None
+    pid: int | None
+    running: bool
+    healthy: bool
+    log: Path | None
+
+
+def _healthy(url: str, api_key: str | None = None) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.home = config.home
+
+    def _record_path(self, name: str) -> Path:
+        return self.home / "run" / f"{name}.json"
+
+    def _require_assets(self) -> None:
+        missing = [
+            str(p)
+            for p in (
+                self.config.env_python("mlflow"),
+                self.config.env_python("vllm"),
+                self.config.base_model_dir / "config.json",
+            )
+            if not p.exists()
+        ]
+        if missing:
+            raise UsageError(
+                f"the local stack is not built: missing {', '.join(missing)}",
+                hint="run 'make setup' first (it builds the virtualenvs and the base model)",
+            )
+
+    def _running(self, name: str) -> ProcessRecord | None:
+        record = processes.load(self._record_path(name))
+        if record and processes.group_alive(record.pid) and _healthy(record.url):
+            return record
+        if record:
+            processes.stop_group(record.pid, grace_s=5)  # half-dead leftovers
+        return None
+
+    def _start(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        *,
+        timeout_s: float,
+        port: int,
+        on_tick: Tick | None,
+    ) -> ProcessRecord:
+        url = f"http://127.0.0.1:{port}"
+        record = processes.start(
+            name,
+            [c.replace("{port}", str(port)) for c in command],
+            env=env,
+            log=self.home / "logs" / f"{name}.log",
+            port=port,
+            url=url,
+            cwd=self.home,
+        )
+        processes.save(record, self._record_path(name))
+        processes.wait_for(
+            f"{name} at {url}",
+            lambda: _healthy(url),
+            timeout_s=timeout_s,
+            alive=lambda: processes.group_alive(record.pid),
+            log=record.log,
+            on_tick=(lambda elapsed: on_tick(name, elapsed)) if on_tick else None,
+        )
+        return record
+
+    def _previous_port(self, name: str) -> int | None:
+        record = processes.load(self._record_path(name))
+        return record.port if record else None
+
+    def mlflow_command(self) -> list[str]:
+        data = self.home / "mlflow"
+        return [
+            str(self.config.env_python("mlflow")),
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{(data / 'mlflow.db').resolve()}",
+            "--artifacts-destination",
+            str((data / "artifacts").resolve()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--workers",
+            "1",
+        ]
+
+    def vllm_command(self) -> list[str]:
+        c = self.config
+        command = [
+            str(c.env_python("vllm")),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(c.base_model_dir.resolve()),
+            "--served-model-name",
+            c.served_model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            str(c.max_model_len),
+            "--enable-lora",
+            "--max-loras",
+            str(c.max_loras),
+            "--max-lora-rank",
+            str(c.max_lora_rank),
+            "--max-cpu-loras",
+            str(c.max_cpu_loras),
+        ]
+        if c.api_key:
+            command += ["--api-key", c.api_key]
+        return command
+
+    def vllm_env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("VLLM_", "MLFLOW_", "LORADEPLOY_"))
+        }
+        env.update(
+            {
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+                "VLLM_CPU_KVCACHE_SPACE": str(self.config.kv_cache_gib),
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+            }
+        )
+        env.update(self.config.extra_vllm_env)
+        return env
+
+    def mlflow_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        return env
+
+    def vllm_names(self) -> list[str]:
+        return [f"vllm-{index}" for index in range(self.config.replicas)]
+
+    def up(self, on_tick: Tick | None = None) -> StackInfo:
+        """Start what is not running (idempotent) and write ``stack.json``."""
+        self._require_assets()
+        for folder in ("mlflow", "adapters", "logs", "run"):
+            (self.home / folder).mkdir(parents=True, exist_ok=True)
+        mlflow = self._running("mlflow") or self._start(
+            "mlflow",
+            self.mlflow_command(),
+            self.mlflow_env(),
+            timeout_s=MLFLOW_START_TIMEOUT_S,
+            port=processes.free_port(self._previous_port("mlflow")),
+            on_tick=on_tick,
+        )
+        urls = []
+        for name in self.vllm_names():
+            record = self._running(name) or self.start_vllm(name, on_tick=on_tick)
+            urls.append(record.url)
+        info = StackInfo(
+            home=self.home.resolve(),
+            tracking_uri=mlflow.url,
+            vllm_url=urls[0],
+            vllm_urls=urls,
+            adapters_root=self.config.adapters_root.resolve(),
+            served_model=self.config.served_model,
+            max_lora_rank=self.config.max_lora_rank,
+        )
+        (self.home / STACK_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
+        return info
+
+    def start_vllm(self, name: str, on_tick: Tick | None = None) -> ProcessRecord:
+        return self._start(
+            name,
+            self.vllm_command(),
+            self.vllm_env(),
+            timeout_s=VLLM_START_TIMEOUT_S,
+            port=processes.free_port(self._previous_port(name)),
+            on_tick=on_tick,
+        )
+
+    def stop(self, name: str) -> None:
+        record = processes.load(self._record_path(name))
+        if record:
+            processes.stop_group(record.pid)
+
+    def down(self) -> list[str]:
+        """Stop every server (whole process groups); keep data, logs and records."""
+        stopped = []
+        for name in [*self.vllm_names(), "mlflow", *self._extra_records()]:
+            record = processes.load(self._record_path(name))
+            if record and processes.group_alive(record.pid):
+                processes.stop_group(record.pid)
+                stopped.append(name)
+        return stopped
+
+    def _extra_records(self) -> list[str]:
+        """Servers from an earlier ``up`` with more replicas."""
+        known = {*self.vllm_names(), "mlflow"}
+        run = self.home / "run"
+        found = sorted(p.stem for p in run.glob("*.json")) if run.is_dir() else []
+        return [name for name in found if name not in known]
+
+    def status(self) -> list[ServiceStatus]:
+        rows = []
+        for name in ["mlflow", *self.vllm_names(), *self._extra_records()]:
+            record = processes.load(self._record_path(name))
+            if record is None:
+                rows.append(ServiceStatus(name, None, None, False, False, None))
+                continue
+            running = processes.group_alive(record.pid)
+            rows.append(
+                ServiceStatus(
+                    name,
+                    record.url,
+                    record.pid,
+                    running,
+                    running and _healthy(record.url),
+                    record.log,
+                )
+            )
+        return rows
