@@ -57,9 +57,8 @@ setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(DEMO_ADAPTERS)/.ok ##
 demo: setup ## Set everything up and run the main job on the local stack.
 	$(BIN)/python scripts/demo.py
 
-test: setup ## Run the whole test suite (unit, then integration against real MLflow and vLLM).
-	$(BIN)/python -m pytest tests/unit -q
-	$(BIN)/python -m pytest tests/integration -q
+test: setup lint ## Lint, then every test: unit, then integration against real MLflow and vLLM.
+	$(BIN)/python -m pytest tests/unit tests/integration -q
 
 test-unit: $(BIN)/loradeploy ## Run the fast unit tests only.
 	$(BIN)/python -m pytest tests/unit -q

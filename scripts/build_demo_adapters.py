@@ -5,6 +5,7 @@ and cached: a folder that already exists is kept.
 
     aws-rag-qa-v1     SmolLM2-135M-Instruct, trained on data/aws-rag-qa (seed 1)
     aws-rag-qa-v2     the same data, more steps and another seed: a second version
+    aws-rag-qa-regressed  trained on answers shuffled between questions: a bad release
     tiny-llama-qa     an adapter for the tiny Llama: a real adapter for another base
 """
 
@@ -24,6 +25,11 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ADAPTERS = {
     "aws-rag-qa-v1": ("smollm2-135m-instruct", SMOLLM2, ["--steps", "30", "--seed", "1"]),
     "aws-rag-qa-v2": ("smollm2-135m-instruct", SMOLLM2, ["--steps", "45", "--seed", "2"]),
+    "aws-rag-qa-regressed": (
+        "smollm2-135m-instruct",
+        SMOLLM2,
+        ["--steps", "30", "--seed", "4", "--corrupt"],
+    ),
     "tiny-llama-qa": ("tiny-llama", "loradeploy/tiny-llama", ["--steps", "5", "--seed", "3"]),
 }
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loradeploy import __version__
 from loradeploy.domain import names
 from loradeploy.domain.swap import SwapStrategy
-from loradeploy.errors import CheckFailedError, ExitCode, LoraDeployError
-from loradeploy.results import StepResult, write_outputs
+from loradeploy.errors import CheckFailedError, ExitCode, LoraDeployError, UsageError
+from loradeploy.results import StepResult, Timer, write_outputs
 from loradeploy.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -82,6 +85,11 @@ def _registry(settings: Settings) -> Any:
     return MLflowHelper(settings.require_tracking_uri())
 
 
+def _print_error(line: str) -> None:
+    """One line on stderr, printed literally (messages may hold '[' from user input)."""
+    err.print("[red]error:[/] " + escape(line), highlight=False, soft_wrap=True)
+
+
 def _finish(result: StepResult, output_dir: Path | None, render: Callable[[StepResult], None]) -> None:
     if not result.passed:
         failed = [c.name for c in result.checks if not c.passed]
@@ -92,7 +100,7 @@ def _finish(result: StepResult, output_dir: Path | None, render: Callable[[StepR
         write_outputs(output_dir, result)
     render(result)
     if result.status == "failed":
-        err.print(f"[red]error:[/] {result.error}", highlight=False, soft_wrap=True)
+        _print_error(result.error or "")
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 
@@ -109,7 +117,7 @@ def _run(
         if output_dir:
             failed = StepResult(step=step, status="error", exit_code=int(exc.exit_code), error=exc.one_line())
             write_outputs(output_dir, failed)
-        err.print(f"[red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        _print_error(exc.one_line())
         raise typer.Exit(int(exc.exit_code)) from None
     _finish(result, output_dir, render or _render_default)
 
@@ -133,11 +141,89 @@ def _render_default(result: StepResult) -> None:
     out.print(table)
 
 
-def _validated(**values: tuple[Callable[[str], Any], str]) -> dict[str, Any]:
-    return {key: check(value) for key, (check, value) in values.items()}
-
-
 # -- commands ------------------------------------------------------------------------------
+
+VllmUrls = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--vllm-url",
+        help="vLLM base URL; repeat for every replica (env LORADEPLOY_VLLM_URL, or the stack file).",
+    ),
+]
+AdaptersRoot = Annotated[
+    Path | None,
+    typer.Option("--adapters-root", help="Folder the vLLM server reads adapters from (local transport)."),
+]
+TransportOpt = Annotated[
+    str,
+    typer.Option(
+        "--transport",
+        help="How files reach the server: 'local' (a folder it reads) or 'kubectl' (every Ready pod).",
+    ),
+]
+Namespace = Annotated[str, typer.Option("--namespace", help="Kubernetes namespace (kubectl).")]
+Selector = Annotated[str, typer.Option("--selector", help="Label selector of the vLLM pods (kubectl).")]
+Container = Annotated[str, typer.Option("--container", help="vLLM container name (kubectl).")]
+PodRoot = Annotated[str, typer.Option("--pod-adapters-root", help="Adapters folder inside the pods.")]
+Kubectl = Annotated[str, typer.Option("--kubectl", help="kubectl binary (kubectl transport).")]
+SwapOpt = Annotated[
+    SwapStrategy,
+    typer.Option(
+        "--swap-strategy",
+        help="auto: in-place where the server does it safely (vLLM >= 0.33), else unload-load.",
+    ),
+]
+MaxRank = Annotated[int | None, typer.Option("--max-lora-rank", help="The server's --max-lora-rank.")]
+BaseAlias = Annotated[
+    list[str] | None,
+    typer.Option("--base-model-alias", help="ADAPTER_BASE=SERVED_BASE, when the names differ."),
+]
+LiveSlot = Annotated[str, typer.Option("--live-slot", help="Slot serving production traffic.")]
+CandidateSlot = Annotated[str, typer.Option("--candidate-slot", help="Slot for the staged version.")]
+DEFAULT_LIVE_SLOT = "aws-rag-qa-live"
+DEFAULT_CANDIDATE_SLOT = "aws-rag-qa-candidate"
+
+
+def _actor(settings: Settings, step: str) -> Any:
+    from loradeploy.steps.aliases import Actor
+
+    return Actor(who=settings.actor, step=step, run_id=uuid.uuid4().hex)
+
+
+@contextmanager
+def _targets(
+    settings: Settings,
+    *,
+    urls: list[str] | None,
+    transport: str,
+    namespace: str,
+    selector: str,
+    container: str,
+    pod_root: str,
+    kubectl: str,
+) -> Iterator[tuple[Any, list[Any]]]:
+    """The adapter transport and one client per replica."""
+    from loradeploy.clients.files import LocalFolderTransport
+
+    if transport == "local":
+        chosen: Any = LocalFolderTransport(settings.require_adapters_root())
+        replica_urls = list(urls or (settings.stack.vllm_urls if settings.stack else []))
+        replica_urls = replica_urls or [settings.require_vllm_url()]
+    elif transport == "kubectl":
+        from loradeploy.clients.files import KubectlTransport
+        from loradeploy.clients.kube import KubectlApi
+
+        chosen = KubectlTransport(KubectlApi(kubectl=kubectl), namespace, selector, container, root=pod_root)
+        replica_urls = list(urls or chosen.replica_urls())
+        if not replica_urls:
+            raise UsageError(
+                f"no Ready pod matches {selector!r} in namespace {namespace!r}",
+                hint="check --selector and --namespace, and that the vLLM pods are Ready",
+            )
+    else:
+        raise UsageError(f"--transport {transport!r} is not 'local' or 'kubectl'")
+    with ExitStack() as stack:
+        yield chosen, [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
 
 
 @app.command()
@@ -151,6 +237,10 @@ def register(
     model_name: ModelName,
     adapter_dir: Annotated[Path, typer.Option("--adapter-dir", help="PEFT LoRA adapter folder.")],
     alias: Annotated[str | None, typer.Option("--alias", help="Alias to set on the new version.")] = None,
+    reuse_identical: Annotated[
+        bool,
+        typer.Option("--reuse-identical", help="Return an existing version with the same files."),
+    ] = False,
     tracking_uri: TrackingUri = None,
     output_dir: OutputDir = None,
 ) -> None:
@@ -158,13 +248,20 @@ def register(
     base model, rank, target modules and a sha256 per file."""
 
     def action() -> StepResult:
+        from loradeploy.steps.register import register as step
+
         names.model_name(model_name)
         if alias is not None:
             names.alias_name(alias)
-        from loradeploy.steps.register import register as step
-
         settings = _settings(tracking_uri=tracking_uri)
-        return step(_registry(settings), model=model_name, adapter_dir=adapter_dir, alias=alias)
+        return step(
+            _registry(settings),
+            model=model_name,
+            adapter_dir=adapter_dir,
+            alias=alias,
+            actor=_actor(settings, "register"),
+            reuse_identical=reuse_identical,
+        )
 
     _run("register", output_dir, action)
 
@@ -174,30 +271,25 @@ def load_adapter(
     model_name: ModelName,
     source: SourceOpt,
     slot_name: Annotated[str, typer.Option("--slot-name", help="Served adapter name (the slot).")],
-    vllm_url: VllmUrl = None,
+    vllm_url: VllmUrls = None,
     output_dir: OutputDir = None,
-    adapters_root: Annotated[
-        Path | None,
-        typer.Option("--adapters-root", help="Folder the vLLM server reads adapters from."),
-    ] = None,
-    swap_strategy: Annotated[
-        SwapStrategy, typer.Option("--swap-strategy", help="How to replace a served adapter.")
-    ] = SwapStrategy.AUTO,
-    max_lora_rank: Annotated[
-        int | None, typer.Option("--max-lora-rank", help="The server's --max-lora-rank.")
-    ] = None,
-    base_model_alias: Annotated[
-        list[str] | None,
-        typer.Option("--base-model-alias", help="ADAPTER_BASE=SERVED_BASE, when names differ."),
-    ] = None,
+    adapters_root: AdaptersRoot = None,
+    swap_strategy: SwapOpt = SwapStrategy.AUTO,
+    max_lora_rank: MaxRank = None,
+    base_model_alias: BaseAlias = None,
+    transport: TransportOpt = "local",
+    namespace: Namespace = "ml-models",
+    selector: Selector = "app=vllm",
+    container: Container = "vllm",
+    pod_adapters_root: PodRoot = "/mnt/adapters",
+    kubectl: Kubectl = "kubectl",
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
 ) -> None:
-    """Step 1: download a version from MLflow and load it into the running vLLM server."""
+    """Step 1: download a version from MLflow and load it into every replica, no restart."""
 
     def action() -> StepResult:
-        from loradeploy.clients.files import LocalFolderTransport
         from loradeploy.steps.load_adapter import LoadRequest
         from loradeploy.steps.load_adapter import load_adapter as step
 
@@ -208,7 +300,7 @@ def load_adapter(
         )
         settings = _settings(
             tracking_uri=tracking_uri,
-            vllm_url=vllm_url,
+            vllm_url=vllm_url[0] if vllm_url else None,
             adapters_root=adapters_root,
             api_key=api_key,
             ca_bundle=ca_bundle,
@@ -223,9 +315,26 @@ def load_adapter(
             max_lora_rank=settings.max_lora_rank,
             base_model_aliases=settings.base_model_aliases,
         )
-        transport = LocalFolderTransport(settings.require_adapters_root())
-        with _vllm(settings) as vllm, err.status(f"loading {model_name} {source} into {slot_name}"):
-            return step(request, registry=_registry(settings), replicas=[vllm], transport=transport)
+        with (
+            _targets(
+                settings,
+                urls=vllm_url,
+                transport=transport,
+                namespace=namespace,
+                selector=selector,
+                container=container,
+                pod_root=pod_adapters_root,
+                kubectl=kubectl,
+            ) as (files, replicas),
+            err.status(f"loading {model_name} {source} into {slot_name} on {len(replicas)} replica(s)"),
+        ):
+            return step(
+                request,
+                registry=_registry(settings),
+                replicas=replicas,
+                transport=files,
+                actor=_actor(settings, "load-adapter"),
+            )
 
     _run("load-adapter", output_dir, action)
 
@@ -239,17 +348,42 @@ def smoke_test(
         float, typer.Option("--max-latency", min=0.0, help="Seconds allowed per request.")
     ] = 30.0,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096)] = 32,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts-file",
+            help='JSON lines: {"prompt": ..., "expect": optional substrings} (default: built-in).',
+        ),
+    ] = None,
+    compare_base: Annotated[
+        bool,
+        typer.Option("--compare-base/--no-compare-base", help="Require answers to differ from the base."),
+    ] = True,
+    min_different: Annotated[
+        float, typer.Option("--min-different", min=0.0, max=1.0, help="Share that must differ.")
+    ] = 0.5,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Expected model of the served folder.")
+    ] = None,
+    expected_version: Annotated[
+        str | None, typer.Option("--expected-version", help="Version the slot must serve.")
+    ] = None,
     output_dir: OutputDir = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
 ) -> None:
-    """Step 2: send test prompts to the adapter and check answers and latency."""
+    """Step 2: send test prompts to the adapter; check answers, latency, that it is active."""
 
     def action() -> StepResult:
-        from loradeploy.domain.smoke import DEFAULT_PROMPTS
+        from loradeploy.domain.smoke import default_probes, read_probes
         from loradeploy.steps.smoke_test import smoke_test as step
 
         names.slot_name(adapter_name)
+        if model_name is not None:
+            names.model_name(model_name)
+        if expected_version is not None:
+            names.parse_source(f"version:{expected_version}")
+        probes = read_probes(prompts_file) if prompts_file else default_probes()
         settings = _settings(vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle)
         with _vllm(settings) as vllm, err.status(f"smoke-testing {adapter_name}"):
             return step(
@@ -257,8 +391,12 @@ def smoke_test(
                 adapter=adapter_name,
                 num_requests=num_requests,
                 max_latency_s=max_latency,
-                prompts=DEFAULT_PROMPTS,
+                probes=probes,
                 max_tokens=max_tokens,
+                compare_base=compare_base,
+                min_different=min_different,
+                expected_model=model_name,
+                expected_version=expected_version,
             )
 
     _run("smoke-test", output_dir, action)
@@ -268,31 +406,278 @@ def smoke_test(
 def set_staged_alias(
     model_name: ModelName,
     source: SourceOpt,
+    slot_name: Annotated[
+        str, typer.Option("--slot-name", help="Candidate slot that must serve the version.")
+    ] = DEFAULT_CANDIDATE_SLOT,
+    vllm_url: VllmUrls = None,
     output_dir: OutputDir = None,
     tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
 ) -> None:
-    """Step 3: set the 'staged' alias on the deployed version."""
+    """Step 3: set 'staged' on the deployed version (refused if the slot serves another)."""
 
     def action() -> StepResult:
         from loradeploy.steps.set_staged_alias import set_staged_alias as step
 
         parsed = names.parse_source(source)
         names.model_name(model_name)
-        settings = _settings(tracking_uri=tracking_uri)
-        return step(_registry(settings), model=model_name, source=parsed)
+        names.slot_name(slot_name)
+        settings = _settings(
+            tracking_uri=tracking_uri,
+            vllm_url=vllm_url[0] if vllm_url else None,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
+        )
+        urls = _replica_urls(settings, vllm_url)
+        with ExitStack() as stack:
+            replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
+            return step(
+                _registry(settings),
+                replicas,
+                model=model_name,
+                source=parsed,
+                slot=slot_name,
+                actor=_actor(settings, "set-staged-alias"),
+            )
 
     _run("set-staged-alias", output_dir, action)
+
+
+@app.command("promote-adapter")
+def promote_adapter(
+    model_name: ModelName,
+    source_alias: Annotated[
+        str, typer.Option("--source-alias", help="Alias to promote; 'previous' rolls back.")
+    ] = "staged",
+    vllm_url: VllmUrls = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    output_dir: OutputDir = None,
+    adapters_root: AdaptersRoot = None,
+    swap_strategy: SwapOpt = SwapStrategy.AUTO,
+    max_lora_rank: MaxRank = None,
+    base_model_alias: BaseAlias = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why: kept in the audit history.")] = "",
+    transport: TransportOpt = "local",
+    namespace: Namespace = "ml-models",
+    selector: Selector = "app=vllm",
+    container: Container = "vllm",
+    pod_adapters_root: PodRoot = "/mnt/adapters",
+    kubectl: Kubectl = "kubectl",
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Promote a version to the live slot on every replica and move live/previous."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.promote import PromoteRequest
+        from loradeploy.steps.promote import promote_adapter as step
+
+        request = PromoteRequest(
+            model=names.model_name(model_name),
+            source_alias=names.alias_name(source_alias),
+            live_slot=names.slot_name(live_slot),
+            strategy=swap_strategy,
+            reason=reason,
+        )
+        settings = _settings(
+            tracking_uri=tracking_uri,
+            vllm_url=vllm_url[0] if vllm_url else None,
+            adapters_root=adapters_root,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
+            max_lora_rank=max_lora_rank,
+            base_model_alias=base_model_alias,
+        )
+        request = replace(
+            request,
+            max_lora_rank=settings.max_lora_rank,
+            base_model_aliases=settings.base_model_aliases,
+        )
+        with (
+            _targets(
+                settings,
+                urls=vllm_url,
+                transport=transport,
+                namespace=namespace,
+                selector=selector,
+                container=container,
+                pod_root=pod_adapters_root,
+                kubectl=kubectl,
+            ) as (files, replicas),
+            err.status(f"promoting {model_name}@{source_alias} to {live_slot}"),
+        ):
+            return step(
+                request,
+                registry=_registry(settings),
+                replicas=replicas,
+                transport=files,
+                actor=_actor(settings, "promote-adapter"),
+            )
+
+    _run("promote-adapter", output_dir, action)
+
+
+def _init_load(
+    settings: Settings,
+    *,
+    model: str,
+    live_slot: str,
+    candidate_slot: str,
+    base_model_name: str | None,
+    replica_urls: list[str],
+) -> StepResult:
+    from loradeploy.clients.files import LocalFolderTransport
+    from loradeploy.domain.aliases import LIVE, STAGED
+    from loradeploy.steps.init_load import init_load_adapters
+
+    with ExitStack() as stack:
+        replicas = [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
+        return init_load_adapters(
+            model=model,
+            slot_for_alias={LIVE: live_slot, STAGED: candidate_slot},
+            registry=_registry(settings),
+            transport=LocalFolderTransport(settings.require_adapters_root()),
+            base_model_name=base_model_name,
+            base_model_aliases=settings.base_model_aliases,
+            max_lora_rank=settings.max_lora_rank,
+            replicas=replicas,
+        )
+
+
+@app.command("init-load-adapters")
+def init_load_adapters(
+    model_name: ModelName,
+    adapters_root: AdaptersRoot = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
+    base_model_name: Annotated[
+        str | None,
+        typer.Option("--base-model-name", help="Served base model, checked against each adapter."),
+    ] = None,
+    vllm_url: Annotated[
+        list[str] | None,
+        typer.Option("--vllm-url", help="Also load into these running servers (not in an init container)."),
+    ] = None,
+    max_lora_rank: MaxRank = None,
+    base_model_alias: BaseAlias = None,
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Cold-start restore: live -> live slot, staged -> candidate slot, plus
+    lora-modules.json for vLLM's --lora-modules; skips aliases that do not exist."""
+
+    def action() -> StepResult:
+        names.model_name(model_name)
+        settings = _settings(
+            tracking_uri=tracking_uri,
+            adapters_root=adapters_root,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
+            max_lora_rank=max_lora_rank,
+            base_model_alias=base_model_alias,
+        )
+        with err.status(f"restoring {model_name} live and staged"):
+            return _init_load(
+                settings,
+                model=model_name,
+                live_slot=names.slot_name(live_slot),
+                candidate_slot=names.slot_name(candidate_slot),
+                base_model_name=base_model_name,
+                replica_urls=list(vllm_url or []),
+            )
+
+    _run("init-load-adapters", output_dir, action)
+
+
+@app.command("restart-deployment")
+def restart_deployment(
+    deployment: Annotated[str, typer.Option("--deployment", help="vLLM Deployment name.")] = "vllm",
+    namespace: Namespace = "ml-models",
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for the rollout.")
+    ] = 900,
+    kubectl: Kubectl = "kubectl",
+    local_stack: Annotated[
+        bool,
+        typer.Option("--local-stack", help="Restart the local stack's vLLM instead (cold start)."),
+    ] = False,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Model to restore (--local-stack).")
+    ] = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
+    output_dir: OutputDir = None,
+) -> None:
+    """Legacy fallback: rolling restart of the vLLM Deployment, waiting for the rollout.
+    With --local-stack: stop vLLM, restore live/staged (init-load-adapters), start it."""
+
+    def action() -> StepResult:
+        if local_stack:
+            return _restart_local(model_name, live_slot, candidate_slot)
+        from loradeploy.clients.kube import KubectlApi
+        from loradeploy.steps.restart import restart_deployment as step
+
+        names.slot_name(deployment)
+        names.slot_name(namespace)
+        with err.status(f"rolling restart of deployment {namespace}/{deployment}"):
+            return step(
+                KubectlApi(kubectl=kubectl), namespace=namespace, deployment=deployment, timeout_s=timeout
+            )
+
+    _run("restart-deployment", output_dir, action)
+
+
+def _restart_local(model_name: str | None, live_slot: str, candidate_slot: str) -> StepResult:
+    if model_name is None:
+        raise UsageError("--local-stack needs --model-name", hint="pass --model-name=aws-rag-qa")
+    names.model_name(model_name)
+    settings = _settings()
+    if settings.stack is None:
+        raise UsageError("no local stack found", hint="run 'loradeploy stack up' first")
+    stack = _local_stack(settings.stack.home)
+    result = StepResult(step="restart-deployment", model=model_name)
+    timer = Timer(result.timings_s)
+    with err.status("restarting the local vLLM") as status:
+        with timer("stop"):
+            for name in stack.vllm_names():
+                stack.stop(name)
+        with timer("restore"):
+            restored = _init_load(
+                settings,
+                model=model_name,
+                live_slot=names.slot_name(live_slot),
+                candidate_slot=names.slot_name(candidate_slot),
+                base_model_name=settings.stack.served_model,
+                replica_urls=[],
+            )
+        with timer("start"):
+            for name in stack.vllm_names():
+                stack.start_vllm(
+                    name, on_tick=lambda n, s: status.update(f"waiting for {n} to be healthy ({s:.0f}s)")
+                )
+    result.checks = restored.checks
+    result.details = {
+        "restored": restored.details.get("restored"),
+        "skipped": restored.details.get("skipped"),
+    }
+    return result
+
+
+def _replica_urls(settings: Settings, urls: list[str] | None) -> list[str]:
+    found = list(urls or (settings.stack.vllm_urls if settings.stack else []))
+    return found or [settings.require_vllm_url()]
 
 
 @app.command()
 def status(
     model_name: ModelName,
-    vllm_url: Annotated[
-        list[str] | None,
-        typer.Option("--vllm-url", help="Replica URL; repeat for each (default: the stack's)."),
-    ] = None,
-    live_slot: Annotated[str, typer.Option("--live-slot")] = "aws-rag-qa-live",
-    candidate_slot: Annotated[str, typer.Option("--candidate-slot")] = "aws-rag-qa-candidate",
+    vllm_url: VllmUrls = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
     output_dir: OutputDir = None,
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
@@ -306,11 +691,10 @@ def status(
         names.model_name(model_name)
         slots = {"live": names.slot_name(live_slot), "staged": names.slot_name(candidate_slot)}
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
-        urls = list(vllm_url or (settings.stack.vllm_urls if settings.stack else []))
-        if not urls:
-            urls = [settings.require_vllm_url()]
         with ExitStack() as stack:
-            replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
+            replicas = [
+                stack.enter_context(_vllm(settings, url)) for url in _replica_urls(settings, vllm_url)
+            ]
             return step(_registry(settings), replicas, model=model_name, slot_for_alias=slots)
 
     _run("status", output_dir, action, _render_status)
@@ -325,12 +709,45 @@ def _render_status(result: StepResult) -> None:
         table.add_row(alias, version)
     out.print(table)
     served = Table(title="what the replicas serve")
-    served.add_column("slot @ replica")
+    served.add_column("alias -> slot @ replica")
     served.add_column("state", overflow="fold")
     for check in result.checks:
         mark = "[green]ok[/]" if check.passed else "[red]DRIFT[/]"
         served.add_row(check.name, f"{mark} {check.detail}")
     out.print(served)
+
+
+@app.command()
+def history(
+    model_name: ModelName,
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Every alias move of a model: when, who, which step, from which version to which, why."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.history import history as step
+
+        names.model_name(model_name)
+        return step(_registry(_settings(tracking_uri=tracking_uri)), model=model_name)
+
+    def render(result: StepResult) -> None:
+        table = Table(title=f"{result.model}: alias history")
+        for column in ("when (UTC)", "alias", "from", "to", "step", "who", "reason"):
+            table.add_column(column, overflow="fold")
+        for row in result.details["moves"]:
+            table.add_row(
+                row["when"],
+                row["alias"],
+                row["from_version"] or "-",
+                row["to_version"] or "(removed)",
+                row["step"],
+                row["who"],
+                row["reason"],
+            )
+        out.print(table)
+
+    _run("history", output_dir, action, render)
 
 
 # -- stack ---------------------------------------------------------------------------------
@@ -363,7 +780,7 @@ def stack_up(
                 on_tick=lambda name, s: status.update(f"waiting for {name} to be healthy ({s:.0f}s)")
             )
     except LoraDeployError as exc:
-        err.print(f"[red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        _print_error(exc.one_line())
         raise typer.Exit(int(exc.exit_code)) from None
     _render_stack(stack)
     out.print(f"tracking URI {info.tracking_uri}  vLLM {info.vllm_url}  adapters {info.adapters_root}")

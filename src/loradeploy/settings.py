@@ -4,7 +4,7 @@ Lookup order for every connection value (first found wins):
 1. the command-line flag;
 2. the environment (``MLFLOW_TRACKING_URI``, ``LORADEPLOY_VLLM_URL``,
    ``LORADEPLOY_ADAPTERS_ROOT``, ``VLLM_API_KEY``, ``LORADEPLOY_CA_BUNDLE``,
-   ``LORADEPLOY_MAX_LORA_RANK``);
+   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_ACTOR``);
 3. the local stack file written by ``loradeploy stack up``
    (``$LORADEPLOY_HOME/stack.json``, else ``.loradeploy/stack.json`` in the current
    folder or the nearest parent).
@@ -13,6 +13,7 @@ Lookup order for every connection value (first found wins):
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Settings(BaseModel):
     ca_bundle: Path | None = None
     max_lora_rank: int = 16  # vLLM's own default for --max-lora-rank
     base_model_aliases: dict[str, str] = Field(default_factory=dict)
+    actor: str = "unknown"  # who acts, for locks and the audit history
     stack: StackInfo | None = None
 
     def require_tracking_uri(self) -> str:
@@ -144,10 +146,17 @@ def load_settings(
             ca_bundle=pick("ca_bundle", "LORADEPLOY_CA_BUNDLE", None),
             max_lora_rank=int(rank),
             base_model_aliases=parse_base_aliases(list(flags.get("base_model_alias") or [])),
+            actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:
         raise UsageError(f"settings are invalid ({short_validation(exc)})") from exc
+
+
+def _default_actor(env: Mapping[str, str]) -> str:
+    """user@host; set LORADEPLOY_ACTOR in workflows (for example to the workflow name)."""
+    user = env.get("USER") or env.get("LOGNAME") or "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def short_validation(exc: Exception) -> str:

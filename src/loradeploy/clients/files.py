@@ -1,4 +1,4 @@
-"""How adapter files reach the server: the transport interface and the local folder.
+"""How adapter files reach the server: the transport interface, a local folder, kubectl.
 
 A transport places a validated folder at its final path on the server side, never
 rewriting a folder that exists (a served name may still point to it).
@@ -6,15 +6,32 @@ rewriting a folder that exists (a served name may still point to it).
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager, contextmanager, suppress
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from loradeploy.clients.kube import KubeApi, Pod, RemoteCommandError
 from loradeploy.domain.adapter import check_digests
-from loradeploy.errors import PermanentError, TransientError, UsageError
+from loradeploy.domain.kube import (
+    check_safe_file_names,
+    compare_listing,
+    parse_sha256sum,
+    remote_path,
+    version_folders_from_find,
+)
+from loradeploy.errors import (
+    InvalidAdapterError,
+    LoraDeployError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+    UsageError,
+)
 
 
 class AdapterTransport(Protocol):
@@ -33,13 +50,29 @@ class AdapterTransport(Protocol):
         """
         ...
 
+    def list_version_folders(self) -> list[str]:
+        """Every ``<root>/<slot>/<model>-v<N>`` folder (server paths)."""
+        ...
+
+    def remove(self, server_path: str) -> None:
+        """Delete one version folder (only ever one that nothing points to)."""
+        ...
+
+    def write_manifest(self, modules: list[dict[str, str]]) -> None:
+        """Write ``lora-modules.json``: the static adapters vLLM starts with."""
+        ...
+
+
+MANIFEST = "lora-modules.json"
+
 
 class LocalFolderTransport:
     """The server reads a folder on this machine (local stack, single VM, shared volume)."""
 
     def __init__(self, root: Path) -> None:
-        self.root_path = root
-        self.root = str(root)
+        # Absolute: vLLM resolves a relative lora_path against its own working folder.
+        self.root_path = root.absolute()
+        self.root = str(self.root_path)
 
     def _inside(self, server_path: str) -> Path:
         path = Path(server_path)
@@ -82,8 +115,173 @@ class LocalFolderTransport:
                 hint="check free space and permissions of the adapters folder, then retry",
             ) from exc
         try:
-            check_digests(dest, digests, f"placed folder {dest}")
+            check_digests(dest, digests, f"placed folder {dest}")  # sha256 after the copy
         except PermanentError:
             shutil.rmtree(dest, ignore_errors=True)  # ours, and no name points to it yet
             raise
         return True
+
+    def list_version_folders(self) -> list[str]:
+        if not self.root_path.is_dir():
+            return []
+        return sorted(
+            str(folder)
+            for slot in self.root_path.iterdir()
+            if slot.is_dir() and not slot.name.startswith(".")
+            for folder in slot.iterdir()
+            if folder.is_dir()
+        )
+
+    def remove(self, server_path: str) -> None:
+        shutil.rmtree(self._inside(server_path), ignore_errors=True)
+
+    def write_manifest(self, modules: list[dict[str, str]]) -> None:
+        self.root_path.mkdir(parents=True, exist_ok=True)
+        tmp = self.root_path / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps({"modules": modules}, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.root_path / MANIFEST)
+
+
+class KubectlTransport:
+    """Adapter folders on every Ready pod of a selector, copied with ``kubectl cp``.
+
+    Pods are discovered once, at construction (``pods``); a pod that becomes Ready later
+    gets its adapters from the init container, not from here. Each pod is treated as
+    having its own filesystem; when they share a volume, the first pod's copy is found
+    and verified on the others, and nothing is written twice.
+
+    Remote commands used in the vLLM container: ``test``, ``mkdir``, ``mv``, ``rm``,
+    ``find``, ``sha256sum`` (coreutils/findutils) and ``tar`` (for ``kubectl cp``).
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        namespace: str,
+        selector: str,
+        container: str,
+        root: str = "/mnt/adapters",
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.selector = selector
+        self.container = container
+        if not PurePosixPath(root).is_absolute() or ".." in root:
+            raise UsageError(
+                f"adapters root {root!r} must be an absolute path in the pod, without '..'",
+                hint="pass the adapters folder as the vLLM container mounts it, e.g. /mnt/adapters",
+            )
+        self.root = str(PurePosixPath(root))
+        self.pods: list[Pod] = api.ready_pods(namespace, selector, container)
+        if not self.pods:
+            raise NotFoundError(
+                f"no Ready pod with container {container!r} matches selector {selector!r} "
+                f"in namespace {namespace}",
+                hint="check the namespace, selector and container name; if the pods are "
+                "starting, retry when they are Ready",
+            )
+
+    def replica_urls(self, scheme: str = "http") -> list[str]:
+        """One URL per pod (pod IP, the container's first port or 8000), never the Service."""
+        return [pod.url(scheme) for pod in self.pods]
+
+    # -- remote helpers ----------------------------------------------------------------
+
+    def _exec(self, pod: Pod, argv: list[str]) -> str:
+        return self.api.exec(self.namespace, pod.name, self.container, argv)
+
+    def _is_dir(self, pod: Pod, path: str) -> bool:
+        try:
+            self._exec(pod, ["test", "-d", path])
+        except RemoteCommandError as exc:
+            if exc.returncode == 1:
+                return False
+            raise
+        return True
+
+    def _copy_into_place(self, pod: Pod, local: Path, dest: str) -> None:
+        """``kubectl cp`` to a hidden sibling, then rename: the final path never holds half a copy."""
+        target = PurePosixPath(dest)
+        tmp = str(target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+        self._exec(pod, ["mkdir", "-p", str(target.parent)])
+        try:
+            self.api.copy_to_pod(self.namespace, pod.name, self.container, local, tmp)
+            self._exec(pod, ["mv", "-T", tmp, dest])
+        except LoraDeployError:
+            with suppress(LoraDeployError):  # best effort; the copy's error is the one to report
+                self._exec(pod, ["rm", "-rf", tmp])
+            raise
+
+    def _where(self, pod: Pod, path: str) -> str:
+        return f"{path} on pod {self.namespace}/{pod.name}"
+
+    def _verify(self, pod: Pod, dest: str, digests: Mapping[str, str], label: str) -> None:
+        listing = self._exec(pod, ["find", dest, "-mindepth", "1", "-maxdepth", "1"])
+        present = {PurePosixPath(line).name for line in listing.splitlines() if line.strip()}
+        actual: dict[str, str] = {}
+        if present == set(digests) and digests:
+            files = [str(PurePosixPath(dest) / name) for name in sorted(digests)]
+            actual = parse_sha256sum(self._exec(pod, ["sha256sum", *files]))
+        compare_listing(present, actual, digests, label)
+
+    # -- AdapterTransport ----------------------------------------------------------------
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        # Local: the download lands here, then kubectl cp sends it to every pod.
+        with tempfile.TemporaryDirectory(prefix="loradeploy-staging-") as area:
+            yield Path(area) / "adapter"
+
+    def place(self, local_dir: Path, server_path: str, digests: Mapping[str, str]) -> bool:
+        dest = remote_path(self.root, server_path, min_depth=2)
+        check_safe_file_names(digests, f"adapter for {dest}")
+        # Every existing copy is verified before anything is written, so a tampered
+        # folder on one pod stops the placement before the other pods change.
+        missing = []
+        for pod in self.pods:
+            if self._is_dir(pod, dest):
+                self._verify(pod, dest, digests, f"existing folder {self._where(pod, dest)}")
+            else:
+                missing.append(pod)
+        wrote = False
+        for pod in missing:
+            where = self._where(pod, dest)
+            if self._is_dir(pod, dest):  # another pod's copy landed on a shared volume
+                self._verify(pod, dest, digests, f"existing folder {where}")
+                continue
+            try:
+                self._copy_into_place(pod, local_dir, dest)
+            except RemoteCommandError:
+                if not self._is_dir(pod, dest):
+                    raise
+                # A concurrent writer placed it first; verify theirs.
+                self._verify(pod, dest, digests, f"existing folder {where}")
+                continue
+            try:
+                self._verify(pod, dest, digests, f"placed folder {where}")  # sha256 after the copy
+            except InvalidAdapterError:
+                self._exec(pod, ["rm", "-rf", dest])  # ours, and no name points to it yet
+                raise
+            wrote = True
+        return wrote
+
+    def list_version_folders(self) -> list[str]:
+        folders: set[str] = set()
+        for pod in self.pods:
+            if self._is_dir(pod, self.root):
+                found = self._exec(pod, ["find", self.root, "-mindepth", "2", "-maxdepth", "2", "-type", "d"])
+                folders.update(version_folders_from_find(found))
+        return sorted(folders)
+
+    def remove(self, server_path: str) -> None:
+        path = remote_path(self.root, server_path, min_depth=2)
+        for pod in self.pods:
+            self._exec(pod, ["rm", "-rf", path])
+
+    def write_manifest(self, modules: list[dict[str, str]]) -> None:
+        dest = remote_path(self.root, f"{self.root}/{MANIFEST}")
+        with tempfile.TemporaryDirectory(prefix="loradeploy-manifest-") as area:
+            local = Path(area) / MANIFEST
+            local.write_text(json.dumps({"modules": modules}, indent=2) + "\n", encoding="utf-8")
+            for pod in self.pods:
+                self._copy_into_place(pod, local, dest)

@@ -227,6 +227,73 @@ class MLflowHelper:
             mv = mlflow.register_model(f"models:/{logged.model_id}", name, tags=dict(version_tags))
         return str(mv.version)
 
+    def find_version_with_files(self, name: str, digests: Mapping[str, str]) -> str | None:
+        """The newest version whose sha256 tags equal ``digests``, if any."""
+        with self._translate(f"search of model {name!r}"):
+            if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+                return None
+            found = self.client.search_model_versions(filter_string=f"name = '{name}'")
+        matches = [int(mv.version) for mv in found if digests_from_tags(mv.tags or {}) == dict(digests)]
+        return str(max(matches)) if matches else None
+
+    # -- registered-model tags: the deployment lock and the pending alias plan ------------
+
+    def get_model_tags(self, name: str) -> dict[str, str]:
+        with self._translate(f"model {name!r}"):
+            model = self.client.get_registered_model(name)
+        return dict(model.tags or {})
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        with self._translate(f"set tag {key!r} on model {name!r}"):
+            self.client.set_registered_model_tag(name, key, value)
+
+    def delete_model_tag(self, name: str, key: str) -> None:
+        from mlflow.exceptions import RestException
+
+        with self._translate(f"delete tag {key!r} of model {name!r}"):
+            try:
+                self.client.delete_registered_model_tag(name, key)
+            except RestException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # already gone is fine
+                    raise
+
+    # -- audit: one MLflow run per action, in a dedicated experiment -----------------------
+
+    def record_action(
+        self,
+        *,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+    ) -> str:
+        """Write one finished run holding an audit record; returns its run id."""
+        with self._translate(f"audit record in experiment {experiment!r}"):
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            for key, value in params.items():
+                self.client.log_param(run.info.run_id, key, value[:6000])
+            self.client.set_terminated(run.info.run_id, "FINISHED")
+        return str(run.info.run_id)
+
+    def search_actions(self, *, experiment: str, filter_string: str) -> list[dict[str, object]]:
+        """Audit runs, oldest first: their tags, params and start time (ms)."""
+        with self._translate(f"audit history in experiment {experiment!r}"):
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                return []
+            runs = self.client.search_runs(
+                [found.experiment_id],
+                filter_string=filter_string,
+                order_by=["attributes.start_time ASC"],
+                max_results=5000,
+            )
+        return [
+            {"start_time": r.info.start_time, "tags": dict(r.data.tags), "params": dict(r.data.params)}
+            for r in runs
+        ]
+
     def ping(self) -> None:
         """Fail fast with a transient error when the server is down."""
         with self._translate("a health check"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,14 +193,14 @@ def inspect_adapter(folder: Path, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BY
 def check_compatible(
     info: AdapterInfo,
     *,
-    served_names: set[str],
+    served_names: Sequence[str],
     base_aliases: Mapping[str, str],
     max_lora_rank: int,
     label: str,
 ) -> None:
     """Refuse an adapter the server would load but serve wrongly, or refuse outright.
 
-    ``served_names`` are the base model's served name and its path on the server.
+    ``served_names`` are the base model's served name (first) and its path on the server.
     ``base_aliases`` maps a base name written in adapters to a served name (for example
     ``mistralai/Mistral-7B-v0.1`` -> ``TheBloke/Mistral-7B-v0.1-AWQ``).
     """
@@ -208,7 +208,7 @@ def check_compatible(
     if wanted not in served_names and info.base_model not in served_names:
         raise IncompatibleAdapterError(
             f"{label}: base_model_name_or_path is {info.base_model!r}, expected the served base "
-            f"{sorted(served_names)[0]!r}",
+            f"{served_names[0]!r}",
             hint="deploy an adapter trained for the served base, or map the name with "
             "--base-model-alias ADAPTER_BASE=SERVED_BASE if they are the same model",
         )

@@ -15,6 +15,9 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # 'latest' and 'v<digits>' are reserved by MLflow.
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _RESERVED_ALIAS = re.compile(r"(?i)latest|v\d+")
+# MLflow version numbers are integers; a longer run of digits is no version (and int()
+# refuses more than 4300 digits with ValueError).
+_MAX_VERSION_DIGITS = 18
 
 
 def _check_safe(kind: str, value: str) -> str:
@@ -64,7 +67,14 @@ def parse_source(text: str) -> Source:
     kind, sep, value = text.partition(":")
     if sep and kind == "alias":
         return Source("alias", alias_name(value))
-    if sep and kind == "version" and value.isascii() and value.isdigit() and int(value) > 0:
+    if (
+        sep
+        and kind == "version"
+        and value.isascii()
+        and value.isdigit()
+        and len(value) <= _MAX_VERSION_DIGITS
+        and int(value) > 0
+    ):
         return Source("version", str(int(value)))
     raise UsageError(
         f"source {text!r} is not understood: expected 'alias:NAME' or 'version:N' (N >= 1)",

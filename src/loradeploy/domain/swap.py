@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -16,10 +17,15 @@ class SwapStrategy(StrEnum):
 INPLACE_FIXED_IN = (0, 33, 0)
 
 
+_LEADING_DIGITS = re.compile(r"[0-9]*")
+
+
 def parse_version(text: str) -> tuple[int, int, int]:
+    """Major, minor, patch: the leading digits of each part ("0.32rc1" is 0.32.0, not 0.321)."""
     parts: list[int] = []
     for piece in text.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        match = _LEADING_DIGITS.match(piece)
+        digits = match.group() if match else ""
         parts.append(int(digits) if digits else 0)
     while len(parts) < 3:
         parts.append(0)

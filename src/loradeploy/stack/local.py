@@ -14,6 +14,7 @@ second stack in a temporary home without building them again.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,7 +193,24 @@ class LocalStack:
         ]
         if c.api_key:
             command += ["--api-key", c.api_key]
+        modules = self.restored_modules()
+        if modules:
+            command += ["--lora-modules", *[json.dumps(m) for m in modules]]
         return command
+
+    def restored_modules(self) -> list[dict[str, str]]:
+        """Entries of ``lora-modules.json`` (written by init-load-adapters) whose folder
+        exists: vLLM starts serving them under their slot names."""
+        path = self.config.adapters_root / "lora-modules.json"
+        try:
+            modules = json.loads(path.read_text(encoding="utf-8")).get("modules", [])
+        except (OSError, ValueError, AttributeError):
+            return []
+        return [
+            m
+            for m in modules
+            if isinstance(m, dict) and Path(str(m.get("path", ""))).is_dir() and m.get("name")
+        ]
 
     def vllm_env(self) -> dict[str, str]:
         env = {
@@ -250,10 +268,13 @@ class LocalStack:
         (self.home / STACK_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
         return info
 
-    def start_vllm(self, name: str, on_tick: Tick | None = None) -> ProcessRecord:
+    def start_vllm(
+        self, name: str, on_tick: Tick | None = None, extra_args: list[str] | None = None
+    ) -> ProcessRecord:
+        """Start one vLLM server; ``extra_args`` override the defaults (last flag wins)."""
         return self._start(
             name,
-            self.vllm_command(),
+            self.vllm_command() + list(extra_args or []),
             self.vllm_env(),
             timeout_s=VLLM_START_TIMEOUT_S,
             port=processes.free_port(self._previous_port(name)),

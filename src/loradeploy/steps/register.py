@@ -6,23 +6,38 @@ from pathlib import Path
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
+from loradeploy.domain.aliases import plan_set
 from loradeploy.results import StepResult, Timer
+from loradeploy.steps.aliases import Actor, move_aliases
 
 
-def register(registry: MLflowHelper, *, model: str, adapter_dir: Path, alias: str | None) -> StepResult:
+def register(
+    registry: MLflowHelper,
+    *,
+    model: str,
+    adapter_dir: Path,
+    alias: str | None,
+    actor: Actor,
+    reuse_identical: bool = False,
+) -> StepResult:
+    """Validate, then register (or, with ``reuse_identical``, find a version whose files
+    are byte-identical), then optionally set ``alias`` on it."""
     result = StepResult(step="register", model=model)
     timer = Timer(result.timings_s)
     with timer("validate"):
         info = inspect_adapter(adapter_dir)
     with timer("register"):
         registry.ping()
-        version = registry.register_adapter(model, adapter_dir, version_tags=registry_tags(info))
+        existing = registry.find_version_with_files(model, info.files) if reuse_identical else None
+        version = existing or registry.register_adapter(model, adapter_dir, version_tags=registry_tags(info))
     result.version = version
     if alias:
         with timer("set-alias"):
-            registry.set_alias(model, alias, version)
+            moves = plan_set(registry.get_aliases(model), alias, version)
+            move_aliases(registry, model, moves, actor, reason=f"registered from {adapter_dir.name}")
     result.details = {
         "alias": alias,
+        "reused_existing_version": existing is not None,
         "base_model": info.base_model,
         "rank": info.rank,
         "target_modules": info.target_modules,

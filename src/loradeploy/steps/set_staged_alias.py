@@ -1,23 +1,54 @@
-"""Step 3: set the ``staged`` alias on the deployed version once the smoke test passed."""
+"""Step 3: set the ``staged`` alias on the deployed version once the smoke test passed.
+
+Refuses when the candidate slot does not serve the version the source names now (the
+alias moved since load-adapter ran): staging must name what is actually deployed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from loradeploy.clients.registry import MLflowHelper
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.aliases import STAGED, plan_set
+from loradeploy.domain.layout import parse_root
 from loradeploy.domain.names import Source
-from loradeploy.results import StepResult, Timer
+from loradeploy.errors import AliasMovedError, NotFoundError
+from loradeploy.results import Check, StepResult, Timer
+from loradeploy.steps.aliases import Actor, model_lock, move_aliases
 
-STAGED = "staged"
 
-
-def set_staged_alias(registry: MLflowHelper, *, model: str, source: Source) -> StepResult:
-    result = StepResult(step="set-staged-alias", model=model, source=str(source))
+def set_staged_alias(
+    registry: MLflowHelper,
+    replicas: Sequence[VllmClient],
+    *,
+    model: str,
+    source: Source,
+    slot: str,
+    actor: Actor,
+) -> StepResult:
+    result = StepResult(step="set-staged-alias", model=model, source=str(source), slot=slot)
     timer = Timer(result.timings_s)
     with timer("resolve"):
         version = registry.resolve(model, source)
     result.version = version.version
-    before = registry.get_aliases(model).get(STAGED)
-    with timer("set-alias"):
-        if before != version.version:
-            registry.set_alias(model, STAGED, version.version)
-    result.details = {"alias": STAGED, "from_version": before, "to_version": version.version}
+    with timer("verify-served"):
+        for vllm in replicas:
+            card = vllm.adapters().get(slot)
+            if card is None or card.root is None:
+                raise NotFoundError(
+                    f"vLLM at {vllm.base_url} does not serve {slot!r}; nothing to stage",
+                    hint=f"run load-adapter --source={source} --slot-name={slot} first",
+                )
+            served = parse_root(card.root)
+            if served is None or served.model != model or served.version != version.version:
+                raise AliasMovedError(
+                    f"{source} of model {model!r} names version {version.version}, but {slot!r} on "
+                    f"{vllm.base_url} serves {card.root}",
+                )
+            result.checks.append(Check(name=f"served:{vllm.base_url}", passed=True, detail=card.root))
+    with model_lock(registry, model, actor), timer("set-alias"):
+        moves = plan_set(registry.get_aliases(model), STAGED, version.version)
+        move_aliases(registry, model, moves, actor, reason=f"smoke-tested in slot {slot}")
+    result.details = {"alias_moves": [m.describe() for m in moves]}
     return result

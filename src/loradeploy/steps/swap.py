@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from loradeploy.clients.vllm import VllmClient
-from loradeploy.domain.swap import SwapStrategy
+from loradeploy.domain.swap import SwapStrategy, needs_swap
 from loradeploy.errors import LoraDeployError, NotFoundError, PermanentError
 
 VERIFY_TIMEOUT_S = 30.0
@@ -23,8 +23,10 @@ def swap_adapter(
     """Serve ``new_root`` under ``slot``; on failure, put ``current_root`` back.
 
     After the swap: the slot lists ``new_root``, ``/health`` is 200 and the base model
-    is still the one it was.
+    is still the one it was. Nothing is called when the slot already serves ``new_root``.
     """
+    if not needs_swap(current_root, new_root):
+        return
     try:
         if current_root is None:
             vllm.load_lora_adapter(slot, new_root)

@@ -1,0 +1,113 @@
+"""Put one registered version behind one slot on every replica (shared by load-adapter,
+promote-adapter and reconcile).
+
+Download and validate the files (PEFT LoRA, rank, base model, sha256 against the
+registry's tags), place them in a new folder per version, swap the slot on every
+replica (all or nothing), verify ``/v1/models`` lists the slot with the new folder as
+``root`` and ``/health`` is still 200. Nothing reaches a server before validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from loradeploy.clients.files import AdapterTransport
+from loradeploy.clients.registry import MLflowHelper, VersionInfo
+from loradeploy.domain.adapter import AdapterInfo, check_compatible, check_digests, inspect_adapter
+from loradeploy.domain.layout import version_dir
+from loradeploy.errors import InvalidAdapterError, PermanentError
+from loradeploy.results import Check, StepResult, Timer
+from loradeploy.steps.rollout import Replica, roll_out
+
+
+def required_digests(version: VersionInfo) -> dict[str, str]:
+    digests = version.file_digests()
+    if not digests:
+        raise InvalidAdapterError(
+            f"model {version.model!r} version {version.version} has no loradeploy.sha256.* tags",
+            hint="register adapters with 'loradeploy register' so their files can be verified",
+        )
+    return digests
+
+
+def fetch_and_place(
+    version: VersionInfo,
+    *,
+    slot: str,
+    registry: MLflowHelper,
+    transport: AdapterTransport,
+    served_names: Sequence[Sequence[str]],
+    base_model_aliases: Mapping[str, str],
+    max_lora_rank: int,
+    timer: Timer,
+) -> tuple[str, AdapterInfo, bool]:
+    """Download, validate and place one version; returns (server path, info, written)."""
+    digests = required_digests(version)
+    label = f"model {version.model!r} version {version.version}"
+    new_root = version_dir(transport.root, slot, version.model, version.version)
+    with transport.staging() as staging:
+        with timer("download"):
+            registry.download_adapter(version.model, version.version, staging)
+        with timer("validate"):
+            info = inspect_adapter(staging)
+            check_digests(staging, digests, label)
+            for names in served_names:
+                check_compatible(
+                    info,
+                    served_names=names,
+                    base_aliases=base_model_aliases,
+                    max_lora_rank=max_lora_rank,
+                    label=label,
+                )
+        with timer("copy"):
+            written = transport.place(staging, new_root, digests)
+    return new_root, info, written
+
+
+def deploy_version(
+    version: VersionInfo,
+    *,
+    slot: str,
+    replicas: Sequence[Replica],
+    registry: MLflowHelper,
+    transport: AdapterTransport,
+    base_model_aliases: Mapping[str, str],
+    max_lora_rank: int,
+    result: StepResult,
+) -> str:
+    """Serve ``version`` under ``slot`` on every replica; returns the served folder."""
+    timer = Timer(result.timings_s)
+    new_root, info, written = fetch_and_place(
+        version,
+        slot=slot,
+        registry=registry,
+        transport=transport,
+        served_names=[r.served_names for r in replicas],
+        base_model_aliases=base_model_aliases,
+        max_lora_rank=max_lora_rank,
+        timer=timer,
+    )
+    with timer("load"):
+        swapped = roll_out(replicas, slot, new_root)
+    with timer("verify"):
+        for replica in replicas:
+            card = replica.vllm.adapters().get(slot)
+            if card is None or card.root != new_root:
+                raise PermanentError(
+                    f"vLLM at {replica.vllm.base_url} does not serve {slot!r} from {new_root}",
+                    hint="run the step again; check the vLLM log if it repeats",
+                )
+            result.checks.append(
+                Check(name=f"served:{replica.vllm.base_url}", passed=True, detail=f"root={card.root}")
+            )
+    result.details.update(
+        {
+            "adapter_path": new_root,
+            "files_written": written,
+            "replicas": swapped,
+            "rank": info.rank,
+            "base_model": info.base_model,
+            "bytes": info.total_bytes,
+        }
+    )
+    return new_root

@@ -1,0 +1,96 @@
+"""Promote an adapter version to the live slot; ``--source-alias=previous`` rolls back.
+
+1. take the model's lock, finish any alias plan a crashed run left;
+2. resolve the source alias to one version;
+3. download, validate and place it in the live slot's folder for that version;
+4. swap the live slot on every replica (all or nothing) and verify;
+5. move aliases: version -> live, old live -> previous, and remove staged and the gate
+   aliases that pointed at the version; every move is recorded in the audit history;
+6. remove version folders no alias needs and no served name points to.
+
+A failure before step 5 leaves the aliases untouched and the previous adapter served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from loradeploy.clients.files import AdapterTransport
+from loradeploy.clients.registry import MLflowHelper
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.aliases import plan_promotion
+from loradeploy.domain.names import Source
+from loradeploy.domain.swap import SwapStrategy
+from loradeploy.results import StepResult, Timer
+from loradeploy.steps.aliases import Actor, finish_pending, model_lock, move_aliases
+from loradeploy.steps.cleanup import remove_unused_folders
+from loradeploy.steps.deploy import deploy_version, required_digests
+from loradeploy.steps.rollout import inspect_replicas
+
+
+@dataclass(frozen=True)
+class PromoteRequest:
+    model: str
+    source_alias: str
+    live_slot: str
+    strategy: SwapStrategy = SwapStrategy.AUTO
+    max_lora_rank: int = 16
+    base_model_aliases: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+
+def promote_adapter(
+    request: PromoteRequest,
+    *,
+    registry: MLflowHelper,
+    replicas: Sequence[VllmClient],
+    transport: AdapterTransport,
+    actor: Actor,
+) -> StepResult:
+    result = StepResult(
+        step="promote-adapter",
+        model=request.model,
+        source=f"alias:{request.source_alias}",
+        slot=request.live_slot,
+    )
+    timer = Timer(result.timings_s)
+    with model_lock(registry, request.model, actor):
+        finished = finish_pending(registry, request.model, actor)
+        with timer("resolve"):
+            version = registry.resolve(request.model, Source("alias", request.source_alias))
+            aliases = registry.get_aliases(request.model)
+        result.version = version.version
+        required_digests(version)
+        with timer("preflight"):
+            servers = inspect_replicas(replicas, request.live_slot, request.strategy)
+        deploy_version(
+            version,
+            slot=request.live_slot,
+            replicas=servers,
+            registry=registry,
+            transport=transport,
+            base_model_aliases=request.base_model_aliases,
+            max_lora_rank=request.max_lora_rank,
+            result=result,
+        )
+        moves = plan_promotion(aliases, version.version)
+        with timer("aliases"):
+            move_aliases(
+                registry,
+                request.model,
+                moves,
+                actor,
+                reason=request.reason or f"promoted from alias {request.source_alias}",
+            )
+        with timer("cleanup"):
+            removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
+    result.details.update(
+        {
+            "alias_moves": [m.describe() for m in moves],
+            "finished_pending_moves": [m.describe() for m in finished],
+            "removed_folders": removed,
+            "aliases_after": registry.get_aliases(request.model),
+        }
+    )
+    return result

@@ -1,0 +1,130 @@
+"""Integration tests: the real MLflow and vLLM servers, started once per session.
+
+The stack runs in a temporary home (its own ports, database and adapters folder) and
+reuses the virtualenvs, base model and demo adapters that ``make setup`` built in
+``.loradeploy/``. Commands run through the real ``loradeploy`` console script, as a
+user would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loradeploy.settings import StackInfo
+from loradeploy.stack.local import LocalStack, StackConfig
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / ".loradeploy"
+DEMO_ADAPTERS = ASSETS / "adapters-src"
+PROBES = REPO / "data" / "aws-rag-qa" / "probes.jsonl"
+LORADEPLOY = str(Path(sys.executable).parent / "loradeploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.integration)
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    result: dict[str, object] | None
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+@dataclass
+class Stack:
+    info: StackInfo
+    home: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, output_dir: Path | None = None, env: dict[str, str] | None = None) -> Outcome:
+        command = [LORADEPLOY, *args]
+        if output_dir is not None:
+            command.append(f"--output-dir={output_dir}")
+        done = subprocess.run(
+            command,
+            env={**self.env, **(env or {})},
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        result = None
+        if output_dir is not None and (output_dir / "result.json").exists():
+            result = json.loads((output_dir / "result.json").read_text())
+        return Outcome(done.returncode, done.stdout, done.stderr, result)
+
+    def aliases(self, model: str) -> dict[str, str]:
+        """Read aliases straight from the MLflow REST API (not through loradeploy)."""
+        response = httpx.get(
+            f"{self.info.tracking_uri}/api/2.0/mlflow/registered-models/get",
+            params={"name": model},
+            timeout=10,
+        )
+        if response.status_code == 404:
+            return {}
+        response.raise_for_status()
+        entries = response.json()["registered_model"].get("aliases", [])
+        return {entry["alias"]: entry["version"] for entry in entries}
+
+    def versions(self, model: str) -> list[str]:
+        response = httpx.post(
+            f"{self.info.tracking_uri}/api/2.0/mlflow/model-versions/search",
+            json={"filter": f"name='{model}'"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return sorted(v["version"] for v in response.json().get("model_versions", []))
+
+    def served(self, url: str | None = None) -> dict[str, str]:
+        """Adapter name -> root, straight from vLLM's /v1/models."""
+        response = httpx.get(f"{url or self.info.vllm_url}/v1/models", timeout=10)
+        response.raise_for_status()
+        return {c["id"]: c["root"] for c in response.json()["data"] if c.get("parent")}
+
+    def snapshot(self, model: str) -> tuple[dict[str, str], list[str], dict[str, str]]:
+        return self.aliases(model), self.versions(model), self.served()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    missing = [p for p in (ASSETS / "envs" / "vllm", DEMO_ADAPTERS / "aws-rag-qa-v1") if not p.exists()]
+    if missing:
+        pytest.fail(f"the local stack is not built ({missing[0]} missing): run 'make setup'")
+    home = tmp_path_factory.mktemp("stack")
+    local = LocalStack(StackConfig(home=home, assets=ASSETS))
+    info = local.up()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MLFLOW_", "LORADEPLOY_", "VLLM_"))
+    }
+    env["LORADEPLOY_HOME"] = str(home)
+    try:
+        yield Stack(info=info, home=home, env=env)
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens."""
+    from loradeploy.stack.processes import free_port
+
+    return f"http://127.0.0.1:{free_port()}"

@@ -1,0 +1,1 @@
+"""Unit tests: pure logic and clients against in-process fakes."""

@@ -1,0 +1,120 @@
+"""cli.py through typer's CliRunner: argument errors, exit codes, result files.
+
+No server is needed: every command here fails before it reaches one, or reaches for
+port 9 on loopback, where nothing listens. The autouse fixture in conftest.py points
+LORADEPLOY_HOME to an empty folder, so a real .loradeploy/stack.json is never read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from loradeploy.cli import app
+
+NOTHING_LISTENS = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True)
+def in_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_help_lists_the_steps() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0, result.output
+    for command in ("load-adapter", "smoke-test", "set-staged-alias", "status"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["load-adapter", "smoke-test", "set-staged-alias"])
+def test_command_help(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "--output-dir" in result.stdout
+
+
+def test_load_adapter_with_an_unknown_source_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(
+        "load-adapter",
+        "--model-name=aws-rag-qa",
+        "--source=latest",
+        "--slot-name=aws-rag-qa-candidate",
+        f"--vllm-url={NOTHING_LISTENS}",
+        f"--output-dir={tmp_path / 'out'}",
+    )
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert line.startswith("error:")
+    assert "source 'latest'" in line
+    assert "next:" in line
+    written = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert (written["status"], written["exit_code"]) == ("error", 2)
+
+
+def test_load_adapter_with_a_slot_name_that_is_a_path_is_a_usage_error() -> None:
+    result = invoke(
+        "load-adapter",
+        "--model-name=aws-rag-qa",
+        "--source=alias:candidate",
+        "--slot-name=a/b",
+        f"--vllm-url={NOTHING_LISTENS}",
+    )
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert "slot name 'a/b'" in line
+
+
+def test_set_staged_alias_with_a_reserved_alias_is_a_usage_error() -> None:
+    result = invoke("set-staged-alias", "--model-name=aws-rag-qa", "--source=alias:v3")
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert "alias 'v3'" in line
+    assert "reserved" in line
+
+
+def test_smoke_test_against_nothing_is_transient_and_writes_the_result(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke(
+        "smoke-test",
+        "--adapter-name=aws-rag-qa-candidate",
+        f"--vllm-url={NOTHING_LISTENS}",
+        f"--output-dir={out}",
+    )
+    assert result.exit_code == 75, result.output
+    [line] = error_lines(result)
+    assert NOTHING_LISTENS in line
+    written = json.loads((out / "result.json").read_text())
+    assert written["step"] == "smoke-test"
+    assert written["status"] == "error"
+    assert written["exit_code"] == 75
+    assert NOTHING_LISTENS in written["error"]
+    assert (out / "status").read_text() == "error\n"
+
+
+def test_smoke_test_without_a_vllm_url_is_a_usage_error() -> None:
+    # No flag, no environment, an empty LORADEPLOY_HOME: no URL from anywhere.
+    result = invoke("smoke-test", "--adapter-name=aws-rag-qa-candidate")
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert "no vLLM URL" in line
+    assert "--vllm-url" in line
+
+
+def test_an_error_that_contains_markup_is_printed_as_is() -> None:
+    result = invoke("set-staged-alias", "--model-name=aws-rag-qa", "--source=[/]x")
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert "source '[/]x'" in line
