@@ -638,7 +638,7 @@ def _restart_local(model_name: str | None, live_slot: str, candidate_slot: str) 
     settings = _settings()
     if settings.stack is None:
         raise UsageError("no local stack found", hint="run 'loradeploy stack up' first")
-    stack = _local_stack(settings.stack.home)
+    stack = _local_stack(settings.stack.home, assets=settings.stack.assets)
     result = StepResult(step="restart-deployment", model=model_name)
     timer = Timer(result.timings_s)
     with err.status("restarting the local vLLM") as status:
@@ -753,12 +753,12 @@ def history(
 # -- stack ---------------------------------------------------------------------------------
 
 
-def _local_stack(home: Path | None, replicas: int = 1) -> Any:
+def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = None) -> Any:
     from loradeploy.stack.local import LocalStack, StackConfig
 
     root = (home or Path(os.environ.get("LORADEPLOY_HOME", ".loradeploy"))).resolve()
-    assets = Path(os.environ.get("LORADEPLOY_ASSETS", str(root))).resolve()
-    return LocalStack(StackConfig(home=root, assets=assets, replicas=replicas))
+    found = assets or Path(os.environ.get("LORADEPLOY_ASSETS", str(root)))
+    return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas))
 
 
 StackHome = Annotated[

@@ -30,6 +30,7 @@ class StackInfo(BaseModel):
     """What ``stack up`` wrote: where the local servers listen."""
 
     home: Path
+    assets: Path | None = None  # where envs/ and models/ live (default: home)
     tracking_uri: str
     vllm_url: str
     vllm_urls: list[str] = Field(default_factory=list)

@@ -84,9 +84,9 @@ class Stack:
         return {entry["alias"]: entry["version"] for entry in entries}
 
     def versions(self, model: str) -> list[str]:
-        response = httpx.post(
+        response = httpx.get(
             f"{self.info.tracking_uri}/api/2.0/mlflow/model-versions/search",
-            json={"filter": f"name='{model}'"},
+            params={"filter": f"name='{model}'"},
             timeout=10,
         )
         response.raise_for_status()

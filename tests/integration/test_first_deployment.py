@@ -55,7 +55,11 @@ def deployed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     )
     assert smoke.code == 0, smoke.stderr + smoke.stdout
     staged = stack.run(
-        "set-staged-alias", f"--model-name={MODEL}", "--source=alias:candidate", output_dir=out / "staged"
+        "set-staged-alias",
+        f"--model-name={MODEL}",
+        "--source=alias:candidate",
+        f"--slot-name={SLOT}",
+        output_dir=out / "staged",
     )
     assert staged.code == 0, staged.stderr
     return {**versions, "out": str(out)}

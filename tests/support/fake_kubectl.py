@@ -22,7 +22,7 @@ Environment:
         like pods sharing one volume; a pod's own "root_map" gives it a separate one.
     FAKE_KUBECTL_LOG    every invocation's argv is appended here as one JSON line.
     FAKE_KUBECTL_FAIL   "VERB:TEXT" makes VERB (get, cp, exec, patch) fail with TEXT on
-        stderr and exit 1. TEXT "Forbidden", "NotFound" or "Unauthorized" expands to
+        stderr and exit 1. TEXT "Forbidden" or "Unauthorized" expands to
         kubectl's real message; TEXT "hang" sleeps a minute (to test timeouts).
 """
 
@@ -54,19 +54,13 @@ class Fail(Exception):
 
 
 def parse(args: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
-    """Positionals, options (-n -l -o -c -p --context) and whatever follows '--'."""
-    positional: list[str] = []
-    options: dict[str, str] = {}
-    rest = args[args.index("--") + 1 :] if "--" in args else []
-    head = args[: args.index("--")] if "--" in args else args
-    i = 0
-    while i < len(head):
-        if head[i].startswith("-"):
-            options[head[i]] = head[i + 1]
-            i += 2
-        else:
-            positional.append(head[i])
-            i += 1
+    """Positionals, options (-n -l -o -c -p --context, each with a value) and ARGV after '--'."""
+    split = args.index("--") if "--" in args else len(args)
+    head, rest = args[:split], args[split + 1 :]
+    options = {arg: head[i + 1] for i, arg in enumerate(head) if arg.startswith("-")}
+    positional = [
+        a for i, a in enumerate(head) if not a.startswith("-") and (i == 0 or head[i - 1][0] != "-")
+    ]
     return positional, options, rest
 
 
@@ -191,6 +185,18 @@ def run_in_pod(state: dict[str, Any], pos: list[str], opts: dict[str, str], argv
     return to_pod(done.stdout, root_map)
 
 
+def injected_failure(verb: str, text: str, namespace: str) -> str:
+    if text == "hang":
+        time.sleep(60)
+    rbac_verb, resource = RBAC[verb]
+    return {
+        "Forbidden": f"Error from server (Forbidden): {resource} is forbidden: User "
+        f'"system:serviceaccount:ml:deployer" cannot {rbac_verb} resource "{resource}" '
+        f'in API group "" in the namespace "{namespace}"',
+        "Unauthorized": "error: You must be logged in to the server (Unauthorized)",
+    }.get(text, text)
+
+
 def main(args: list[str]) -> int:
     if log := os.environ.get("FAKE_KUBECTL_LOG"):
         with Path(log).open("a", encoding="utf-8") as handle:
@@ -202,18 +208,7 @@ def main(args: list[str]) -> int:
     fail_verb, _, text = os.environ.get("FAKE_KUBECTL_FAIL", "").partition(":")
     try:
         if fail_verb and fail_verb == pos[0]:
-            if text == "hang":
-                time.sleep(60)
-            rbac_verb, resource = RBAC.get(verb, ("get", pos[0]))
-            raise Fail(
-                {
-                    "Forbidden": f"Error from server (Forbidden): {resource} is forbidden: User "
-                    f'"system:serviceaccount:ml:deployer" cannot {rbac_verb} resource "{resource}" '
-                    f'in API group "" in the namespace "{opts.get("-n", "default")}"',
-                    "NotFound": f'Error from server (NotFound): {resource} "{pos[-1]}" not found',
-                    "Unauthorized": "error: You must be logged in to the server (Unauthorized)",
-                }.get(text, text)
-            )
+            raise Fail(injected_failure(verb, text, opts.get("-n", "default")))
         handlers = {
             "get pods": lambda: get_pods(state, opts),
             "get deployment": lambda: get_deployment(state, opts, pos[2]),

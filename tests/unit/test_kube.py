@@ -285,6 +285,8 @@ def test_forbidden_without_details_falls_back_to_the_known_permission(cluster: F
     "stderr",
     [
         "Unable to connect to the server: dial tcp 10.96.0.1:443: connect: connection refused",
+        'E1127 05:40:53.153336   15034 memcache.go:265] "Unhandled Error" err="couldn\'t get current server '
+        'API group list: Get \\"http://localhost:8080/api?timeout=32s\\": dial tcp 127.0.0.1:8080"\n'
         "The connection to the server localhost:8080 was refused - did you specify the right host or port?",
         "Error from server (ServiceUnavailable): the server is currently unable to handle the request",
     ],
@@ -295,6 +297,13 @@ def test_connection_failures_are_transient(cluster: FakeCluster, stderr: str) ->
         cluster.api().ready_pods(NS, SELECTOR, CONTAINER)
     assert caught.value.exit_code == ExitCode.TRANSIENT
     assert SELECTOR in caught.value.message
+    assert "memcache" not in caught.value.message  # kubectl's log lines are dropped
+
+
+def test_unknown_context_is_a_usage_error(cluster: FakeCluster) -> None:
+    cluster.fail("get", "Error in configuration: context was not found for specified context: nope")
+    with pytest.raises(UsageError, match="context was not found"):
+        cluster.api(context="nope").ready_pods(NS, SELECTOR, CONTAINER)
 
 
 def test_a_call_that_hangs_hits_the_timeout(cluster: FakeCluster) -> None:

@@ -8,12 +8,14 @@ test double (``tests/support/fake_kubectl.py``) can stand in for.
 Every call runs ``subprocess.run`` with an argument list (never a shell) and a deadline,
 and kubectl's failures become the project's errors:
 
-    kubectl not installed                 UsageError             install kubernetes-client
-    "Unauthorized", no such context       UsageError/Authentication   fix kubeconfig
-    "(NotFound)"                          NotFoundError          names the object
-    "(Forbidden)"                         PermanentError         names the RBAC verb/resource
-    timeout, refused, unreachable, 5xx    ServerUnavailableError retry later
-    command in the pod exited non-zero    RemoteCommandError     (PermanentError)
+    kubectl not installed                 UsageError              install kubernetes-client
+    no tar in the container (cp)          PermanentError
+    command in the pod exited non-zero    RemoteCommandError      a PermanentError
+    "(NotFound)"                          NotFoundError           names the object
+    "(Forbidden)"                         PermanentError          names the RBAC verb/resource
+    "Unauthorized"                        AuthenticationError     refresh credentials
+    bad kubeconfig or context             UsageError
+    timeout, refused, unreachable, 5xx    ServerUnavailableError  retry later
     anything else                         PermanentError
 
 RBAC the service account needs: ``pods`` get/list, ``pods/exec`` get and create (copying
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 from loradeploy.domain.kube import Pod, ready_pods_from_json, restart_patch
 from loradeploy.errors import (
     AuthenticationError,
+    LoraDeployError,
     NotFoundError,
     PermanentError,
     ServerUnavailableError,
@@ -93,7 +96,14 @@ _UNAVAILABLE = (
     "the server is currently unable to handle the request",
     "http2: client connection lost",
 )
+_KLOG = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")  # kubectl's log lines, e.g. "E1127 05:40:53.15 ..."
 INSTALL_HINT = "install kubectl (Debian/Ubuntu: apt-get install kubernetes-client) or pass its full path"
+
+
+def _without_klog(stderr: str) -> str:
+    """kubectl's own error message: its repeated log lines dropped (kept if nothing else)."""
+    lines = [line for line in stderr.strip().splitlines() if not _KLOG.match(line)]
+    return "\n".join(lines).strip() or stderr.strip()
 
 
 class KubectlApi:
@@ -164,7 +174,14 @@ class KubectlApi:
     def _run(self, args: list[str], *, what: str, rbac: str) -> str:
         argv = self._argv(args)
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,  # kubectl prompts for a username when credentials are missing
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                check=False,
+            )
         except FileNotFoundError as exc:
             raise UsageError(f"kubectl binary {self.kubectl!r} not found", hint=INSTALL_HINT) from exc
         except subprocess.TimeoutExpired as exc:
@@ -181,8 +198,13 @@ class KubectlApi:
             raise self._error(done.returncode, done.stderr, what=what, rbac=rbac)
         return done.stdout
 
-    def _error(self, returncode: int, stderr: str, *, what: str, rbac: str) -> Exception:
-        text = stderr.strip()
+    def _error(self, returncode: int, stderr: str, *, what: str, rbac: str) -> LoraDeployError:
+        text = _without_klog(stderr)
+        if "executable file not found" in text and '"tar"' in text:
+            return PermanentError(
+                f"{what}: kubectl cp needs tar in the container, and it has none",
+                hint="use an image with tar, or an init container that pulls from the registry",
+            )
         remote = _REMOTE_EXIT.search(text)
         if remote:
             body = text[: remote.start()].strip()
@@ -197,7 +219,7 @@ class KubectlApi:
                 f"{what}{where}: not found: {short(text)}",
                 hint="check the namespace, the pod or deployment name and the kube context",
             )
-        if False:
+        if "(Forbidden)" in text:
             match = _RBAC.search(text)
             needed = f"{match.group(1)} {match.group(2)}" if match else rbac
             return PermanentError(
@@ -209,19 +231,15 @@ class KubectlApi:
                 f"{what}{where}: the cluster refused kubectl's credentials: {short(text)}",
                 hint="refresh the kubeconfig credentials or the service account token",
             )
-        if "context" in text and ("does not exist" in text or "no context exists" in text):
+        if "Error in configuration" in text or ("context" in text and "not found" in text):
             return UsageError(
-                f"kubectl: {short(text)}", hint="pass an existing --context (kubectl config get-contexts)"
+                f"kubectl configuration{where}: {short(text)}",
+                hint="fix KUBECONFIG or pass an existing context (kubectl config get-contexts)",
             )
         if any(marker in text for marker in _UNAVAILABLE):
             return ServerUnavailableError(
                 f"{what}{where}: Kubernetes API unreachable: {short(text)}",
                 hint="check KUBECONFIG/--context and that the cluster is up, then retry",
-            )
-        if "executable file not found" in text and '"tar"' in text:
-            return PermanentError(
-                f"{what}: kubectl cp needs tar in the container, and it has none",
-                hint="use an image with tar, or an init container that pulls from the registry",
             )
         return PermanentError(f"kubectl failed on {what}{where} (exit {returncode}): {short(text)}")
 

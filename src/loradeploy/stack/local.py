@@ -258,6 +258,7 @@ class LocalStack:
             urls.append(record.url)
         info = StackInfo(
             home=self.home.resolve(),
+            assets=self.config.assets.resolve(),
             tracking_uri=mlflow.url,
             vllm_url=urls[0],
             vllm_urls=urls,
@@ -301,7 +302,12 @@ class LocalStack:
         known = {*self.vllm_names(), "mlflow"}
         run = self.home / "run"
         found = sorted(p.stem for p in run.glob("*.json")) if run.is_dir() else []
-        return [name for name in found if name not in known]
+        extra = []
+        for name in found:
+            record = processes.load(run / f"{name}.json")
+            if name not in known and record and processes.group_alive(record.pid):
+                extra.append(name)
+        return extra
 
     def status(self) -> list[ServiceStatus]:
         rows = []
