@@ -22,7 +22,7 @@ from loradeploy.domain import names
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import CheckFailedError, ExitCode, LoraDeployError, UsageError
 from loradeploy.results import StepResult, Timer, write_outputs
-from loradeploy.settings import Settings, load_settings
+from loradeploy.settings import STACK_FILE, Settings, load_settings, read_stack
 
 app = typer.Typer(
     name="loradeploy",
@@ -757,6 +757,8 @@ def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = Non
     from loradeploy.stack.local import LocalStack, StackConfig
 
     root = (home or Path(os.environ.get("LORADEPLOY_HOME", ".loradeploy"))).resolve()
+    if assets is None and (root / STACK_FILE).is_file():
+        assets = read_stack(root / STACK_FILE).assets  # keep what an earlier 'up' used
     found = assets or Path(os.environ.get("LORADEPLOY_ASSETS", str(root)))
     return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas))
 
