@@ -23,7 +23,7 @@ SLOT = "it-replica-slot"
 @pytest.fixture(scope="module")
 def second_replica(stack: Stack) -> Iterator[str]:
     local = LocalStack(StackConfig(home=stack.home, assets=ASSETS))
-    record = local.start_vllm("vllm-strict", extra_args=["--max-lora-rank", "8"])
+    record = local.start_vllm("vllm-strict", extra_args=["--max-lora-rank", "8"], restore=False)
     try:
         yield record.url
     finally:

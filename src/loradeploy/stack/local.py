@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from loradeploy.errors import UsageError
+from loradeploy.errors import DeadlineExceededError, UsageError
 from loradeploy.settings import STACK_FILE, StackInfo
 from loradeploy.stack import processes
 from loradeploy.stack.processes import ProcessRecord
@@ -132,14 +132,18 @@ class LocalStack:
             cwd=self.home,
         )
         processes.save(record, self._record_path(name))
-        processes.wait_for(
-            f"{name} at {url}",
-            lambda: _healthy(url),
-            timeout_s=timeout_s,
-            alive=lambda: processes.group_alive(record.pid),
-            log=record.log,
-            on_tick=(lambda elapsed: on_tick(name, elapsed)) if on_tick else None,
-        )
+        try:
+            processes.wait_for(
+                f"{name} at {url}",
+                lambda: _healthy(url),
+                timeout_s=timeout_s,
+                alive=lambda: processes.leader_alive(record.pid),
+                log=record.log,
+                on_tick=(lambda elapsed: on_tick(name, elapsed)) if on_tick else None,
+            )
+        except DeadlineExceededError:
+            processes.stop_group(record.pid, grace_s=5)  # no half-started leftovers
+            raise
         return record
 
     def _previous_port(self, name: str) -> int | None:
@@ -165,7 +169,7 @@ class LocalStack:
             "1",
         ]
 
-    def vllm_command(self) -> list[str]:
+    def vllm_command(self, *, restore: bool = True) -> list[str]:
         c = self.config
         command = [
             str(c.env_python("vllm")),
@@ -193,7 +197,7 @@ class LocalStack:
         ]
         if c.api_key:
             command += ["--api-key", c.api_key]
-        modules = self.restored_modules()
+        modules = self.restored_modules() if restore else []
         if modules:
             command += ["--lora-modules", *[json.dumps(m) for m in modules]]
         return command
@@ -270,12 +274,18 @@ class LocalStack:
         return info
 
     def start_vllm(
-        self, name: str, on_tick: Tick | None = None, extra_args: list[str] | None = None
+        self,
+        name: str,
+        on_tick: Tick | None = None,
+        extra_args: list[str] | None = None,
+        *,
+        restore: bool = True,
     ) -> ProcessRecord:
-        """Start one vLLM server; ``extra_args`` override the defaults (last flag wins)."""
+        """Start one vLLM server; ``extra_args`` override the defaults (last flag wins).
+        ``restore=False`` starts it empty, without the restored ``--lora-modules``."""
         return self._start(
             name,
-            self.vllm_command() + list(extra_args or []),
+            self.vllm_command(restore=restore) + list(extra_args or []),
             self.vllm_env(),
             timeout_s=VLLM_START_TIMEOUT_S,
             port=processes.free_port(self._previous_port(name)),

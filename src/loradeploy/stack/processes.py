@@ -53,6 +53,18 @@ def group_alive(pid: int) -> bool:
     return True
 
 
+def leader_alive(pid: int) -> bool:
+    """The group's first process runs (reaped if it exited). vLLM's API process can
+    die at start-up while its engine process lingers; only the leader answers HTTP."""
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        state = stat.rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def start(
     name: str,
     command: Sequence[str],
