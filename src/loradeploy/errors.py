@@ -2,7 +2,8 @@
 
 Every error carries a one-line ``message`` that names the object (model, version,
 alias, adapter, server URL) and a ``hint`` with the next step. Messages are safe to
-log: no credentials, and remote bodies are cut short by :func:`short`.
+log: no credentials (``one_line`` and :func:`short` pass text through :func:`redact`),
+and remote bodies are cut short by :func:`short`.
 
     LoraDeployError
      ├── UsageError                 exit 2   fix the command line or configuration
@@ -26,6 +27,8 @@ mapped here and nowhere else.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -53,7 +56,7 @@ class LoraDeployError(Exception):
     def one_line(self) -> str:
         """The single line shown to a person: what happened, then what to do."""
         text = f"{self.message}; next: {self.hint}"
-        return " ".join(text.split())
+        return redact(" ".join(text.split()))
 
 
 class UsageError(LoraDeployError):
@@ -115,7 +118,25 @@ class CheckFailedError(LoraDeployError):
     default_hint = "read result.json in the output folder for the failed checks"
 
 
+# ``scheme://user:password@host`` and ``Authorization: Bearer <token>`` forms.
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]+@")
+_BEARER = re.compile(r"(?i)(?P<word>bearer\s+)[^\s,;'\"]+")
+REDACTED = "***"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove credentials from a line before anyone sees it: user info in URLs, bearer
+    tokens, and every value in ``secrets`` (for example the API key and the MLflow
+    password the command was given)."""
+    text = _URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+    text = _BEARER.sub(rf"\g<word>{REDACTED}", text)
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def short(text: str, limit: int = 200) -> str:
-    """Cut a remote body to one short line, so it is safe to put in a message."""
-    flat = " ".join(str(text).split())
+    """Cut a remote body to one short line, so it is safe to put in a message (credentials
+    are removed first, so a cut never leaves half a password behind)."""
+    flat = redact(" ".join(str(text).split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

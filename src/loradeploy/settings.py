@@ -4,7 +4,7 @@ Lookup order for every connection value (first found wins):
 1. the command-line flag;
 2. the environment (``MLFLOW_TRACKING_URI``, ``LORADEPLOY_VLLM_URL``,
    ``LORADEPLOY_ADAPTERS_ROOT``, ``VLLM_API_KEY``, ``LORADEPLOY_CA_BUNDLE``,
-   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_ACTOR``);
+   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``);
 3. the local stack file written by ``loradeploy stack up``
    (``$LORADEPLOY_HOME/stack.json``, else ``.loradeploy/stack.json`` in the current
    folder or the nearest parent).
@@ -17,13 +17,18 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from loradeploy.errors import UsageError
+from loradeploy.errors import UsageError, redact
 
 STACK_FILE = "stack.json"
 HOME_DIRNAME = ".loradeploy"
+URL_SCHEMES = ("http", "https")
+# MLflow's own switch that turns TLS verification off; loradeploy never allows that.
+MLFLOW_INSECURE_TLS = "MLFLOW_TRACKING_INSECURE_TLS"
+VLLM_CREDENTIALS = "VLLM_API_KEY or --api-key"
 
 
 class StackInfo(BaseModel):
@@ -48,6 +53,9 @@ class Settings(BaseModel):
     vllm_api_key: SecretStr | None = None
     ca_bundle: Path | None = None
     max_lora_rank: int = 16  # vLLM's own default for --max-lora-rank
+    # Largest adapter (all files, bytes) downloaded, validated or placed; env only. The
+    # default is domain.adapter.DEFAULT_MAX_TOTAL_BYTES (settings sits below domain).
+    max_adapter_bytes: int = Field(default=4 << 30, gt=0)
     base_model_aliases: dict[str, str] = Field(default_factory=dict)
     actor: str = "unknown"  # who acts, for locks and the audit history
     stack: StackInfo | None = None
@@ -81,6 +89,34 @@ class Settings(BaseModel):
     def verify(self) -> bool | str:
         """TLS verification for httpx: always on; a CA bundle may be added, never disabled."""
         return str(self.ca_bundle) if self.ca_bundle else True
+
+
+def check_url(value: str, *, what: str, setting: str, credentials: str) -> str:
+    """An http(s) URL with a host, a valid port and no credentials in it.
+
+    Credentials in a URL end up in messages and result files; they belong in the
+    dedicated settings (``VLLM_API_KEY``, ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``).
+    The URL is never echoed with its user info.
+    """
+    shown = redact(value)
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        raise UsageError(
+            f"{what} URL {shown!r} has credentials in it",
+            hint=f"remove them from {setting} and pass them with {credentials}",
+        )
+    if parts is None or parts.scheme not in URL_SCHEMES or not parts.hostname or not port_ok:
+        raise UsageError(
+            f"{what} URL {shown!r} is not an http:// or https:// URL with a host",
+            hint=f"fix {setting}; it must look like https://host:port",
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise UsageError(f"{what} URL {shown!r} contains spaces or control characters", hint=f"fix {setting}")
+    return value
 
 
 def find_stack_file(env: Mapping[str, str], cwd: Path) -> Path | None:
@@ -136,8 +172,13 @@ def load_settings(
         return from_stack
 
     rank = pick("max_lora_rank", "LORADEPLOY_MAX_LORA_RANK", stack.max_lora_rank if stack else 16)
+    if env.get(MLFLOW_INSECURE_TLS, "").strip().lower() not in ("", "0", "false", "no"):
+        raise UsageError(
+            f"{MLFLOW_INSECURE_TLS} is set: loradeploy never turns TLS verification off",
+            hint=f"unset {MLFLOW_INSECURE_TLS}; add the server's CA with --ca-bundle or LORADEPLOY_CA_BUNDLE",
+        )
     try:
-        return Settings(
+        settings = Settings(
             tracking_uri=pick("tracking_uri", "MLFLOW_TRACKING_URI", stack.tracking_uri if stack else None),
             vllm_url=pick("vllm_url", "LORADEPLOY_VLLM_URL", stack.vllm_url if stack else None),
             adapters_root=pick(
@@ -146,12 +187,28 @@ def load_settings(
             vllm_api_key=pick("api_key", "VLLM_API_KEY", None),
             ca_bundle=pick("ca_bundle", "LORADEPLOY_CA_BUNDLE", None),
             max_lora_rank=int(rank),
+            max_adapter_bytes=int(env.get("LORADEPLOY_MAX_ADAPTER_BYTES") or 4 << 30),
             base_model_aliases=parse_base_aliases(list(flags.get("base_model_alias") or [])),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:
         raise UsageError(f"settings are invalid ({short_validation(exc)})") from exc
+    if settings.tracking_uri:
+        check_url(
+            settings.tracking_uri,
+            what="MLflow tracking",
+            setting="--tracking-uri or MLFLOW_TRACKING_URI",
+            credentials="MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+        )
+    if settings.vllm_url:
+        check_url(settings.vllm_url, what="vLLM", setting="--vllm-url", credentials=VLLM_CREDENTIALS)
+    if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
+        raise UsageError(
+            f"CA bundle {settings.ca_bundle} is not a readable file",
+            hint="pass a PEM file with --ca-bundle or LORADEPLOY_CA_BUNDLE",
+        )
+    return settings
 
 
 def _default_actor(env: Mapping[str, str]) -> str:

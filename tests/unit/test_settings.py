@@ -152,6 +152,7 @@ def test_an_unreadable_stack_file_is_a_usage_error(tmp_path: Path) -> None:
 def test_tls_verification_is_on_unless_a_ca_bundle_is_given(tmp_path: Path) -> None:
     assert load_settings({}, {}, tmp_path).verify is True
     bundle = tmp_path / "ca.pem"
+    bundle.write_text("")  # must exist: a missing bundle is a usage error (test_secrets.py)
     assert load_settings({"ca_bundle": bundle}, {}, tmp_path).verify == str(bundle)
     assert load_settings({}, {"LORADEPLOY_CA_BUNDLE": str(bundle)}, tmp_path).verify == str(bundle)
 

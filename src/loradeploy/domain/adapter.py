@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,16 @@ TAG_PREFIX = "loradeploy."
 SHA_TAG_PREFIX = "loradeploy.sha256."
 MAX_CONFIG_BYTES = 1 << 20
 MAX_HEADER_BYTES = 100 << 20  # same bound the safetensors library uses
+# The largest adapter loradeploy downloads, validates or places (all files together). A
+# LoRA of a 7B model at rank 64 is about 0.2 GB; 4 GiB leaves room for large bases and
+# ranks and stops a runaway (or sparse, lying) file before it is hashed or copied.
 DEFAULT_MAX_TOTAL_BYTES = 4 << 30
+# vLLM's largest --max-lora-rank is 512; a rank far above any server's limit is a broken
+# config, not an adapter (it is refused at registration, before any server is asked).
+MAX_SANE_RANK = 4096
+# A file of an adapter version: one plain name (no separators, NUL, control characters,
+# leading dot or dash). Names become registry tag keys, local paths and pod paths.
+_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
 _DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
     "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -52,6 +63,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_file_names(names: Iterable[str], label: str) -> None:
+    """Refuse any name that is not one plain file name (``../x``, ``/etc/x``, ``a\\b``, NUL)."""
+    for name in names:
+        if not _SAFE_FILE_NAME.fullmatch(name) or ".." in name:
+            raise InvalidAdapterError(
+                f"{label}: file name {name!r} is not a plain file name",
+                hint="an adapter is a flat folder of plainly named files; register it again "
+                "from a clean PEFT save_pretrained folder",
+            )
+
+
 def _fail(folder: Path, field: str, problem: str) -> InvalidAdapterError:
     return InvalidAdapterError(f"adapter {folder}: {field} {problem}")
 
@@ -67,6 +89,7 @@ def _list_files(folder: Path, max_total_bytes: int) -> dict[str, int]:
         if entry.is_symlink() or not entry.is_file():
             raise _fail(folder, entry.name, "is not a regular file (links and sub-folders refused)")
         sizes[entry.name] = entry.stat().st_size
+    check_file_names(sizes, f"adapter {folder}")
     total = sum(sizes.values())
     if total > max_total_bytes:
         raise _fail(folder, "total size", f"is {total} bytes, above the {max_total_bytes} limit")
@@ -83,7 +106,7 @@ def _read_config(folder: Path, size: int) -> dict[str, Any]:
         raise _fail(folder, CONFIG_FILE, f"is {size} bytes, above {MAX_CONFIG_BYTES}")
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nesting bomb
         raise _fail(folder, CONFIG_FILE, f"is not valid JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise _fail(folder, CONFIG_FILE, "must hold a JSON object")
@@ -95,16 +118,16 @@ def _check_config(folder: Path, config: Mapping[str, Any]) -> tuple[str, int, fl
     if peft_type != "LORA":
         raise _fail(folder, "peft_type", f"is {peft_type!r}, expected 'LORA'")
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise _fail(folder, "r", f"is {rank!r}, expected a positive integer")
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_SANE_RANK:
+        raise _fail(folder, "r", f"is {short_repr(rank)}, expected an integer from 1 to {MAX_SANE_RANK}")
     alpha = config.get("lora_alpha", rank)
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        raise _fail(folder, "lora_alpha", f"is {alpha!r}, expected a number")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise _fail(folder, "lora_alpha", f"is {short_repr(alpha)}, expected a finite number")
     targets = config.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise _fail(folder, "target_modules", f"is {targets!r}, expected a list of module names")
+        raise _fail(folder, "target_modules", f"is {short_repr(targets)}, expected a list of module names")
     if config.get("use_dora"):
         raise _fail(folder, "use_dora", "is true, expected false (vLLM does not serve DoRA)")
     if config.get("bias", "none") != "none":
@@ -129,8 +152,11 @@ def _check_safetensors(folder: Path, size: int, rank: int) -> None:
             raise _fail(folder, WEIGHTS_FILE, f"header claims {header_len} bytes, file too short")
         raw = handle.read(header_len)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Strictly UTF-8, as the format says: json.loads on bytes would also take UTF-16/32.
+        header = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _fail(folder, WEIGHTS_FILE, "header is not valid JSON (not UTF-8)") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise _fail(folder, WEIGHTS_FILE, "header is not valid JSON") from exc
     if not isinstance(header, dict):
         raise _fail(folder, WEIGHTS_FILE, "header must be a JSON object")
@@ -221,7 +247,14 @@ def check_compatible(
 
 def check_digests(folder: Path, expected: Mapping[str, str], label: str) -> None:
     """Every file present and equal to the registry's sha256 tags, and nothing else."""
+    check_file_names(expected, f"{label}: the registry's sha256 tags")
     actual = {e.name: e for e in folder.iterdir()}
+    links = sorted(name for name, entry in actual.items() if entry.is_symlink() or not entry.is_file())
+    if links:
+        raise InvalidAdapterError(
+            f"{label}: {links} are not regular files (links and sub-folders refused)",
+            hint="remove the folder's links; adapter folders hold plain files only",
+        )
     if set(actual) != set(expected):
         missing = sorted(set(expected) - set(actual))
         extra = sorted(set(actual) - set(expected))
@@ -236,6 +269,12 @@ def check_digests(folder: Path, expected: Mapping[str, str], label: str) -> None
                 f"{label}: sha256 of {name} is {got[:12]}…, expected {digest[:12]}… from the registry tags",
                 hint="the artifact changed after registration; re-register the adapter",
             )
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr`` cut short: a hostile config can hold megabytes in one field."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def registry_tags(info: AdapterInfo) -> dict[str, str]:

@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper, VersionInfo
-from loradeploy.domain.adapter import AdapterInfo, check_compatible, check_digests, inspect_adapter
+from loradeploy.domain.adapter import (
+    DEFAULT_MAX_TOTAL_BYTES,
+    TAG_PREFIX,
+    AdapterInfo,
+    check_compatible,
+    check_digests,
+    check_file_names,
+    inspect_adapter,
+)
 from loradeploy.domain.layout import version_dir
 from loradeploy.errors import InvalidAdapterError, PermanentError
 from loradeploy.results import Check, StepResult, Timer
@@ -27,7 +35,27 @@ def required_digests(version: VersionInfo) -> dict[str, str]:
             f"model {version.model!r} version {version.version} has no loradeploy.sha256.* tags",
             hint="register adapters with 'loradeploy register' so their files can be verified",
         )
+    check_file_names(digests, f"model {version.model!r} version {version.version}: the sha256 tags")
     return digests
+
+
+def check_recorded_size(version: VersionInfo, max_adapter_bytes: int) -> None:
+    """Refuse before downloading when the size recorded at registration is above the cap.
+
+    The files' real sizes are checked again after the download, before anything is hashed
+    or placed (``inspect_adapter``), so a tag that lies does not get a large file through.
+    """
+    recorded = version.tags.get(f"{TAG_PREFIX}bytes", "")
+    if (
+        recorded.isascii()
+        and recorded.isdigit()
+        and (len(recorded) > 18 or int(recorded) > max_adapter_bytes)
+    ):
+        raise InvalidAdapterError(
+            f"model {version.model!r} version {version.version} is {recorded} bytes, above the "
+            f"{max_adapter_bytes}-byte limit for an adapter; nothing was downloaded",
+            hint="register a smaller adapter, or raise the limit with LORADEPLOY_MAX_ADAPTER_BYTES",
+        )
 
 
 def fetch_and_place(
@@ -40,16 +68,18 @@ def fetch_and_place(
     base_model_aliases: Mapping[str, str],
     max_lora_rank: int,
     timer: Timer,
+    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
 ) -> tuple[str, AdapterInfo, bool]:
     """Download, validate and place one version; returns (server path, info, written)."""
     digests = required_digests(version)
+    check_recorded_size(version, max_adapter_bytes)
     label = f"model {version.model!r} version {version.version}"
     new_root = version_dir(transport.root, slot, version.model, version.version)
     with transport.staging() as staging:
         with timer("download"):
             registry.download_adapter(version.model, version.version, staging)
         with timer("validate"):
-            info = inspect_adapter(staging)
+            info = inspect_adapter(staging, max_total_bytes=max_adapter_bytes)
             check_digests(staging, digests, label)
             for names in served_names:
                 check_compatible(
@@ -74,6 +104,7 @@ def deploy_version(
     base_model_aliases: Mapping[str, str],
     max_lora_rank: int,
     result: StepResult,
+    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
 ) -> str:
     """Serve ``version`` under ``slot`` on every replica; returns the served folder."""
     timer = Timer(result.timings_s)
@@ -86,6 +117,7 @@ def deploy_version(
         base_model_aliases=base_model_aliases,
         max_lora_rank=max_lora_rank,
         timer=timer,
+        max_adapter_bytes=max_adapter_bytes,
     )
     with timer("load"):
         swapped = roll_out(replicas, slot, new_root)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
@@ -28,6 +29,7 @@ class LoadRequest:
     slot: str
     strategy: SwapStrategy = SwapStrategy.AUTO
     max_lora_rank: int = 16
+    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     base_model_aliases: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -58,6 +60,7 @@ def load_adapter(
             transport=transport,
             base_model_aliases=request.base_model_aliases,
             max_lora_rank=request.max_lora_rank,
+            max_adapter_bytes=request.max_adapter_bytes,
             result=result,
         )
     return result
