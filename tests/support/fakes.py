@@ -42,7 +42,10 @@ class FakeVllmServer:
     (False: the LoRA routes do not exist), ``api_key`` (the /v1 routes want it),
     ``unhealthy_polls`` (that many /health requests answer 503 first), ``die_on_load``
     (/health answers 503 once one of these paths was loaded), ``completion_delay_s``
-    (how far a completion moves ``clock``).
+    (how far a completion moves ``clock``), ``chat_reply`` (model, messages -> the text of
+    a chat completion; default ``completion_text``), ``failing_models`` (completions for
+    these names answer 500), ``model_delay_s`` (how far a chat completion for a name
+    moves ``clock``).
     """
 
     base_id: str = BASE_ID
@@ -60,6 +63,9 @@ class FakeVllmServer:
     completion_tokens: int = 6
     completion_delay_s: float = 0.0
     clock: FakeClock | None = None
+    chat_reply: Callable[[str, list[dict[str, str]]], str] | None = None
+    failing_models: set[str] = field(default_factory=set)
+    model_delay_s: dict[str, float] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
 
     def transport(self) -> httpx.MockTransport:
@@ -82,6 +88,7 @@ class FakeVllmServer:
             ("GET", "/version"): lambda _: httpx.Response(200, json={"version": self.version}),
             ("GET", "/v1/models"): self._models,
             ("POST", "/v1/completions"): self._completion,
+            ("POST", "/v1/chat/completions"): self._chat,
         }
         if self.runtime_lora:
             route[("POST", "/v1/load_lora_adapter")] = self._load
@@ -161,6 +168,29 @@ class FakeVllmServer:
                     "completion_tokens": self.completion_tokens,
                     "total_tokens": 12 + self.completion_tokens,
                 },
+            },
+        )
+
+    def _chat(self, body: dict[str, Any] | None) -> httpx.Response:
+        assert body is not None, "vLLM wants a JSON body"
+        model = body["model"]
+        if model != self.base_id and model not in self.adapters:
+            message = f"The model `{model}` does not exist. Valid aliases: {self.base_id}"
+            return httpx.Response(404, json=vllm_error(message, "NotFoundError", 404))
+        if model in self.failing_models:
+            return httpx.Response(500, json=vllm_error("engine error", "InternalServerError", 500))
+        if self.clock is not None:
+            self.clock.now += self.model_delay_s.get(model, 0.0)
+        text = self.chat_reply(model, body["messages"]) if self.chat_reply else self.completion_text
+        tokens = body["max_tokens"] if body.get("ignore_eos") else self.completion_tokens
+        return httpx.Response(
+            200,
+            json={
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": tokens, "total_tokens": 30 + tokens},
             },
         )
 

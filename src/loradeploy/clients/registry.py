@@ -19,11 +19,13 @@ from loradeploy.domain.adapter import digests_from_tags
 from loradeploy.domain.names import Source, alias_name, parse_source
 from loradeploy.errors import (
     AuthenticationError,
+    InvalidAdapterError,
     LoraDeployError,
     NotFoundError,
     PermanentError,
     ServerUnavailableError,
     UsageError,
+    redact,
     short,
 )
 
@@ -39,6 +41,7 @@ class VersionInfo(BaseModel):
     aliases: list[str]
     tags: dict[str, str]
     via: str  # how it was found: "alias:candidate" or "version:3"
+    run_id: str | None = None  # the MLflow run that produced it (``loradeploy train``)
 
     @property
     def uri(self) -> str:
@@ -47,6 +50,16 @@ class VersionInfo(BaseModel):
     def file_digests(self) -> dict[str, str]:
         """sha256 per file, from the tags ``loradeploy register`` wrote."""
         return digests_from_tags(self.tags)
+
+
+# What MLflow's download says when a listing names a path outside the destination
+# (``..``, an absolute path) or a name the filesystem refuses (a NUL byte).
+_HOSTILE_LISTING = ("outside the artifact directory", "embedded null byte", "Invalid path")
+
+
+def _hostile_listing(exc: Exception) -> bool:
+    text = str(getattr(exc, "message", exc))
+    return any(marker in text for marker in _HOSTILE_LISTING)
 
 
 class MLflowHelper:
@@ -58,14 +71,18 @@ class MLflowHelper:
         *,
         request_timeout_s: int = 30,
         max_retries: int = 2,
+        ca_bundle: Path | None = None,
         client: MlflowClient | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.where = f"MLflow at {redact(tracking_uri)}"  # for messages: never credentials
         # MLflow reads these from the environment at call time. The defaults retry a
         # dead server for minutes; ours give up quickly and report a transient error.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
         os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(request_timeout_s)
+        if ca_bundle is not None:  # MLflow's requests session verifies against this CA bundle
+            os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_bundle)
         self._client = client
 
     @property
@@ -85,7 +102,7 @@ class MLflowHelper:
         """Turn MLflow and HTTP-library errors into the project's, with context."""
         from mlflow.exceptions import MlflowException, RestException
 
-        where = f"MLflow at {self.tracking_uri}"
+        where = self.where
         try:
             yield
         except LoraDeployError:
@@ -139,6 +156,7 @@ class MLflowHelper:
             aliases=list(mv.aliases or []),
             tags=dict(mv.tags or {}),
             via=via or f"version:{version}",
+            run_id=mv.run_id or None,
         )
 
     def resolve(self, name: str, source: Source) -> VersionInfo:
@@ -156,17 +174,36 @@ class MLflowHelper:
     def download_adapter(self, name: str, version: str, output_dir: Path) -> Path:
         """Download one version's files into ``output_dir`` (which must not exist)."""
         from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException, RestException
 
         output_dir.mkdir(parents=True)
         uri = f"models:/{name}/{version}"
         with self._translate(f"download of {uri}"):
             self.client  # noqa: B018 (sets the registry URI the download consults)
-            download_artifacts(
-                artifact_uri=uri,
-                dst_path=str(output_dir),
-                tracking_uri=self.tracking_uri,
-                registry_uri=self.tracking_uri,
-            )
+            try:
+                download_artifacts(
+                    artifact_uri=uri,
+                    dst_path=str(output_dir),
+                    tracking_uri=self.tracking_uri,
+                    registry_uri=self.tracking_uri,
+                )
+            except RestException:
+                raise
+            except MlflowException as exc:
+                if _hostile_listing(exc):
+                    raise InvalidAdapterError(
+                        f"model {name!r} version {version}: the artifact listing of {uri} names a file "
+                        f"outside the download folder or an impossible name ({short(exc.message, 120)})",
+                        hint="the artifacts were not written by 'loradeploy register'; register the "
+                        "adapter again from a clean folder",
+                    ) from exc
+                raise
+            except ValueError as exc:  # a file name with a NUL byte, refused by the OS layer
+                raise InvalidAdapterError(
+                    f"model {name!r} version {version}: the artifact listing of {uri} has an "
+                    f"impossible file name ({short(str(exc), 80)})",
+                    hint="register the adapter again from a clean folder",
+                ) from exc
         return output_dir
 
     # -- writing -------------------------------------------------------------------------
@@ -181,23 +218,6 @@ class MLflowHelper:
         with self._translate(f"delete alias {alias!r} of model {name!r}"):
             self.client.delete_registered_model_alias(name, alias)
 
-    def update_deployment_aliases(self, name: str, version: str) -> dict[str, str | None]:
-        """Point ``live`` at ``version`` and the old live at ``previous``.
-
-        Returns the moves made, alias -> new version (None = removed).
-        """
-        aliases = self.get_aliases(name)
-        old_live = aliases.get("live")
-        moves: dict[str, str | None] = {}
-        if old_live == version:
-            return moves
-        if old_live is not None:
-            self.set_alias(name, "previous", old_live)
-            moves["previous"] = old_live
-        self.set_alias(name, "live", version)
-        moves["live"] = version
-        return moves
-
     def register_adapter(
         self,
         name: str,
@@ -205,10 +225,12 @@ class MLflowHelper:
         *,
         version_tags: Mapping[str, str],
         experiment: str = "loradeploy-adapters",
+        run_id: str | None = None,
     ) -> str:
         """Register ``adapter_dir`` as a new version (MLflow 3 logged-model route).
 
-        The version's artifacts are exactly the folder's files.
+        The version's artifacts are exactly the folder's files. With ``run_id`` the
+        logged model and the version are linked to that (training) run.
         """
         import mlflow
 
@@ -216,7 +238,10 @@ class MLflowHelper:
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             logged = mlflow.initialize_logged_model(
-                name=name, tags={"loradeploy.kind": "lora-adapter"}, experiment_id=experiment_id
+                name=name,
+                tags={"loradeploy.kind": "lora-adapter"},
+                experiment_id=experiment_id,
+                source_run_id=run_id,
             )
             try:
                 self.client.log_model_artifacts(logged.model_id, str(adapter_dir))
@@ -224,7 +249,18 @@ class MLflowHelper:
                 self.client.finalize_logged_model(logged.model_id, "FAILED")
                 raise
             self.client.finalize_logged_model(logged.model_id, "READY")
-            mv = mlflow.register_model(f"models:/{logged.model_id}", name, tags=dict(version_tags))
+            if run_id is None:
+                mv = mlflow.register_model(f"models:/{logged.model_id}", name, tags=dict(version_tags))
+            else:  # register_model would drop the run id for a models:/ URI
+                if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+                    self.client.create_registered_model(name)
+                mv = self.client.create_model_version(
+                    name,
+                    source=f"models:/{logged.model_id}",
+                    run_id=run_id,
+                    tags=dict(version_tags),
+                    model_id=logged.model_id,
+                )
         return str(mv.version)
 
     def find_version_with_files(self, name: str, digests: Mapping[str, str]) -> str | None:
@@ -298,3 +334,53 @@ class MLflowHelper:
         """Fail fast with a transient error when the server is down."""
         with self._translate("a health check"):
             self.client.search_registered_models(max_results=1)
+
+    # -- training runs: parameters, metrics, and the versions they produced ---------------
+
+    def log_training_run(
+        self,
+        *,
+        experiment: str,
+        run_name: str,
+        params: Mapping[str, str],
+        metrics: Mapping[str, float],
+        curves: Mapping[str, list[float]],
+        tags: Mapping[str, str],
+        texts: Mapping[str, str],
+    ) -> str:
+        """One finished run: params, final metrics, step metrics (a value per step,
+        steps from 1) and text artifacts; returns its run id."""
+        from mlflow.entities import Metric, Param
+
+        with self._translate(f"training run in experiment {experiment!r}"):
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+            run_id = str(run.info.run_id)
+            stamp = int(run.info.start_time)
+            points = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+            for key, values in curves.items():
+                points += [Metric(key, float(v), stamp, step) for step, v in enumerate(values, 1)]
+            param_list = [Param(k, v[:6000]) for k, v in params.items()]
+            for start in range(0, len(param_list), 100):  # MLflow's batch limits
+                self.client.log_batch(run_id, params=param_list[start : start + 100])
+            for start in range(0, len(points), 900):
+                self.client.log_batch(run_id, metrics=points[start : start + 900])
+            for artifact, text in texts.items():
+                self.client.log_text(run_id, text, artifact)
+            self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def get_run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of every metric of a run."""
+        with self._translate(f"run {run_id!r}"):
+            run = self.client.get_run(run_id)
+        return {key: float(value) for key, value in run.data.metrics.items()}
+
+    def versions_of_run(self, name: str, run_id: str) -> list[str]:
+        """Versions of model ``name`` registered from run ``run_id``, oldest first."""
+        with self._translate(f"versions of model {name!r} from run {run_id!r}"):
+            found = self.client.search_model_versions(
+                filter_string=f"name = '{name}' and run_id = '{run_id}'"
+            )
+        return sorted((str(mv.version) for mv in found), key=int)

@@ -6,8 +6,9 @@ vLLM's error bodies become the project's errors (see ``_raise_for``).
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from loradeploy.errors import (
     UsageError,
     short,
 )
+from loradeploy.settings import VLLM_CREDENTIALS, check_url
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
@@ -57,13 +59,17 @@ class VllmClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # Every replica URL comes through here (flags, stack file, pod discovery).
+        self.base_url = check_url(
+            base_url, what="vLLM", setting="--vllm-url", credentials=VLLM_CREDENTIALS
+        ).rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.tls = tls_context(verify)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
             timeout=timeout,
-            verify=verify,
+            verify=self.tls,
             transport=transport,
         )
         self._clock = clock
@@ -204,9 +210,14 @@ class VllmClient:
         max_tokens: int = 64,
         temperature: float = 0.0,
         seed: int | None = 0,
+        extra: Mapping[str, Any] | None = None,
     ) -> Completion:
-        """``POST /v1/chat/completions`` (instruct models, e.g. an evaluation judge)."""
+        """``POST /v1/chat/completions`` (instruct models, e.g. an evaluation judge).
+
+        ``extra`` adds vLLM sampling fields, e.g. ``{"ignore_eos": True}`` for a fixed length.
+        """
         body: dict[str, Any] = {
+            **(extra or {}),
             "model": model,
             "messages": list(messages),
             "max_tokens": max_tokens,
@@ -270,6 +281,28 @@ class VllmClient:
                     hint="check the vLLM server log",
                 )
             self._sleep(interval)
+
+
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """Certificate and host-name checks always on; a CA bundle path adds its CAs to the
+    default ones (a private CA for the vLLM endpoint, public CAs for everything else).
+
+    ``verify=False`` is refused: loradeploy has no way to turn verification off.
+    """
+    if verify is False:
+        raise UsageError(
+            "TLS verification cannot be turned off", hint="pass the server's CA with --ca-bundle"
+        )
+    context = httpx.create_ssl_context()  # httpx's own default: certifi (or SSL_CERT_FILE/DIR)
+    if isinstance(verify, str):
+        try:
+            context.load_verify_locations(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"CA bundle {verify} cannot be read as PEM certificates ({type(exc).__name__})",
+                hint="pass a PEM file with --ca-bundle or LORADEPLOY_CA_BUNDLE",
+            ) from exc
+    return context
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -19,9 +19,11 @@ def register(
     alias: str | None,
     actor: Actor,
     reuse_identical: bool = False,
+    run_id: str | None = None,
 ) -> StepResult:
     """Validate, then register (or, with ``reuse_identical``, find a version whose files
-    are byte-identical), then optionally set ``alias`` on it."""
+    are byte-identical), then optionally set ``alias`` on it. ``run_id`` links a new
+    version to the run that trained it."""
     result = StepResult(step="register", model=model)
     timer = Timer(result.timings_s)
     with timer("validate"):
@@ -29,7 +31,9 @@ def register(
     with timer("register"):
         registry.ping()
         existing = registry.find_version_with_files(model, info.files) if reuse_identical else None
-        version = existing or registry.register_adapter(model, adapter_dir, version_tags=registry_tags(info))
+        version = existing or registry.register_adapter(
+            model, adapter_dir, version_tags=registry_tags(info), run_id=run_id
+        )
     result.version = version
     if alias:
         with timer("set-alias"):

@@ -1,0 +1,81 @@
+"""Pairwise judging: which of two answers is better, asked of a judge model.
+
+Judges prefer the first (or the second) answer for no good reason. To cancel that
+position bias the candidate is shown first for exactly half of the questions (one more
+or less when the count is odd), and which half is drawn with a seeded RNG. A judge
+that always names the same position then scores a win rate of exactly one half.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from loradeploy.domain.scoring import QaExample
+
+Verdict = Literal["A", "B", "TIE"]
+
+JUDGE_SYSTEM = (
+    "You compare two answers to a question about a short context. Reply with exactly one "
+    "word: A if answer A is better, B if answer B is better, TIE if they are equally good."
+)
+
+_LEADING = re.compile(r"^[\s\"'`*(\[]*(TIE|A|B)\b")
+_NAMED = re.compile(r"\b(?:ANSWER|RESPONSE|OPTION)\s*:?\s*(A|B)\b")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One question's verdict, in the candidate's terms."""
+
+    candidate_first: bool
+    verdict: Verdict | None  # None: the judge's reply could not be read (scored a tie)
+    raw: str
+
+    @property
+    def score(self) -> float:
+        """1 for a candidate win, 0 for a loss, 0.5 for a tie or an unreadable reply."""
+        if self.verdict is None or self.verdict == "TIE":
+            return 0.5
+        candidate_label = "A" if self.candidate_first else "B"
+        return 1.0 if self.verdict == candidate_label else 0.0
+
+
+def candidate_first_orders(count: int, seed: int) -> list[bool]:
+    """For each question: is the candidate's answer shown as A? Balanced and seeded."""
+    orders = [index < (count + 1) // 2 for index in range(count)]
+    random.Random(seed).shuffle(orders)
+    return orders
+
+
+def judge_messages(example: QaExample, answer_a: str, answer_b: str) -> list[dict[str, str]]:
+    user = (
+        f"Context: {example.context}\n"
+        f"Question: {example.question}\n"
+        f"Reference answer: {example.answer}\n\n"
+        f"Answer A: {answer_a.strip() or '(empty)'}\n"
+        f"Answer B: {answer_b.strip() or '(empty)'}\n\n"
+        "Which answer is better: A, B or TIE?"
+    )
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_verdict(text: str) -> Verdict | None:
+    """Read A, B or TIE from the judge's reply; None when it names none of them."""
+    upper = text.upper()
+    found = _LEADING.match(upper) or _NAMED.search(upper)
+    if found:
+        return "TIE" if found[1] == "TIE" else ("A" if found[1] == "A" else "B")
+    if re.search(r"\bTIE\b", upper):
+        return "TIE"
+    return None
+
+
+def win_rate(judgements: Sequence[Judgement]) -> float:
+    """The candidate's wins plus half its ties, over all questions (0.5 when none)."""
+    if not judgements:
+        return 0.5
+    return sum(j.score for j in judgements) / len(judgements)

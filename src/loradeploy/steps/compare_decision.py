@@ -1,0 +1,148 @@
+"""Gate 1, evaluation: the candidate slot against the live slot on held-out questions.
+
+Both slots answer every question of the evaluation set through
+``/v1/chat/completions`` (the chat the adapters were trained on), greedy with a fixed
+seed. When the live slot is not served (a first release), the base model stands in.
+Three checks (``domain.gates.decide_eval``): the candidate's mean token F1 reaches a
+floor; the paired-bootstrap interval of the F1 difference stays above ``-margin``; a
+judge model prefers the candidate often enough, with answer order balanced and seeded.
+The version the candidate slot serves gets ``eval-passed`` or ``eval-failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from loradeploy.clients.registry import MLflowHelper
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.gates import EVAL_FAILED, EVAL_PASSED, EvalThresholds, decide_eval
+from loradeploy.domain.judge import Judgement, candidate_first_orders, judge_messages, parse_verdict
+from loradeploy.domain.report import bar_chart_svg
+from loradeploy.domain.scoring import QaExample, exact_match, mean, qa_messages, token_f1
+from loradeploy.results import StepResult, Timer
+from loradeploy.steps.aliases import Actor
+from loradeploy.steps.gates import gate_version, set_gate_alias
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    model: str
+    candidate_slot: str
+    live_slot: str
+    examples: Sequence[QaExample]
+    thresholds: EvalThresholds
+    judge_model: str | None = None  # None: the judge server's base model
+    max_tokens: int = 48
+    judge_max_tokens: int = 8
+
+
+def _answers(vllm: VllmClient, target: str, request: CompareRequest) -> list[str]:
+    return [
+        vllm.chat_completion(
+            target, qa_messages(example), max_tokens=request.max_tokens, seed=request.thresholds.seed
+        ).text.strip()
+        for example in request.examples
+    ]
+
+
+def compare_decision(
+    request: CompareRequest,
+    *,
+    registry: MLflowHelper,
+    vllm: VllmClient,
+    judge: VllmClient,
+    actor: Actor,
+) -> StepResult:
+    result = StepResult(step="compare-decision", model=request.model, slot=request.candidate_slot)
+    timer = Timer(result.timings_s)
+    with timer("preflight"):
+        vllm.ensure_healthy()
+        version, root = gate_version(registry, vllm, request.model, request.candidate_slot)
+        result.version = version
+        served = vllm.adapters()
+        live_target = request.live_slot if request.live_slot in served else vllm.base_model().id
+        judge_model = request.judge_model or judge.base_model().id
+    with timer("candidate-answers"):
+        candidate = _answers(vllm, request.candidate_slot, request)
+    with timer("live-answers"):
+        live = _answers(vllm, live_target, request)
+    examples = request.examples
+    candidate_f1 = [token_f1(a, e.answer) for a, e in zip(candidate, examples, strict=True)]
+    live_f1 = [token_f1(a, e.answer) for a, e in zip(live, examples, strict=True)]
+    judgements = []
+    with timer("judge"):
+        orders = candidate_first_orders(len(examples), request.thresholds.seed)
+        for example, first, cand, base in zip(examples, orders, candidate, live, strict=True):
+            answer_a, answer_b = (cand, base) if first else (base, cand)
+            reply = judge.chat_completion(
+                judge_model,
+                judge_messages(example, answer_a, answer_b),
+                max_tokens=request.judge_max_tokens,
+                seed=request.thresholds.seed,
+            ).text
+            judgements.append(Judgement(first, parse_verdict(reply), reply.strip()))
+    decision = decide_eval(candidate_f1, live_f1, judgements, request.thresholds)
+    result.checks = decision.checks
+    figures = {
+        **decision.figures,
+        "candidate_exact_match": round(
+            mean([exact_match(a, e.answer) for a, e in zip(candidate, examples, strict=True)]), 4
+        ),
+        "live_exact_match": round(
+            mean([exact_match(a, e.answer) for a, e in zip(live, examples, strict=True)]), 4
+        ),
+    }
+    with timer("aliases"):
+        moves = set_gate_alias(
+            registry,
+            vllm,
+            model=request.model,
+            slot=request.candidate_slot,
+            version=version,
+            passed=decision.passed,
+            aliases=(EVAL_PASSED, EVAL_FAILED),
+            actor=actor,
+            reason=f"Gate 1 against {live_target}: "
+            + ", ".join(f"{c.name} {'pass' if c.passed else 'FAIL'}" for c in decision.checks),
+        )
+    result.details = {
+        "decision": EVAL_PASSED if decision.passed else EVAL_FAILED,
+        "candidate_root": root,
+        "live_target": live_target,
+        "judge_model": judge_model,
+        "judge_url": judge.base_url,
+        "thresholds": request.thresholds.model_dump(),
+        "figures": figures,
+        "alias_moves": [m.describe() for m in moves],
+        "questions": [
+            {
+                "id": e.id,
+                "question": e.question,
+                "reference": e.answer,
+                "candidate": c,
+                "live": b,
+                "candidate_f1": round(cf, 4),
+                "live_f1": round(lf, 4),
+                "candidate_shown_first": j.candidate_first,
+                "judge_reply": j.raw,
+                "judge_score": j.score,
+            }
+            for e, c, b, cf, lf, j in zip(
+                examples, candidate, live, candidate_f1, live_f1, judgements, strict=True
+            )
+        ],
+    }
+    return result
+
+
+def eval_plot(result: StepResult) -> str:
+    rows = result.details["questions"]
+    return bar_chart_svg(
+        f"token F1 per question: candidate {result.slot} vs {result.details['live_target']}",
+        [str(row["id"]) for row in rows],
+        {
+            "candidate": [float(row["candidate_f1"]) for row in rows],
+            "live": [float(row["live_f1"]) for row in rows],
+        },
+    )
