@@ -41,7 +41,24 @@ from loradeploy.errors import (
     short,
 )
 
-__all__ = ["KubeApi", "KubectlApi", "Pod", "RemoteCommandError"]
+__all__ = ["RBAC_NEEDS", "KubeApi", "KubectlApi", "Pod", "RemoteCommandError", "rbac_rules"]
+
+# What each ``KubeApi`` call needs from RBAC: (API group, resource, verb). kubectl reads
+# the pod before ``cp`` and ``exec``; exec is ``create`` on pods/exec (1.35+ checks it
+# for the websocket upgrade too) and ``get`` on older clusters. The Role the workflows
+# run under (deploy/k8s/base/rbac.yaml) grants exactly the union; a test keeps them equal.
+RBAC_NEEDS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "ready_pods": (("", "pods", "list"),),
+    "copy_to_pod": (("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get")),
+    "exec": (("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get")),
+    "patch_restart": (("apps", "deployments", "patch"),),
+    "deployment_status": (("apps", "deployments", "get"),),
+}
+
+
+def rbac_rules() -> set[tuple[str, str, str]]:
+    """Every (API group, resource, verb) some ``KubeApi`` call needs."""
+    return {need for needs in RBAC_NEEDS.values() for need in needs}
 
 
 class KubeApi(Protocol):

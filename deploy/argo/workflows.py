@@ -1,0 +1,291 @@
+"""The Argo WorkflowTemplates that run loradeploy's steps, built with Hera.
+
+This file is the source of truth; the YAML next to it is rendered from it with
+``make workflows`` (``python deploy/argo/workflows.py``) and committed. A unit test
+fails when the committed YAML and this file disagree.
+
+    vllm-deploy    load-adapter -> smoke-test -> set-staged-alias
+    vllm-promote   compare-decision -> perf-decision -> promote-adapter
+                   (a failed gate exits 1: the workflow stops there, nothing promoted)
+    vllm-rollback  promote-adapter --source-alias=previous
+
+Every workflow: one mutex per registered model (Argo v4 ``synchronization.mutexes``),
+retries only on exit code 75 (loradeploy's TRANSIENT), each step's ``result.json`` and
+per-value files as output parameters, an exit handler that reports the outcome, and the
+``loradeploy-workflow`` service account (deploy/k8s/base/rbac.yaml).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hera.workflows import Container, Env, Parameter, RetryStrategy, Steps, WorkflowTemplate
+from hera.workflows import models as m
+
+from loradeploy.errors import ExitCode
+from loradeploy.results import StepResult
+
+HERE = Path(__file__).resolve().parent
+HEADER = "# Rendered from deploy/argo/workflows.py by 'make workflows'. Do not edit by hand.\n"
+
+NAMESPACE = "ml-models"
+SERVICE_ACCOUNT = "loradeploy-workflow"
+IMAGE = "loradeploy:0.1.0"  # the steps image (Dockerfile); change here, then make workflows
+OUT = "/tmp/out"  # every step's --output-dir
+TRANSIENT = int(ExitCode.TRANSIENT)
+RETRY_EXPRESSION = f"asInt(lastRetry.exitCode) == {TRANSIENT}"
+# The per-value files write_outputs() creates (StepResult.outputs), plus result.json.
+OUTPUT_FILES = tuple(StepResult(step="x", model="m", version="1", slot="s", source="alias:a").outputs())
+
+# The specification's defaults (seed: vllm-deployment-scripts.md).
+MODEL = "mistral-7b-lora"
+VLLM_URL = "http://vllm-service.ml-models:8000"
+LIVE_SLOT = "aws-rag-qa-live"
+CANDIDATE_SLOT = "aws-rag-qa-candidate"
+
+
+def p(name: str) -> str:
+    return f"{{{{workflow.parameters.{name}}}}}"
+
+
+def mutex() -> m.Synchronization:
+    """One deployment per registered model at a time, whichever workflow runs it."""
+    return m.Synchronization(mutexes=[m.Mutex(name=f"loradeploy-{p('model-name')}")])
+
+
+def retry() -> RetryStrategy:
+    """Retry only what loradeploy calls transient (exit 75), with a growing pause."""
+    return RetryStrategy(
+        limit="3",
+        retry_policy="OnFailure",
+        expression=RETRY_EXPRESSION,
+        backoff=m.Backoff(duration="30s", factor=m.IntOrString(2), max_duration="10m"),
+    )
+
+
+def env() -> list[Env | m.EnvVar]:
+    secret = [
+        m.EnvVar(
+            name=key,
+            value_from=m.EnvVarSource(
+                secret_key_ref=m.SecretKeySelector(name="mlflow-credentials", key=key, optional=True)
+            ),
+        )
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    ]
+    return [Env(name="LORADEPLOY_ACTOR", value="argo:{{workflow.name}}"), *secret]
+
+
+def outputs() -> list[Parameter]:
+    files = [
+        Parameter(name=name, value_from=m.ValueFrom(path=f"{OUT}/{name}", default=""))
+        for name in OUTPUT_FILES
+    ]
+    return [Parameter(name="result", value_from=m.ValueFrom(path=f"{OUT}/result.json", default="{}")), *files]
+
+
+def step(name: str, args: list[str], inputs: tuple[str, ...] = ()) -> Container:
+    """One loradeploy command as a template: retried on 75, results as outputs."""
+    return Container(
+        name=name,
+        image=IMAGE,
+        command=["loradeploy"],
+        args=[*args, f"--output-dir={OUT}"],
+        env=env(),
+        env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
+        inputs=[Parameter(name=i) for i in inputs] or None,
+        outputs=outputs(),
+        retry_strategy=retry(),
+        security_context=m.SecurityContext(
+            run_as_non_root=True,
+            allow_privilege_escalation=False,
+            capabilities=m.Capabilities(drop=["ALL"]),
+        ),
+        resources=m.ResourceRequirements(
+            requests={"cpu": m.Quantity("100m"), "memory": m.Quantity("256Mi")},
+            limits={"memory": m.Quantity("2Gi")},
+        ),
+    )
+
+
+def report(kind: str) -> Container:
+    """The exit handler: one line with the outcome, then aliases next to what is served.
+
+    Values reach the shell as environment variables, never pasted into the script.
+    """
+    script = (
+        'echo "$KIND of model $MODEL: $STATUS"\n'
+        'if [ "$STATUS" != "Succeeded" ]; then echo "failures: $FAILURES"; fi\n'
+        'loradeploy status --model-name="$MODEL" --vllm-url="$VLLM_URL" '
+        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" || true\n'
+    )
+    return Container(
+        name="report",
+        image=IMAGE,
+        command=["sh", "-c", script],
+        env=[
+            Env(name="KIND", value=kind),
+            Env(name="MODEL", value=p("model-name")),
+            Env(name="STATUS", value="{{workflow.status}}"),
+            Env(name="FAILURES", value="{{workflow.failures}}"),
+            Env(name="VLLM_URL", value=p("vllm-url")),
+            Env(name="LIVE_SLOT", value=p("live-slot")),
+            Env(name="CANDIDATE_SLOT", value=p("candidate-slot")),
+            *env(),
+        ],
+        env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
+        security_context=m.SecurityContext(run_as_non_root=True, allow_privilege_escalation=False),
+    )
+
+
+def template(name: str, description: str, parameters: dict[str, str]) -> WorkflowTemplate:
+    return WorkflowTemplate(
+        name=name,
+        namespace=NAMESPACE,
+        annotations={"workflows.argoproj.io/description": description},
+        labels={"app.kubernetes.io/part-of": "loradeploy"},
+        entrypoint="main",
+        on_exit="report",
+        service_account_name=SERVICE_ACCOUNT,
+        synchronization=mutex(),
+        arguments=[Parameter(name=k, value=v) for k, v in parameters.items()],
+    )
+
+
+SLOT_PARAMETERS = {"vllm-url": VLLM_URL, "live-slot": LIVE_SLOT, "candidate-slot": CANDIDATE_SLOT}
+
+
+def deploy() -> WorkflowTemplate:
+    with template(
+        "vllm-deploy",
+        "Load a registered version into the candidate slot of every vLLM replica, "
+        "smoke-test it, and mark it staged.",
+        {
+            "model-name": MODEL,
+            "source": "alias:candidate",
+            **SLOT_PARAMETERS,
+            "num-requests": "3",
+            "max-latency": "30",
+        },
+    ) as wt:
+        load = step(
+            "load-adapter",
+            [
+                "load-adapter",
+                f"--model-name={p('model-name')}",
+                f"--source={p('source')}",
+                f"--slot-name={p('candidate-slot')}",
+                "--transport=kubectl",
+            ],
+        )
+        smoke = step(
+            "smoke-test",
+            [
+                "smoke-test",
+                f"--vllm-url={p('vllm-url')}",
+                f"--adapter-name={p('candidate-slot')}",
+                f"--num-requests={p('num-requests')}",
+                f"--max-latency={p('max-latency')}",
+                f"--model-name={p('model-name')}",
+                "--expected-version={{inputs.parameters.version}}",
+            ],
+            inputs=("version",),
+        )
+        staged = step(
+            "set-staged-alias",
+            [
+                "set-staged-alias",
+                f"--model-name={p('model-name')}",
+                "--source=version:{{inputs.parameters.version}}",
+                f"--slot-name={p('candidate-slot')}",
+                f"--vllm-url={p('vllm-url')}",
+            ],
+            inputs=("version",),
+        )
+        report("deploy")
+        version = "{{steps.load-adapter.outputs.parameters.version}}"
+        with Steps(name="main"):
+            load()
+            smoke(arguments={"version": version})
+            staged(arguments={"version": version})
+    return wt
+
+
+def gate(name: str) -> Container:
+    return step(
+        name,
+        [
+            name,
+            f"--model-name={p('model-name')}",
+            f"--candidate-slot={p('candidate-slot')}",
+            f"--live-slot={p('live-slot')}",
+            f"--vllm-url={p('vllm-url')}",
+        ],
+    )
+
+
+def promote_step(source_alias: str, reason: str) -> Container:
+    return step(
+        "promote-adapter",
+        [
+            "promote-adapter",
+            f"--model-name={p('model-name')}",
+            f"--source-alias={source_alias}",
+            f"--live-slot={p('live-slot')}",
+            "--transport=kubectl",
+            f"--reason={reason}",
+        ],
+    )
+
+
+def promote() -> WorkflowTemplate:
+    with template(
+        "vllm-promote",
+        "Gate 1 (evaluation), Gate 2 (performance), then promote to the live slot; "
+        "stops at the first gate that fails.",
+        {"model-name": MODEL, **SLOT_PARAMETERS, "source-alias": "perf-passed"},
+    ) as wt:
+        compare = gate("compare-decision")
+        perf = gate("perf-decision")
+        promoted = promote_step(p("source-alias"), "promoted by workflow {{workflow.name}}")
+        report("promote")
+        with Steps(name="main"):
+            compare()
+            perf()
+            promoted()
+    return wt
+
+
+def rollback() -> WorkflowTemplate:
+    with template(
+        "vllm-rollback",
+        "Serve the version 'previous' names in the live slot again (live and previous swap).",
+        {"model-name": MODEL, **SLOT_PARAMETERS, "reason": "rollback"},
+    ) as wt:
+        promoted = promote_step("previous", p("reason"))
+        report("rollback")
+        with Steps(name="main"):
+            promoted()
+    return wt
+
+
+BUILDERS = {"vllm-deploy": deploy, "vllm-promote": promote, "vllm-rollback": rollback}
+
+
+def rendered() -> dict[Path, str]:
+    """File -> the YAML it must hold."""
+    return {HERE / f"{name}.yaml": HEADER + build().to_yaml() for name, build in BUILDERS.items()}
+
+
+def main() -> int:
+    for path, text in rendered().items():
+        changed = not path.exists() or path.read_text(encoding="utf-8") != text
+        if changed:
+            path.write_text(text, encoding="utf-8")
+        print(f"{'wrote' if changed else 'unchanged'} {path.relative_to(HERE.parents[1])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

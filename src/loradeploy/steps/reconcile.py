@@ -1,0 +1,195 @@
+"""``loradeploy reconcile``: make every replica serve what the aliases name again.
+
+One round:
+
+1. read the aliases and what every replica serves, and decide what to repair
+   (``domain.reconcile.plan_repairs``); nothing to repair: done, no lock, no writes;
+2. otherwise take the model's deployment lock (so a round never interleaves with
+   load-adapter, set-staged-alias or promote-adapter), read both again, and for each
+   repair download, validate and place the version (the existing fetch/place code) and
+   swap the slot on the replicas that need it (the existing rollout: verified, all or
+   nothing);
+3. read everything a last time: one check per alias, slot and replica.
+
+Aliases are never changed and nothing is unloaded. ``watch`` repeats rounds: every
+``interval_s``, backing off exponentially (up to a cap) after failed rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from loradeploy.clients.files import AdapterTransport
+from loradeploy.clients.registry import MLflowHelper
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
+from loradeploy.domain.reconcile import Plan, Repair, backoff_s, plan_repairs
+from loradeploy.domain.swap import SwapStrategy
+from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
+from loradeploy.results import Check, StepResult, Timer
+from loradeploy.steps.aliases import Actor, model_lock
+from loradeploy.steps.deploy import deploy_version
+from loradeploy.steps.rollout import inspect_replicas
+
+
+@dataclass(frozen=True)
+class ReconcileRequest:
+    model: str
+    slot_for_alias: Mapping[str, str]  # alias -> slot, e.g. live -> aws-rag-qa-live
+    strategy: SwapStrategy = SwapStrategy.AUTO
+    max_lora_rank: int = 16
+    base_model_aliases: Mapping[str, str] | None = None
+    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+
+
+def _observe(
+    registry: MLflowHelper, replicas: Sequence[VllmClient], request: ReconcileRequest
+) -> tuple[dict[str, str], Plan]:
+    try:
+        aliases = registry.get_aliases(request.model)
+    except NotFoundError:
+        aliases = {}  # not registered yet (first deployment): nothing is wanted
+    served = {vllm.base_url: {name: card.root for name, card in vllm.adapters().items()} for vllm in replicas}
+    plan = plan_repairs(
+        model=request.model, aliases=aliases, slot_for_alias=request.slot_for_alias, served=served
+    )
+    return aliases, plan
+
+
+def _repair(
+    repair: Repair,
+    request: ReconcileRequest,
+    *,
+    registry: MLflowHelper,
+    replicas: Sequence[VllmClient],
+    transport: AdapterTransport,
+) -> dict[str, object]:
+    version = registry.get_version(request.model, repair.version, via=f"alias:{repair.alias}")
+    targets = [vllm for vllm in replicas if vllm.base_url in repair.replicas]
+    servers = inspect_replicas(targets, repair.slot, request.strategy)
+    scratch = StepResult(step="reconcile")
+    root = deploy_version(
+        version,
+        slot=repair.slot,
+        replicas=servers,
+        registry=registry,
+        transport=transport,
+        base_model_aliases=request.base_model_aliases or {},
+        max_lora_rank=request.max_lora_rank,
+        max_adapter_bytes=request.max_adapter_bytes,
+        result=scratch,
+    )
+    return {
+        "alias": repair.alias,
+        "slot": repair.slot,
+        "version": repair.version,
+        "root": root,
+        "replicas": dict(repair.why),
+        "files_written": scratch.details.get("files_written"),
+        "timings_s": scratch.timings_s,
+    }
+
+
+def reconcile(
+    request: ReconcileRequest,
+    *,
+    registry: MLflowHelper,
+    replicas: Sequence[VllmClient],
+    transport: AdapterTransport,
+    actor: Actor,
+    lock_sleep: Callable[[float], None] = time.sleep,
+) -> StepResult:
+    """One round. Raises the first repair's error after trying every repair."""
+    result = StepResult(step="reconcile", model=request.model)
+    timer = Timer(result.timings_s)
+    with timer("inspect"):
+        aliases, plan = _observe(registry, replicas, request)
+    repaired: list[dict[str, object]] = []
+    if not plan.nothing_to_do:
+        with model_lock(registry, request.model, actor, sleep=lock_sleep):
+            # Read again under the lock: a deployment may have finished meanwhile.
+            aliases, plan = _observe(registry, replicas, request)
+            errors: list[LoraDeployError] = []
+            with timer("repair"):
+                for repair in plan.repairs:
+                    try:
+                        repaired.append(
+                            _repair(
+                                repair, request, registry=registry, replicas=replicas, transport=transport
+                            )
+                        )
+                    except LoraDeployError as exc:
+                        errors.append(exc)  # the other slot may still be repairable
+            if errors:
+                raise errors[0]
+        with timer("verify"):
+            aliases, after = _observe(registry, replicas, request)
+    else:
+        after = plan
+    for row in after.in_sync:
+        result.checks.append(
+            Check(
+                name=f"{row.alias}->{row.slot}@{row.replica}",
+                passed=True,
+                detail=f"serves version {row.served_version}",
+            )
+        )
+    for row, why in after.left_alone:
+        result.checks.append(Check(name=f"{row.alias}->{row.slot}@{row.replica}", passed=True, detail=why))
+    for repair in after.repairs:
+        for url in repair.replicas:
+            result.checks.append(
+                Check(
+                    name=f"{repair.alias}->{repair.slot}@{url}",
+                    passed=False,
+                    detail=f"still not serving version {repair.version} ({repair.why[url]})",
+                )
+            )
+    result.details = {
+        "aliases": aliases,
+        "planned": [r.describe() for r in plan.repairs],
+        "repaired": repaired,
+        "left_alone": [f"{row.slot}@{row.replica}: {why}" for row, why in after.left_alone],
+    }
+    return result
+
+
+Round = Callable[[], StepResult]
+Report = Callable[[StepResult | None, LoraDeployError | None, float], None]
+
+
+def watch(
+    once: Round,
+    *,
+    interval_s: float,
+    max_backoff_s: float,
+    wait: Callable[[float], bool],
+    report: Report,
+) -> int:
+    """Run ``once`` until ``wait`` says stop; returns the number of rounds.
+
+    ``wait(seconds)`` sleeps and returns True when the loop must stop (SIGTERM). After a
+    failed round (an error, or checks that still fail) the wait doubles from the
+    interval, up to ``max_backoff_s``; a good round resets it. Transient and permanent
+    errors are reported and retried (a permanent one may be fixed in the registry
+    meanwhile); a usage error stops the loop, since no retry can fix it.
+    """
+    failures = 0
+    rounds = 0
+    while True:
+        rounds += 1
+        result: StepResult | None = None
+        error: LoraDeployError | None = None
+        try:
+            result = once()
+        except UsageError:
+            raise
+        except LoraDeployError as exc:  # transient or permanent: report, back off, retry
+            error = exc
+        failures = 0 if error is None and result is not None and result.passed else failures + 1
+        delay = backoff_s(failures, interval_s=interval_s, cap_s=max_backoff_s)
+        report(result, error, delay)
+        if wait(delay):
+            return rounds

@@ -1,0 +1,199 @@
+"""deploy/argo: the committed WorkflowTemplates are what deploy/argo/workflows.py renders,
+survive a Hera round trip without dropped keys (Argo's schema does not catch unknown
+fields; Hera's models do), and hold the facts the design relies on: one mutex per model
+(Argo v4 form), retries only on exit 75, results as output parameters, an exit handler,
+the RBAC service account, and only commands and flags the CLI has.
+
+Validated offline only: no Argo server or cluster is involved.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from hera.workflows import WorkflowTemplate
+
+from loradeploy.cli import app
+from loradeploy.errors import ExitCode
+from loradeploy.results import StepResult
+from support.kustomize import render
+
+REPO = Path(__file__).resolve().parents[2]
+ARGO = REPO / "deploy" / "argo"
+NAMES = ["vllm-deploy", "vllm-promote", "vllm-rollback"]
+GATES = {"compare-decision", "perf-decision"}  # written concurrently; flags per the issue
+
+
+def load_builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("argo_workflows", ARGO / "workflows.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+builder = load_builder()
+
+
+def committed(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ARGO / f"{name}.yaml").read_text(encoding="utf-8"))
+    return data
+
+
+def templates(name: str) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in committed(name)["spec"]["templates"]}
+
+
+def loradeploy_templates(name: str) -> list[dict[str, Any]]:
+    return [t for t in templates(name).values() if t.get("container", {}).get("command") == ["loradeploy"]]
+
+
+def main_steps(name: str) -> list[list[str]]:
+    return [[s["template"] for s in group] for group in templates(name)["main"]["steps"]]
+
+
+# -- drift and round trip ------------------------------------------------------------------
+
+
+def test_committed_yaml_is_what_the_python_renders() -> None:
+    rendered = builder.rendered()
+    assert sorted(path.name for path in rendered) == sorted(f"{n}.yaml" for n in NAMES)
+    for path, text in rendered.items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} is stale: run 'make workflows'"
+
+
+def test_no_other_yaml_in_the_folder() -> None:
+    assert sorted(p.stem for p in ARGO.glob("*.yaml")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hera_round_trip_drops_no_key(name: str) -> None:
+    text = (ARGO / f"{name}.yaml").read_text(encoding="utf-8")
+    assert WorkflowTemplate.from_yaml(text).to_dict() == yaml.safe_load(text)
+
+
+def test_the_round_trip_catches_a_misspelled_field() -> None:
+    """The check above can fail: an unknown key is dropped by Hera's models."""
+    data = committed("vllm-deploy")
+    data["spec"]["templates"][0]["retrystrategy"] = data["spec"]["templates"][0].pop("retryStrategy")
+    assert WorkflowTemplate.from_dict(data).to_dict() != data
+
+
+# -- the facts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_mutex_per_model_in_the_v4_form(name: str) -> None:
+    spec = committed(name)["spec"]
+    assert spec["synchronization"] == {"mutexes": [{"name": "loradeploy-{{workflow.parameters.model-name}}"}]}
+    text = (ARGO / f"{name}.yaml").read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(mutex|semaphore):", text, re.MULTILINE)  # removed in Argo v4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_retry_only_the_transient_exit_code(name: str) -> None:
+    steps = loradeploy_templates(name)
+    assert steps
+    for t in steps:
+        strategy = t["retryStrategy"]
+        assert strategy["expression"] == f"asInt(lastRetry.exitCode) == {int(ExitCode.TRANSIENT)}"
+        assert int(strategy["limit"]) >= 1
+    assert "retryStrategy" not in templates(name)["report"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_results_are_output_parameters(name: str) -> None:
+    files = set(StepResult(step="x", model="m", version="1", slot="s", source="alias:a").outputs())
+    for t in loradeploy_templates(name):
+        out_dir = next(a.split("=", 1)[1] for a in t["container"]["args"] if a.startswith("--output-dir="))
+        params = {p["name"]: p["valueFrom"]["path"] for p in t["outputs"]["parameters"]}
+        assert params.pop("result") == f"{out_dir}/result.json"
+        assert params == {key: f"{out_dir}/{key}" for key in files}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exit_handler_and_service_account(name: str) -> None:
+    spec = committed(name)["spec"]
+    assert spec["onExit"] == "report"
+    assert "report" in templates(name)
+    accounts = {(d["kind"], d["metadata"]["name"]) for d in render(REPO / "deploy" / "k8s" / "base")}
+    assert ("ServiceAccount", spec["serviceAccountName"]) in accounts
+    assert ("RoleBinding", spec["serviceAccountName"]) in accounts
+    assert committed(name)["metadata"]["namespace"] == "ml-models"
+
+
+def test_deploy_runs_the_three_steps_in_order_and_passes_the_version() -> None:
+    assert main_steps("vllm-deploy") == [["load-adapter"], ["smoke-test"], ["set-staged-alias"]]
+    groups = templates("vllm-deploy")["main"]["steps"]
+    version = "{{steps.load-adapter.outputs.parameters.version}}"
+    for group in groups[1:]:
+        assert group[0]["arguments"]["parameters"] == [{"name": "version", "value": version}]
+    staged = templates("vllm-deploy")["set-staged-alias"]["container"]["args"]
+    assert "--source=version:{{inputs.parameters.version}}" in staged
+
+
+def test_promote_gates_run_one_after_the_other_before_promoting() -> None:
+    assert main_steps("vllm-promote") == [["compare-decision"], ["perf-decision"], ["promote-adapter"]]
+    for gate in GATES:
+        args = templates("vllm-promote")[gate]["container"]["args"]
+        assert args[0] == gate
+        flags = {a.split("=", 1)[0] for a in args[1:]}
+        assert flags == {"--model-name", "--candidate-slot", "--live-slot", "--vllm-url", "--output-dir"}
+
+
+def test_rollback_promotes_previous() -> None:
+    assert main_steps("vllm-rollback") == [["promote-adapter"]]
+    assert "--source-alias=previous" in templates("vllm-rollback")["promote-adapter"]["container"]["args"]
+
+
+def test_parameters_default_to_the_specification() -> None:
+    deploy = {p["name"]: p["value"] for p in committed("vllm-deploy")["spec"]["arguments"]["parameters"]}
+    assert deploy == {
+        "model-name": "mistral-7b-lora",
+        "source": "alias:candidate",
+        "vllm-url": "http://vllm-service.ml-models:8000",
+        "live-slot": "aws-rag-qa-live",
+        "candidate-slot": "aws-rag-qa-candidate",
+        "num-requests": "3",
+        "max-latency": "30",
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_referenced_parameter_is_declared(name: str) -> None:
+    text = (ARGO / f"{name}.yaml").read_text(encoding="utf-8")
+    declared = {p["name"] for p in committed(name)["spec"]["arguments"]["parameters"]}
+    assert set(re.findall(r"\{\{workflow\.parameters\.([\w-]+)\}\}", text)) <= declared
+
+
+def cli_options() -> dict[str, set[str]]:
+    group: Any = typer.main.get_command(app)
+    return {
+        name: {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for name, command in group.commands.items()
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_command_and_flag_exists_in_the_cli(name: str) -> None:
+    """Catches a renamed flag; the gates are checked once they are in the CLI."""
+    options = cli_options()
+    for t in loradeploy_templates(name):
+        command, *args = t["container"]["args"]
+        if command in GATES and command not in options:
+            continue  # being written in parallel (issue: compare-decision, perf-decision)
+        assert command in options, command
+        for arg in args:
+            assert arg.split("=", 1)[0] in options[command], (command, arg)
+    report = templates(name)["report"]["container"]["command"][2]
+    used = set(re.findall(r"(--[a-z-]+)=", report))
+    assert used <= options["status"]

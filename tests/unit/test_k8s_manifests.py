@@ -1,0 +1,304 @@
+"""deploy/k8s: every rendered manifest passes strict schema validation, the vLLM pod is
+the specification's, and the workflow Role grants exactly what the code's kubectl calls
+need (``clients.kube.RBAC_NEEDS``), nothing more.
+
+Validated offline only: nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from loradeploy.clients import kube
+from support.fake_cluster import CONTAINER, NS, SELECTOR, FakeCluster, fake_deployment, fake_pod
+from support.kustomize import render
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+BASE = K8S / "base"
+OVERLAY = K8S / "overlays" / "example"
+KUBERNETES_VERSIONS = ["1.37.0", "1.33.0"]  # current, and the oldest with GA native sidecars
+SPEC_MODEL = "mistral-7b-lora"
+SLOTS = ("--live-slot=aws-rag-qa-live", "--candidate-slot=aws-rag-qa-candidate")
+
+
+def objects(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in render(folder)}
+
+
+def pod_spec(folder: Path = BASE) -> dict[str, Any]:
+    spec: dict[str, Any] = objects(folder)[("Deployment", "vllm")]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str, folder: Path = BASE) -> dict[str, Any]:
+    spec = pod_spec(folder)
+    [found] = [c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == name]
+    return found
+
+
+# -- schema --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_every_rendered_manifest_passes_strict_validation(folder: Path, version: str) -> None:
+    docs = render(folder)
+    assert len(docs) >= 7
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_strict_validation_rejects_an_unknown_field() -> None:
+    """The check above can fail: a misspelled field is an error, not a warning."""
+    doc = copy.deepcopy(objects(BASE)[("Deployment", "vllm")])
+    doc["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_every_manifest_file_is_part_of_a_kustomization() -> None:
+    listed = set()
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        spec = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
+        listed |= {(kustomization.parent / entry).resolve() for entry in spec.get("resources", [])}
+    files = {p.resolve() for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    assert files - listed == set()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_the_python_renderer_agrees_with_kubectl_kustomize(folder: Path) -> None:
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=True
+    )
+    theirs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(done.stdout) if d}
+    assert theirs == objects(folder)
+
+
+# -- the vLLM pod --------------------------------------------------------------------------
+
+
+def test_vllm_serves_the_base_model_with_runtime_lora() -> None:
+    vllm = container("vllm")
+    args = vllm["args"]
+    assert args[:3] == ["vllm", "serve", "TheBloke/Mistral-7B-v0.1-AWQ"]
+    assert "--enable-lora" in args
+    flags = {a.split("=", 1)[0] for a in args}
+    assert {"--max-loras", "--max-lora-rank", "--max-cpu-loras", "--quantization"} <= flags
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert vllm["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert vllm["ports"][0] == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
+
+
+def test_the_launcher_adds_the_restored_lora_modules(tmp_path: Path) -> None:
+    """Run the vLLM container's launcher script with a fake manifest (execvp replaced)."""
+    script = container("vllm")["command"][2]
+    restored = tmp_path / "slot" / "m-v1"
+    restored.mkdir(parents=True)
+    modules = [{"name": "aws-rag-qa-live", "path": str(restored)}, {"name": "gone", "path": "/nope"}]
+    manifest = tmp_path / "lora-modules.json"
+    manifest.write_text(json.dumps({"modules": modules}), encoding="utf-8")
+    calls: list[list[str]] = []
+    namespace = {"__name__": "launcher"}
+    patched = script.replace("/mnt/adapters/lora-modules.json", str(manifest)).replace(
+        "os.execvp(argv[0], argv)", "calls.append(argv)"
+    )
+    saved = sys.argv
+    sys.argv = ["-c", "vllm", "serve", "base"]
+    try:
+        exec(compile(patched, "launcher", "exec"), {**namespace, "calls": calls})
+    finally:
+        sys.argv = saved
+    [argv] = calls
+    assert argv[:3] == ["vllm", "serve", "base"]
+    assert argv[3] == "--lora-modules"
+    assert [json.loads(m)["name"] for m in argv[4:]] == ["aws-rag-qa-live"]
+
+
+def test_init_container_restores_both_slots_into_the_shared_volume() -> None:
+    init = container("init-load-adapters")
+    assert init["args"][0] == "init-load-adapters"
+    assert f"--model-name={SPEC_MODEL}" in init["args"]
+    assert "--adapters-root=/mnt/adapters" in init["args"]
+    assert set(SLOTS) <= set(init["args"])
+    assert "--base-model-name=TheBloke/Mistral-7B-v0.1-AWQ" in init["args"]
+
+
+def test_the_reconcile_sidecar_watches_the_local_vllm() -> None:
+    sidecar = container("reconcile")
+    assert sidecar["args"][:2] == ["reconcile", "--watch"]
+    assert f"--model-name={SPEC_MODEL}" in sidecar["args"]
+    assert "--vllm-url=http://127.0.0.1:8000" in sidecar["args"]
+    assert set(SLOTS) <= set(sidecar["args"])
+
+
+def test_the_adapters_volume_is_shared_by_all_three() -> None:
+    spec = pod_spec()
+    [volume] = [v for v in spec["volumes"] if v["name"] == "adapters"]
+    assert "emptyDir" in volume
+    for name in ("init-load-adapters", "vllm", "reconcile"):
+        mounts = {m["name"]: m for m in container(name)["volumeMounts"]}
+        assert mounts["adapters"]["mountPath"] == "/mnt/adapters"
+        assert not mounts["adapters"].get("readOnly", False)
+
+
+def test_loradeploy_containers_run_as_non_root() -> None:
+    for name in ("init-load-adapters", "reconcile"):
+        context = container(name)["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] != 0
+        assert context["allowPrivilegeEscalation"] is False
+
+
+def test_the_service_selects_the_vllm_pods() -> None:
+    found = objects(BASE)
+    service = found[("Service", "vllm-service")]
+    labels = found[("Deployment", "vllm")]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["metadata"]["namespace"] == "ml-models"
+
+
+def test_the_overlay_changes_image_and_replicas_only_where_told() -> None:
+    base, overlay = objects(BASE), objects(OVERLAY)
+    assert overlay[("Deployment", "vllm")]["spec"]["replicas"] == 2
+    assert container("reconcile", OVERLAY)["image"] == "registry.example.com/ml/loradeploy:0.1.0"
+    assert container("vllm", OVERLAY)["image"] == container("vllm", BASE)["image"]
+    assert set(base) == set(overlay)
+
+
+# -- RBAC ----------------------------------------------------------------------------------
+
+
+def role_rules(name: str) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = objects(BASE)[("Role", name)]["rules"]
+    return rules
+
+
+def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_workflow_role_grants_exactly_what_the_code_needs() -> None:
+    rules = role_rules("loradeploy-workflow")
+    cluster = granted([r for r in rules if r["apiGroups"] != ["argoproj.io"]])
+    assert cluster == kube.rbac_rules()
+    argo = granted([r for r in rules if r["apiGroups"] == ["argoproj.io"]])
+    assert argo == {("argoproj.io", "workflowtaskresults", v) for v in ("create", "patch")}
+    assert all("*" not in str(rule) for rule in rules)
+    [deployments] = [r for r in rules if r["resources"] == ["deployments"]]
+    assert deployments["resourceNames"] == ["vllm"]
+
+
+def test_every_kube_api_call_has_its_rbac_needs_listed() -> None:
+    calls = {name for name, _ in inspect.getmembers(kube.KubeApi) if not name.startswith("_")}
+    assert calls == set(kube.RBAC_NEEDS)
+
+
+def test_the_rbac_hint_of_every_kubectl_call_is_among_its_needs() -> None:
+    """``KubectlApi`` names the permission in each call's ``rbac=`` (for the Forbidden
+    message); it must be one the Role grants for that call."""
+    tree = ast.parse(inspect.getsource(kube.KubectlApi))
+    seen = set()
+    for method in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for call in (n for n in ast.walk(method) if isinstance(n, ast.Call)):
+            for keyword in call.keywords:
+                if keyword.arg == "rbac" and isinstance(keyword.value, ast.Constant):
+                    verb, resource = str(keyword.value.value).split()
+                    group = "apps" if resource == "deployments" else ""
+                    assert (group, resource, verb) in kube.RBAC_NEEDS[method.name], method.name
+                    seen.add(method.name)
+    assert seen == set(kube.RBAC_NEEDS)
+
+
+def test_the_binding_gives_the_role_to_the_workflow_account_only() -> None:
+    found = objects(BASE)
+    binding = found[("RoleBinding", "loradeploy-workflow")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "loradeploy-workflow",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "loradeploy-workflow", "namespace": "ml-models"}
+    ]
+    assert [k for k in found if k[0] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")] == [
+        ("Role", "loradeploy-workflow"),
+        ("RoleBinding", "loradeploy-workflow"),
+    ]
+
+
+def test_the_vllm_pod_has_no_api_access() -> None:
+    found = objects(BASE)
+    assert found[("ServiceAccount", "vllm")]["automountServiceAccountToken"] is False
+    spec = pod_spec()
+    assert spec["serviceAccountName"] == "vllm"
+    assert spec["automountServiceAccountToken"] is False
+
+
+def api_requests(argv: list[str]) -> set[tuple[str, str, str]]:
+    """What the API server sees for one kubectl command line (kubectl's own behaviour:
+    ``cp`` and ``exec`` read the pod, then open an exec stream on pods/exec)."""
+    verb, kind = argv[0], argv[1] if len(argv) > 1 else ""
+    if verb == "get" and kind == "pods":
+        return {("", "pods", "list" if "-l" in argv else "get")}
+    if verb in ("get", "patch") and kind == "deployment":
+        return {("apps", "deployments", verb)}
+    if verb in ("cp", "exec"):
+        return {("", "pods", "get"), ("", "pods/exec", "create")}
+    raise AssertionError(f"a kubectl call this test does not know: {argv}")
+
+
+def test_the_needs_match_the_kubectl_commands_each_call_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``KubectlApi`` call run against the fake kubectl: the API requests its
+    command lines make are what ``RBAC_NEEDS`` lists for it (plus pods/exec get, which
+    clusters before 1.35 check for exec)."""
+    monkeypatch.delenv("FAKE_KUBECTL_FAIL", raising=False)
+    cluster = FakeCluster(tmp_path / "cluster", monkeypatch)
+    cluster.folder.mkdir()
+    pod_root = tmp_path / "pod"
+    pod_root.mkdir()
+    cluster.state["pods"] = [fake_pod("vllm-a", "10.0.0.1", root_map={"/mnt/adapters": str(pod_root)})]
+    cluster.state["deployments"] = {f"{NS}/vllm": fake_deployment()}
+    api = cluster.api()
+    local = tmp_path / "local.txt"
+    local.write_text("x", encoding="utf-8")
+    calls = {
+        "ready_pods": lambda: api.ready_pods(NS, SELECTOR, CONTAINER),
+        "copy_to_pod": lambda: api.copy_to_pod(NS, "vllm-a", CONTAINER, local, "/mnt/adapters/f"),
+        "exec": lambda: api.exec(NS, "vllm-a", CONTAINER, ["test", "-d", "/mnt/adapters"]),
+        "patch_restart": lambda: api.patch_restart(NS, "vllm", "2026-01-01T00:00:00Z"),
+        "deployment_status": lambda: api.deployment_status(NS, "vllm"),
+    }
+    assert set(calls) == set(kube.RBAC_NEEDS)
+    for name, call in calls.items():
+        cluster.forget_calls()
+        call()
+        made = set().union(*(api_requests(argv) for argv in cluster.calls()))
+        assert made, name
+        assert made <= set(kube.RBAC_NEEDS[name]), name
+        assert set(kube.RBAC_NEEDS[name]) - made <= {("", "pods/exec", "get")}, name
