@@ -195,8 +195,6 @@ class LocalStack:
             "--max-cpu-loras",
             str(c.max_cpu_loras),
         ]
-        if c.api_key:
-            command += ["--api-key", c.api_key]
         modules = self.restored_modules() if restore else []
         if modules:
             command += ["--lora-modules", *[json.dumps(m) for m in modules]]
@@ -232,6 +230,8 @@ class LocalStack:
                 "TRANSFORMERS_OFFLINE": "1",
             }
         )
+        if self.config.api_key:  # vLLM reads it from here; a flag would show in ps and run records
+            env["VLLM_API_KEY"] = self.config.api_key
         env.update(self.config.extra_vllm_env)
         return env
 
@@ -248,14 +248,7 @@ class LocalStack:
         self._require_assets()
         for folder in ("mlflow", "adapters", "logs", "run"):
             (self.home / folder).mkdir(parents=True, exist_ok=True)
-        mlflow = self._running("mlflow") or self._start(
-            "mlflow",
-            self.mlflow_command(),
-            self.mlflow_env(),
-            timeout_s=MLFLOW_START_TIMEOUT_S,
-            port=processes.free_port(self._previous_port("mlflow")),
-            on_tick=on_tick,
-        )
+        mlflow = self._running("mlflow") or self.start_mlflow("mlflow", on_tick=on_tick)
         urls = []
         for name in self.vllm_names():
             record = self._running(name) or self.start_vllm(name, on_tick=on_tick)
@@ -273,6 +266,23 @@ class LocalStack:
         (self.home / STACK_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
         return info
 
+    def start_mlflow(
+        self,
+        name: str,
+        on_tick: Tick | None = None,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> ProcessRecord:
+        """Start one MLflow server on this home's data; ``extra_args`` are added last."""
+        return self._start(
+            name,
+            self.mlflow_command() + list(extra_args or []),
+            {**self.mlflow_env(), **(extra_env or {})},
+            timeout_s=MLFLOW_START_TIMEOUT_S,
+            port=processes.free_port(self._previous_port(name)),
+            on_tick=on_tick,
+        )
+
     def start_vllm(
         self,
         name: str,
@@ -280,13 +290,14 @@ class LocalStack:
         extra_args: list[str] | None = None,
         *,
         restore: bool = True,
+        extra_env: dict[str, str] | None = None,
     ) -> ProcessRecord:
         """Start one vLLM server; ``extra_args`` override the defaults (last flag wins).
         ``restore=False`` starts it empty, without the restored ``--lora-modules``."""
         return self._start(
             name,
             self.vllm_command(restore=restore) + list(extra_args or []),
-            self.vllm_env(),
+            {**self.vllm_env(), **(extra_env or {})},
             timeout_s=VLLM_START_TIMEOUT_S,
             port=processes.free_port(self._previous_port(name)),
             on_tick=on_tick,

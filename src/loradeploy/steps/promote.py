@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
-from loradeploy.domain.aliases import plan_promotion
+from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
+from loradeploy.domain.aliases import LIVE, plan_promotion
 from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
@@ -36,6 +37,7 @@ class PromoteRequest:
     live_slot: str
     strategy: SwapStrategy = SwapStrategy.AUTO
     max_lora_rank: int = 16
+    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     base_model_aliases: Mapping[str, str] = field(default_factory=dict)
     reason: str = ""
 
@@ -57,8 +59,17 @@ def promote_adapter(
     timer = Timer(result.timings_s)
     with model_lock(registry, request.model, actor):
         finished = finish_pending(registry, request.model, actor)
+        intent = f"promote alias:{request.source_alias}"
         with timer("resolve"):
-            version = registry.resolve(request.model, Source("alias", request.source_alias))
+            retried = finished.moved(LIVE) if finished.intent == intent else None
+            if retried:
+                # This request already ran and stopped between its alias moves (MLflow
+                # failed, or the process was killed). Its plan is now complete: the
+                # version it made live is the answer, not what the alias names now (a
+                # rollback retried must not roll back twice).
+                version = registry.get_version(request.model, retried)
+            else:
+                version = registry.resolve(request.model, Source("alias", request.source_alias))
             aliases = registry.get_aliases(request.model)
         result.version = version.version
         required_digests(version)
@@ -72,6 +83,7 @@ def promote_adapter(
             transport=transport,
             base_model_aliases=request.base_model_aliases,
             max_lora_rank=request.max_lora_rank,
+            max_adapter_bytes=request.max_adapter_bytes,
             result=result,
         )
         moves = plan_promotion(aliases, version.version)
@@ -82,13 +94,15 @@ def promote_adapter(
                 moves,
                 actor,
                 reason=request.reason or f"promoted from alias {request.source_alias}",
+                intent=intent,
             )
         with timer("cleanup"):
             removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
     result.details.update(
         {
             "alias_moves": [m.describe() for m in moves],
-            "finished_pending_moves": [m.describe() for m in finished],
+            "finished_pending_moves": [m.describe() for m in finished.moves],
+            "retry_of_interrupted_run": bool(retried),
             "removed_folders": removed,
             "aliases_after": registry.get_aliases(request.model),
         }
