@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.domain.aliases import AliasMove
-from loradeploy.errors import LockHeldError
+from loradeploy.errors import LockHeldError, LoraDeployError
 
 LOCK_TAG = "loradeploy.lock"
 PENDING_TAG = "loradeploy.pending"
@@ -63,6 +63,13 @@ def holder_is_gone(held: dict[str, object], host: str, alive: Callable[[int], bo
     return held.get("host") == host and isinstance(pid, int) and not alive(pid)
 
 
+@dataclass
+class Lease:
+    """The held lock; after the block, ``release_error`` says if it could not be removed."""
+
+    release_error: str | None = None
+
+
 @contextmanager
 def model_lock(
     registry: MLflowHelper,
@@ -74,7 +81,7 @@ def model_lock(
     sleep: Callable[[float], None] = time.sleep,
     host: str | None = None,
     alive: Callable[[int], bool] = pid_alive,
-) -> Iterator[None]:
+) -> Iterator[Lease]:
     """Hold the model's deployment lock; fail fast, naming the holder, when taken."""
     host = host or socket.gethostname()
     tags = registry.get_model_tags(model)
@@ -101,12 +108,18 @@ def model_lock(
     back = _parse_lock(registry.get_model_tags(model).get(LOCK_TAG))
     if not back or back.get("run_id") != actor.run_id:
         raise _held_error(model, back or {})
+    lease = Lease()
     try:
-        yield
+        yield lease
     finally:
-        current = _parse_lock(registry.get_model_tags(model).get(LOCK_TAG))
-        if current and current.get("run_id") == actor.run_id:
-            registry.delete_model_tag(model, LOCK_TAG)
+        try:
+            current = _parse_lock(registry.get_model_tags(model).get(LOCK_TAG))
+            if current and current.get("run_id") == actor.run_id:
+                registry.delete_model_tag(model, LOCK_TAG)
+        except LoraDeployError as exc:
+            # The work is done (or failed on its own); a lease left behind is taken over
+            # by the next run on this host, expires elsewhere, or goes with 'unlock'.
+            lease.release_error = exc.one_line()
 
 
 def _parse_lock(raw: str | None) -> dict[str, object] | None:

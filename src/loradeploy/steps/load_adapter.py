@@ -49,7 +49,7 @@ def load_adapter(
         version = registry.resolve(request.model, request.source)
     result.version = version.version
     required_digests(version)
-    with model_lock(registry, request.model, actor):
+    with model_lock(registry, request.model, actor) as lease:
         with timer("preflight"):
             servers = inspect_replicas(replicas, request.slot, request.strategy)
         deploy_version(
@@ -63,4 +63,6 @@ def load_adapter(
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
         )
+    if lease.release_error:
+        result.details["warnings"] = [f"lock not released: {lease.release_error}"]
     return result

@@ -20,9 +20,10 @@ from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
-from loradeploy.domain.aliases import LIVE, plan_promotion
+from loradeploy.domain.aliases import LIVE, AliasMove, plan_promotion
 from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
+from loradeploy.errors import LoraDeployError
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.aliases import Actor, finish_pending, model_lock, move_aliases
 from loradeploy.steps.cleanup import remove_unused_folders
@@ -57,7 +58,8 @@ def promote_adapter(
         slot=request.live_slot,
     )
     timer = Timer(result.timings_s)
-    with model_lock(registry, request.model, actor):
+    warnings: list[str] = []
+    with model_lock(registry, request.model, actor) as lease:
         finished = finish_pending(registry, request.model, actor)
         intent = f"promote alias:{request.source_alias}"
         with timer("resolve"):
@@ -96,15 +98,35 @@ def promote_adapter(
                 reason=request.reason or f"promoted from alias {request.source_alias}",
                 intent=intent,
             )
+        # The promotion is committed: from here on a failure must not fail the step, or
+        # a retry would promote again (a rollback would roll back twice).
+        removed: list[str] = []
         with timer("cleanup"):
-            removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
+            try:
+                removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
+            except LoraDeployError as exc:
+                warnings.append(f"unused folders kept: {exc.one_line()}")
+    if lease.release_error:
+        warnings.append(f"lock not released: {lease.release_error}")
     result.details.update(
         {
             "alias_moves": [m.describe() for m in moves],
             "finished_pending_moves": [m.describe() for m in finished.moves],
             "retry_of_interrupted_run": bool(retried),
             "removed_folders": removed,
-            "aliases_after": registry.get_aliases(request.model),
+            "aliases_after": _after(aliases, moves),
+            "warnings": warnings,
         }
     )
     return result
+
+
+def _after(aliases: Mapping[str, str], moves: Sequence[AliasMove]) -> dict[str, str]:
+    """The aliases once ``moves`` are applied (no second read of the registry)."""
+    after = dict(aliases)
+    for move in moves:
+        if move.to_version is None:
+            after.pop(move.alias, None)
+        else:
+            after[move.alias] = move.to_version
+    return after
