@@ -13,7 +13,7 @@ DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
 # pip's warnings about local index folders that do not exist are noise here.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup demo test test-unit test-integration lint bench down clean
+.PHONY: help setup demo test test-unit test-integration lint bench workflows down clean
 
 help: ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -64,13 +64,17 @@ test-unit: $(BIN)/loradeploy ## Run the fast unit tests only.
 	$(BIN)/python -m pytest tests/unit -q
 
 lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts benchmarks deploy
+	$(BIN)/ruff format --check src tests scripts benchmarks deploy
 	$(BIN)/mypy
+	$(BIN)/mypy --strict deploy/argo/workflows.py
 	$(BIN)/lint-imports
 
-bench: ## Benchmarks (none yet: they arrive with the performance work).
-	@echo "no benchmarks yet"
+bench: setup ## Benchmarks on the real local stack (about 15 min); writes benchmarks/results/latest.json.
+	$(BIN)/python benchmarks/run.py
+
+workflows: $(BIN)/loradeploy ## Re-render deploy/argo/*.yaml from deploy/argo/workflows.py (Hera).
+	$(BIN)/python deploy/argo/workflows.py
 
 down: ## Stop the local stack (data is kept).
 	-$(BIN)/loradeploy stack down

@@ -4,13 +4,15 @@ map errors to exit codes (``errors.ExitCode``). Nothing else happens here."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,9 +22,11 @@ from rich.table import Table
 from loradeploy import __version__
 from loradeploy.domain import names
 from loradeploy.domain.swap import SwapStrategy
-from loradeploy.errors import CheckFailedError, ExitCode, LoraDeployError, UsageError
-from loradeploy.results import StepResult, Timer, write_outputs
-from loradeploy.settings import STACK_FILE, Settings, load_settings, read_stack
+from loradeploy.errors import CheckFailedError, ExitCode, LoraDeployError, UsageError, redact
+
+if TYPE_CHECKING:  # imported where used: pydantic would double the start-up of --help
+    from loradeploy.results import StepResult
+    from loradeploy.settings import Settings
 
 app = typer.Typer(
     name="loradeploy",
@@ -63,7 +67,20 @@ CaBundle = Annotated[
 ]
 
 
+# Never printed or written: error lines are scrubbed of these values (and of URL user info).
+_SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "VLLM_API_KEY")
+_given_secrets: set[str] = set()
+
+
+def _secrets() -> list[str]:
+    return [*(os.environ.get(name, "") for name in _SECRET_ENV), *_given_secrets]
+
+
 def _settings(**flags: Any) -> Settings:
+    if flags.get("api_key"):
+        _given_secrets.add(str(flags["api_key"]))
+    from loradeploy.settings import load_settings
+
     return load_settings(flags, os.environ, Path.cwd())
 
 
@@ -82,7 +99,7 @@ def _vllm(settings: Settings, url: str | None = None) -> Iterator[Any]:
 def _registry(settings: Settings) -> Any:
     from loradeploy.clients.registry import MLflowHelper
 
-    return MLflowHelper(settings.require_tracking_uri())
+    return MLflowHelper(settings.require_tracking_uri(), ca_bundle=settings.ca_bundle)
 
 
 def _print_error(line: str) -> None:
@@ -97,6 +114,8 @@ def _finish(result: StepResult, output_dir: Path | None, render: Callable[[StepR
         result.exit_code = int(ExitCode.CHECK_FAILED)
         result.error = CheckFailedError(f"{result.step}: checks failed: {', '.join(failed)}").one_line()
     if output_dir:
+        from loradeploy.results import write_outputs
+
         write_outputs(output_dir, result)
     render(result)
     if result.status == "failed":
@@ -114,10 +133,13 @@ def _run(
     try:
         result = action()
     except LoraDeployError as exc:
+        line = redact(exc.one_line(), _secrets())
         if output_dir:
-            failed = StepResult(step=step, status="error", exit_code=int(exc.exit_code), error=exc.one_line())
+            from loradeploy.results import StepResult, write_outputs
+
+            failed = StepResult(step=step, status="error", exit_code=int(exc.exit_code), error=line)
             write_outputs(output_dir, failed)
-        _print_error(exc.one_line())
+        _print_error(line)
         raise typer.Exit(int(exc.exit_code)) from None
     _finish(result, output_dir, render or _render_default)
 
@@ -139,6 +161,8 @@ def _render_default(result: StepResult) -> None:
     if result.timings_s:
         table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items()))
     out.print(table)
+    for warning in result.details.get("warnings", []):
+        err.print("[yellow]warning:[/] " + escape(str(warning)), highlight=False, soft_wrap=True)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -170,7 +194,7 @@ SwapOpt = Annotated[
     SwapStrategy,
     typer.Option(
         "--swap-strategy",
-        help="auto: in-place where the server does it safely (vLLM >= 0.33), else unload-load.",
+        help="auto = inplace (no request fails); unload-load leaves a window where the slot is missing.",
     ),
 ]
 MaxRank = Annotated[int | None, typer.Option("--max-lora-rank", help="The server's --max-lora-rank.")]
@@ -313,6 +337,7 @@ def load_adapter(
             slot=slot,
             strategy=swap_strategy,
             max_lora_rank=settings.max_lora_rank,
+            max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
         )
         with (
@@ -493,6 +518,7 @@ def promote_adapter(
         request = replace(
             request,
             max_lora_rank=settings.max_lora_rank,
+            max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
         )
         with (
@@ -638,6 +664,8 @@ def _restart_local(model_name: str | None, live_slot: str, candidate_slot: str) 
     settings = _settings()
     if settings.stack is None:
         raise UsageError("no local stack found", hint="run 'loradeploy stack up' first")
+    from loradeploy.results import StepResult, Timer
+
     stack = _local_stack(settings.stack.home, assets=settings.stack.assets)
     result = StepResult(step="restart-deployment", model=model_name)
     timer = Timer(result.timings_s)
@@ -750,10 +778,464 @@ def history(
     _run("history", output_dir, action, render)
 
 
+@app.command()
+def unlock(
+    model_name: ModelName,
+    run_id: Annotated[str, typer.Option("--run-id", help="The crashed run, as the lock error names it.")],
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Remove the deployment lock a crashed run left on a model (only that run's lock)."""
+
+    def action() -> StepResult:
+        from loradeploy.errors import NotFoundError
+        from loradeploy.results import StepResult
+        from loradeploy.steps.aliases import unlock as step
+
+        names.model_name(model_name)
+        if not step(_registry(_settings(tracking_uri=tracking_uri)), model_name, run_id):
+            raise NotFoundError(
+                f"model {model_name!r} holds no lock of run {run_id!r}",
+                hint="copy the run id from the 'is being deployed by' error of the blocked step",
+            )
+        return StepResult(step="unlock", model=model_name, details={"run_id": run_id})
+
+    _run("unlock", output_dir, action)
+
+
+class _StopOnSignal:
+    """``wait(seconds)`` for the watch loop: True once SIGTERM (or Ctrl-C) arrived.
+
+    The handler only sets a flag; the short sleeps let the loop notice it within half a
+    second, and the round in progress always finishes first.
+    """
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self, *_: object) -> None:
+        self.stopped = True
+
+    def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self.stopped and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
+        return self.stopped
+
+
+@app.command()
+def reconcile(
+    model_name: ModelName,
+    vllm_url: VllmUrls = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
+    watch: Annotated[bool, typer.Option("--watch", help="Repeat until SIGTERM.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=1.0, help="Seconds between rounds (--watch).")
+    ] = 30.0,
+    max_backoff: Annotated[
+        float, typer.Option("--max-backoff", min=1.0, help="Longest wait after failed rounds (--watch).")
+    ] = 300.0,
+    output_dir: OutputDir = None,
+    adapters_root: AdaptersRoot = None,
+    swap_strategy: SwapOpt = SwapStrategy.AUTO,
+    max_lora_rank: MaxRank = None,
+    base_model_alias: BaseAlias = None,
+    transport: TransportOpt = "local",
+    namespace: Namespace = "ml-models",
+    selector: Selector = "app=vllm",
+    container: Container = "vllm",
+    pod_adapters_root: PodRoot = "/mnt/adapters",
+    kubectl: Kubectl = "kubectl",
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Serve what the aliases name: live -> live slot, staged -> candidate slot, on every
+    replica. Repairs missing or wrong slots; never changes aliases, never unloads."""
+
+    def action() -> StepResult:
+        from loradeploy.domain.aliases import LIVE, STAGED
+        from loradeploy.steps.reconcile import ReconcileRequest
+        from loradeploy.steps.reconcile import reconcile as step
+        from loradeploy.steps.reconcile import watch as watch_loop
+
+        slots = {LIVE: names.slot_name(live_slot), STAGED: names.slot_name(candidate_slot)}
+        if slots[LIVE] == slots[STAGED]:
+            raise UsageError(f"--live-slot and --candidate-slot are both {live_slot!r}")
+        settings = _settings(
+            tracking_uri=tracking_uri,
+            vllm_url=vllm_url[0] if vllm_url else None,
+            adapters_root=adapters_root,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
+            max_lora_rank=max_lora_rank,
+            base_model_alias=base_model_alias,
+        )
+        request = ReconcileRequest(
+            model=names.model_name(model_name),
+            slot_for_alias=slots,
+            strategy=swap_strategy,
+            max_lora_rank=settings.max_lora_rank,
+            base_model_aliases=settings.base_model_aliases,
+            max_adapter_bytes=settings.max_adapter_bytes,
+        )
+
+        def once() -> StepResult:  # pods and clients are found again every round
+            with _targets(
+                settings,
+                urls=vllm_url,
+                transport=transport,
+                namespace=namespace,
+                selector=selector,
+                container=container,
+                pod_root=pod_adapters_root,
+                kubectl=kubectl,
+            ) as (files, replicas):
+                return step(
+                    request,
+                    registry=_registry(settings),
+                    replicas=replicas,
+                    transport=files,
+                    actor=_actor(settings, "reconcile"),
+                )
+
+        if not watch:
+            return once()
+        stop = _StopOnSignal()
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            rounds = watch_loop(
+                once, interval_s=interval, max_backoff_s=max_backoff, wait=stop.wait, report=report
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        from loradeploy.results import StepResult
+
+        return StepResult(
+            step="reconcile", model=model_name, details={"rounds": rounds, "stopped": "SIGTERM"}
+        )
+
+    def report(result: StepResult | None, error: LoraDeployError | None, delay: float) -> None:
+        if output_dir and result is not None:
+            from loradeploy.results import write_outputs
+
+            write_outputs(output_dir, result)
+        if error is not None:
+            _print_error(f"{error.one_line()} (next round in {delay:.0f}s)")
+        elif result is not None:
+            done = result.details.get("repaired") or []
+            state = "in sync" if result.passed else "still drifting"
+            err.print(f"reconcile {model_name}: {len(done)} repaired, {state}; next round in {delay:.0f}s")
+
+    _run("reconcile", output_dir, action)
+
+
+# -- gates and training ------------------------------------------------------------------
+
+EvalData = Annotated[
+    Path,
+    typer.Option("--eval-data", help='Evaluation questions, JSON lines {"context","question","answer"}.'),
+]
+DEFAULT_EVAL_DATA = Path("data/aws-rag-qa/eval.jsonl")
+GateSeed = Annotated[int, typer.Option("--seed", help="Seed for sampling, bootstrap, order and load.")]
+
+
+def _gate_report(
+    output_dir: Path | None, result: StepResult, title: str, plot: Callable[[StepResult], str]
+) -> None:
+    from loradeploy.steps.gates import write_report
+
+    if output_dir is not None:
+        notes = [
+            "Greedy decoding with a fixed seed; CPU floating-point order can still change a token "
+            "now and then, and thread scheduling moves latencies (see README, 'What stays random').",
+        ]
+        write_report(output_dir, result, title=title, notes=notes, plot_svg=plot(result))
+
+
+@app.command("quality-gate")
+def quality_gate(
+    model_name: ModelName,
+    version: Annotated[str | None, typer.Option("--version", help="Version to judge.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Training run whose version to judge.")
+    ] = None,
+    min_f1: Annotated[float | None, typer.Option("--min-f1", help="Floor for eval_token_f1.")] = 0.5,
+    max_eval_loss: Annotated[
+        float | None, typer.Option("--max-eval-loss", help="Ceiling for eval_loss.")
+    ] = 1.0,
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Training gate: read the version's training-run metrics; set 'candidate' only if all pass."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.quality_gate import quality_gate as step
+
+        names.model_name(model_name)
+        if (version is None) == (run_id is None):
+            raise UsageError("pass exactly one of --version and --run-id")
+        if version is not None:
+            names.parse_source(f"version:{version}")
+        settings = _settings(tracking_uri=tracking_uri, ca_bundle=ca_bundle)
+        return step(
+            _registry(settings),
+            model=model_name,
+            version=version,
+            run_id=run_id,
+            min_f1=min_f1,
+            max_eval_loss=max_eval_loss,
+            actor=_actor(settings, "quality-gate"),
+        )
+
+    _run("quality-gate", output_dir, action)
+
+
+@app.command("compare-decision")
+def compare_decision(
+    model_name: ModelName,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    vllm_url: VllmUrl = None,
+    eval_data: EvalData = DEFAULT_EVAL_DATA,
+    output_dir: OutputDir = None,
+    min_score: Annotated[
+        float, typer.Option("--min-score", help="Floor for the candidate's mean token F1.")
+    ] = 0.5,
+    margin: Annotated[
+        float,
+        typer.Option("--margin", min=0.0, help="Non-inferiority margin in mean F1 (CI low >= -margin)."),
+    ] = 0.05,
+    confidence: Annotated[float, typer.Option("--confidence", min=0.5, max=0.999)] = 0.95,
+    bootstrap_samples: Annotated[int, typer.Option("--bootstrap-samples", min=100, max=100000)] = 2000,
+    judge_url: Annotated[
+        str | None,
+        typer.Option("--judge-url", help="OpenAI-compatible judge endpoint (default: --vllm-url)."),
+    ] = None,
+    judge_model: Annotated[
+        str | None,
+        typer.Option("--judge-model", help="Judge model (default: the judge server's base model)."),
+    ] = None,
+    judge_api_key: Annotated[
+        str | None,
+        typer.Option("--judge-api-key", envvar="LORADEPLOY_JUDGE_API_KEY", show_default=False),
+    ] = None,
+    min_win_rate: Annotated[
+        float, typer.Option("--min-win-rate", min=0.0, max=1.0, help="Judge: wins + ties/2 over questions.")
+    ] = 0.4,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=1024)] = 48,
+    seed: GateSeed = 0,
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Gate 1: candidate slot vs live slot on the eval set (F1 floor, non-inferiority, judge);
+    sets eval-passed or eval-failed on the version the candidate slot serves."""
+
+    def action() -> StepResult:
+        from loradeploy.clients.vllm import VllmClient
+        from loradeploy.domain.gates import EvalThresholds
+        from loradeploy.domain.scoring import read_qa
+        from loradeploy.steps.compare_decision import CompareRequest, eval_plot
+        from loradeploy.steps.compare_decision import compare_decision as step
+
+        request = CompareRequest(
+            model=names.model_name(model_name),
+            candidate_slot=names.slot_name(candidate_slot),
+            live_slot=names.slot_name(live_slot),
+            examples=read_qa(eval_data),
+            thresholds=EvalThresholds(
+                min_score=min_score,
+                margin=margin,
+                confidence=confidence,
+                bootstrap_samples=bootstrap_samples,
+                min_win_rate=min_win_rate,
+                seed=seed,
+            ),
+            judge_model=judge_model,
+            max_tokens=max_tokens,
+        )
+        settings = _settings(
+            tracking_uri=tracking_uri, vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle
+        )
+        key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+        with (
+            _vllm(settings) as vllm,
+            VllmClient(
+                judge_url or settings.require_vllm_url(),
+                api_key=judge_api_key if judge_url else (judge_api_key or key),
+                verify=settings.verify,
+            ) as judge,
+            err.status(f"Gate 1: {len(request.examples)} questions through {candidate_slot} and {live_slot}"),
+        ):
+            result = step(
+                request,
+                registry=_registry(settings),
+                vllm=vllm,
+                judge=judge,
+                actor=_actor(settings, "compare-decision"),
+            )
+        _gate_report(
+            output_dir, result, f"Gate 1 (evaluation) for {model_name} version {result.version}", eval_plot
+        )
+        return result
+
+    _run("compare-decision", output_dir, action)
+
+
+@app.command("perf-decision")
+def perf_decision(
+    model_name: ModelName,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    vllm_url: VllmUrl = None,
+    eval_data: Annotated[
+        Path, typer.Option("--eval-data", help="Questions used as the load's prompts.")
+    ] = DEFAULT_EVAL_DATA,
+    output_dir: OutputDir = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
+    requests: Annotated[int, typer.Option("--requests", min=1, max=10000, help="Requests per slot.")] = 32,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=1024)] = 32,
+    max_p50_ratio: Annotated[float, typer.Option("--max-p50-ratio", min=0.0)] = 1.5,
+    max_p95_ratio: Annotated[float, typer.Option("--max-p95-ratio", min=0.0)] = 1.75,
+    min_throughput_ratio: Annotated[float, typer.Option("--min-throughput-ratio", min=0.0)] = 0.7,
+    max_error_rate: Annotated[float, typer.Option("--max-error-rate", min=0.0, max=1.0)] = 0.01,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=1.0, help="Seconds before a request counts as an error.")
+    ] = 120.0,
+    seed: GateSeed = 0,
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Gate 2: the same concurrent load at both slots, interleaved; latency ratios,
+    throughput ratio, error rate; sets perf-passed or perf-failed."""
+
+    def action() -> StepResult:
+        import httpx
+
+        from loradeploy.clients.vllm import VllmClient
+        from loradeploy.domain.gates import PerfThresholds
+        from loradeploy.domain.scoring import qa_messages, read_qa
+        from loradeploy.steps.perf_decision import PerfRequest, perf_plot
+        from loradeploy.steps.perf_decision import perf_decision as step
+
+        request = PerfRequest(
+            model=names.model_name(model_name),
+            candidate_slot=names.slot_name(candidate_slot),
+            live_slot=names.slot_name(live_slot),
+            prompts=[qa_messages(example) for example in read_qa(eval_data)],
+            thresholds=PerfThresholds(
+                max_p50_ratio=max_p50_ratio,
+                max_p95_ratio=max_p95_ratio,
+                min_throughput_ratio=min_throughput_ratio,
+                max_error_rate=max_error_rate,
+            ),
+            concurrency=concurrency,
+            requests=requests,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+        settings = _settings(
+            tracking_uri=tracking_uri, vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle
+        )
+        with (
+            VllmClient(
+                settings.require_vllm_url(),
+                api_key=settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None,
+                verify=settings.verify,
+                timeout=httpx.Timeout(request_timeout, connect=5.0),
+            ) as vllm,
+            err.status(f"Gate 2: {requests} requests per slot, {concurrency} at a time"),
+        ):
+            result = step(
+                request, registry=_registry(settings), vllm=vllm, actor=_actor(settings, "perf-decision")
+            )
+        _gate_report(
+            output_dir, result, f"Gate 2 (performance) for {model_name} version {result.version}", perf_plot
+        )
+        return result
+
+    _run("perf-decision", output_dir, action)
+
+
+@app.command()
+def train(
+    model_name: ModelName,
+    data: Annotated[Path, typer.Option("--data", help="Training data, JSON lines.")] = Path(
+        "data/aws-rag-qa/train.jsonl"
+    ),
+    eval_data: EvalData = DEFAULT_EVAL_DATA,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=100000, help="Optimiser steps.")] = 40,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output_dir: OutputDir = None,
+    base_model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--base-model-dir", help="Base model folder (default: the stack's models/smollm2-135m-instruct)."
+        ),
+    ] = None,
+    base_model_name: Annotated[
+        str | None, typer.Option("--base-model-name", help="Served base model name (default: the stack's).")
+    ] = None,
+    ml_python: Annotated[
+        Path | None, typer.Option("--ml-python", help="The ML virtualenv's python (default: the stack's).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Trained adapters are kept here (default: <assets>/trained)."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, max=1024, help="Answer length in the evaluation.")
+    ] = 48,
+    tracking_uri: TrackingUri = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version."""
+
+    def action() -> StepResult:
+        from loradeploy.clients.mlworker import MlWorker
+        from loradeploy.steps.train import TrainRequest
+        from loradeploy.steps.train import train as step
+
+        names.model_name(model_name)
+        settings = _settings(tracking_uri=tracking_uri, ca_bundle=ca_bundle)
+        assets = (settings.stack.assets or settings.stack.home) if settings.stack else None
+        needed = {
+            "--base-model-dir": base_model_dir,
+            "--ml-python": ml_python,
+            "--base-model-name": base_model_name,
+        }
+        if assets is None and None in needed.values():
+            missing = ", ".join(flag for flag, value in needed.items() if value is None)
+            raise UsageError(f"no local stack to take defaults from: pass {missing}")
+        request = TrainRequest(
+            model=model_name,
+            data=data.resolve(),
+            eval_data=eval_data.resolve(),
+            base_model_dir=(
+                base_model_dir or Path(str(assets)) / "models" / "smollm2-135m-instruct"
+            ).resolve(),
+            base_name=base_model_name or (settings.stack.served_model if settings.stack else ""),
+            cache_dir=(cache_dir or Path(str(assets)) / "trained").resolve(),
+            steps=steps,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        )
+        worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
+        with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):
+            return step(request, worker=worker, registry=_registry(settings), actor=_actor(settings, "train"))
+
+    _run("train", output_dir, action)
+
+
 # -- stack ---------------------------------------------------------------------------------
 
 
 def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = None) -> Any:
+    from loradeploy.settings import STACK_FILE, read_stack
     from loradeploy.stack.local import LocalStack, StackConfig
 
     root = (home or Path(os.environ.get("LORADEPLOY_HOME", ".loradeploy"))).resolve()

@@ -4,12 +4,18 @@ from the registry, without touching an alias."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import DEMO_ADAPTERS, Stack
+from loradeploy.stack import processes
+from loradeploy.stack.local import LocalStack, StackConfig
+
+from .conftest import ASSETS, DEMO_ADAPTERS, Stack
 
 MODEL = "it-reconcile"
 LIVE = "itr-live"
@@ -122,3 +128,28 @@ def test_a_second_run_has_nothing_to_do(stack: Stack, versions: dict[str, str], 
     result = reconcile(stack, tmp_path / "second")
     assert result["details"]["planned"] == []  # type: ignore[index]
     assert stack.snapshot(MODEL) == before
+
+
+def test_after_vllm_restarts_empty_reconcile_serves_both_slots(
+    stack: Stack, versions: dict[str, str], tmp_path: Path
+) -> None:
+    """The vLLM container restarting inside its pod: the init container does not run
+    again, so vLLM comes back without the runtime-loaded adapters. One reconcile (what the
+    sidecar runs) serves live and staged again."""
+    aliases = stack.aliases(MODEL)
+    record = processes.load(stack.home / "run" / "vllm-0.json")
+    assert record is not None
+    os.killpg(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while processes.group_alive(record.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    restarted = LocalStack(StackConfig(home=stack.home, assets=ASSETS)).start_vllm("vllm-0", restore=False)
+    assert restarted.url == stack.info.vllm_url
+    assert LIVE not in stack.served() and CANDIDATE not in stack.served()
+
+    reconcile(stack, tmp_path)
+
+    served = stack.served()
+    assert served[LIVE] == folder(stack, LIVE, versions["v1"])
+    assert served[CANDIDATE] == folder(stack, CANDIDATE, versions["v2"])
+    assert stack.aliases(MODEL) == aliases

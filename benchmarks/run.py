@@ -1,0 +1,603 @@
+"""loradeploy benchmarks: the deployer against the physical floor, on the real local stack.
+
+Run with ``make bench`` (or ``.venv/bin/python benchmarks/run.py --only swap``). Every
+figure is printed next to the command that reproduces it, and the whole run is written to
+``benchmarks/results/latest.json``. The machine is noisy: the result of a section is a
+ratio or a median over repeats, never one absolute time. Targets are checked here, never
+in ``make test``; a missed target makes the exit code 1 after everything has run.
+
+Sections:
+  startup  ``loradeploy --help`` and ``loradeploy version``: wall time and peak memory.
+  swap     8 clients on one slot while it is swapped 10 times, per strategy.
+  deploy   ``load-adapter`` end to end for ~7, ~100 and ~400 MB adapters vs the floor
+           (a raw copy of the same bytes plus vLLM's own load call).
+  restore  ``init-load-adapters`` (live + staged) against the same kind of floor.
+  replicas rolling one version to 1, 2 and 4 vLLM replicas of the tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.swap import SwapStrategy
+from loradeploy.stack.local import LocalStack, StackConfig
+from loradeploy.steps.swap import swap_adapter
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / ".loradeploy"
+ADAPTERS_SRC = ASSETS / "adapters-src"
+HOME = ASSETS / "bench"
+RESULTS = REPO / "benchmarks" / "results"
+LORADEPLOY = str(Path(sys.executable).parent / "loradeploy")
+PROMPT = "<|im_start|>user\nWhat does Amazon S3 store?<|im_end|>\n<|im_start|>assistant\n"
+
+# SmolLM2-135M: (in, out) features of every projection a LoRA may target.
+SMOLLM2_LAYERS = 30
+SMOLLM2_PROJ = {
+    "self_attn.q_proj": (576, 576),
+    "self_attn.k_proj": (576, 192),
+    "self_attn.v_proj": (576, 192),
+    "self_attn.o_proj": (576, 576),
+    "mlp.gate_proj": (576, 1536),
+    "mlp.up_proj": (576, 1536),
+    "mlp.down_proj": (1536, 576),
+}
+
+
+def _cmd(section: str) -> str:
+    return f".venv/bin/python benchmarks/run.py --only {section}"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class Report:
+    sections: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+
+    def target(self, name: str, value: float, limit: float, unit: str, command: str) -> None:
+        met = value <= limit
+        self.targets.append(
+            {"target": name, "value": round(value, 3), "limit": limit, "unit": unit, "met": met}
+        )
+        print(f"  target {name}: {value:.3f} {unit} (limit {limit}) -> {'met' if met else 'MISSED'}")
+        print(f"    reproduce: {command}")
+
+
+# -- the stack -----------------------------------------------------------------------------
+
+
+BENCH_STACKS = ("r16", "r320", "tiny")
+
+
+def bench_stack(kind: str) -> LocalStack:
+    """One bench stack per kind, in its own home: ``r16`` (the demo's server flags),
+    ``r320`` (room for the 400 MB adapter), ``tiny`` (four replicas of the tiny model)."""
+    config = StackConfig(home=HOME / kind, assets=ASSETS)
+    if kind == "r320":
+        config.max_lora_rank = 320
+    if kind == "tiny":
+        config.replicas = 4
+        config.model_dir = ASSETS / "models" / "tiny-llama"
+        config.served_model = "loradeploy/tiny-llama"
+    return LocalStack(config)
+
+
+def only_stack(kind: str) -> tuple[LocalStack, Any]:
+    """Bring up ``kind`` after stopping the other bench stacks (two cores do not hold two
+    busy vLLM servers without distorting every figure)."""
+    for other in BENCH_STACKS:
+        if other != kind and (HOME / other / "run").exists():
+            bench_stack(other).down()
+    stack = bench_stack(kind)
+    return stack, stack.up()
+
+
+def run_cli(*args: str, env: dict[str, str]) -> tuple[int, float, dict[str, Any] | None, str]:
+    out = HOME / "out" / f"{time.time_ns()}"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [LORADEPLOY, *args, f"--output-dir={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    result_file = out / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else None
+    return done.returncode, elapsed, result, done.stderr.strip()
+
+
+def stack_env(stack: LocalStack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LORADEPLOY_"))}
+    env["LORADEPLOY_HOME"] = str(stack.home)
+    return env
+
+
+def register(stack: LocalStack, model: str, folder: Path) -> str:
+    code, _, result, err = run_cli(
+        "register",
+        f"--model-name={model}",
+        f"--adapter-dir={folder}",
+        "--reuse-identical",
+        env=stack_env(stack),
+    )
+    if code != 0 or result is None:
+        raise RuntimeError(f"register {folder} failed ({code}): {err}")
+    return str(result["version"])
+
+
+# -- synthetic adapters --------------------------------------------------------------------
+
+
+def write_synthetic_adapter(folder: Path, rank: int) -> int:
+    """A valid PEFT LoRA for SmolLM2 on all seven projections, all-zero weights (a no-op
+    adapter, like PEFT's own initialisation of B). Returns the size in bytes."""
+    marker = folder.with_name(folder.name + ".bytes")  # outside: an adapter is a flat folder
+    if marker.exists():
+        return int(marker.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for layer in range(SMOLLM2_LAYERS):
+        for proj, (fan_in, fan_out) in SMOLLM2_PROJ.items():
+            prefix = f"base_model.model.model.layers.{layer}.{proj}"
+            for part, shape in (("lora_A", [rank, fan_in]), ("lora_B", [fan_out, rank])):
+                size = shape[0] * shape[1] * 4
+                header[f"{prefix}.{part}.weight"] = {
+                    "dtype": "F32",
+                    "shape": shape,
+                    "data_offsets": [offset, offset + size],
+                }
+                offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with (folder / "adapter_model.safetensors").open("wb") as handle:
+        handle.write(struct.pack("<Q", len(blob)))
+        handle.write(blob)
+        chunk = bytes(1 << 20)
+        left = offset
+        while left:
+            handle.write(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
+    config = {
+        "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": sorted(p.split(".")[1] for p in SMOLLM2_PROJ),
+        "inference_mode": True,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    total = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    marker.write_text(str(total))
+    return total
+
+
+# -- sections ------------------------------------------------------------------------------
+
+
+def bench_startup(report: Report, repeats: int = 5) -> None:
+    print("\n== startup: command start-up, wall time and peak memory")
+    figures: dict[str, Any] = {}
+    for label, args in (("--help", ["--help"]), ("version", ["version"])):
+        walls, peaks = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            process = subprocess.Popen([LORADEPLOY, *args], stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            walls.append(time.perf_counter() - started)
+            peaks.append(usage.ru_maxrss / 1024)
+            process.returncode = os.waitstatus_to_exitcode(status)
+        figures[label] = {"wall_s_median": median(walls), "peak_rss_mb_median": median(peaks)}
+        print(
+            f"  loradeploy {label}: {median(walls):.3f} s, peak {median(peaks):.0f} MB (median of {repeats})"
+        )
+    report.sections["startup"] = figures
+    report.target("--help wall time", figures["--help"]["wall_s_median"], 0.5, "s", _cmd("startup"))
+
+
+@dataclass
+class Traffic:
+    """Clients that send short completions to one slot until told to stop."""
+
+    url: str
+    slot: str
+    clients: int = 8
+    records: list[tuple[float, float, bool, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    response = http.post(
+                        "/v1/completions",
+                        json={"model": self.slot, "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+                    )
+                    ok, why = response.status_code == 200, str(response.status_code)
+                except httpx.HTTPError as exc:
+                    ok, why = False, type(exc).__name__
+                with self._lock:
+                    self.records.append((started, time.perf_counter(), ok, why))
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout=90)
+
+    def window(self, start: float, end: float) -> list[tuple[float, float, bool, str]]:
+        return [r for r in self.records if start <= r[0] < end]
+
+
+def _latency_summary(rows: list[tuple[float, float, bool, str]]) -> dict[str, Any]:
+    ok = [end - start for start, end, good, _ in rows if good]
+    failed = [why for *_, good, why in rows if not good]
+    return {
+        "requests": len(rows),
+        "failed": len(failed),
+        "refused": sum(1 for why in failed if why == "ConnectError"),  # after an engine death
+        "failure_kinds": sorted(set(failed)),
+        "p50_s": percentile(ok, 0.5),
+        "p99_s": percentile(ok, 0.99),
+    }
+
+
+def bench_swap(report: Report, swaps: int = 10, quiet_s: float = 15.0) -> None:
+    print("\n== swap: 8 clients on one slot, 10 swaps, per strategy")
+    stack, info = only_stack("r16")
+    roots = []
+    for name in ("aws-rag-qa-v1", "aws-rag-qa-v2"):
+        target = stack.config.adapters_root / "bench-swap" / name
+        if not target.exists():
+            shutil.copytree(ADAPTERS_SRC / name, target)
+        roots.append(str(target))
+    figures: dict[str, Any] = {}
+    with VllmClient(info.vllm_url, timeout=httpx.Timeout(60.0)) as vllm:
+        base = vllm.base_model().id
+        for strategy in (SwapStrategy.UNLOAD_LOAD, SwapStrategy.INPLACE):
+            slot = f"bench-swap-{strategy.value}"
+            current = vllm.adapters().get(slot)
+            current_root = current.root if current else None
+            swap_adapter(vllm, slot, roots[0], current_root=current_root, strategy=strategy, base_id=base)
+            current_root = roots[0]
+            traffic = Traffic(info.vllm_url, slot)
+            durations = []
+            died_at: int | None = None
+            with traffic.running():
+                time.sleep(2)  # warm-up, not counted
+                quiet_start = time.perf_counter()
+                time.sleep(quiet_s)
+                swap_start = time.perf_counter()
+                for index in range(swaps):
+                    new_root = roots[(index + 1) % 2]
+                    started = time.perf_counter()
+                    try:
+                        swap_adapter(
+                            vllm, slot, new_root, current_root=current_root, strategy=strategy, base_id=base
+                        )
+                        current_root = new_root
+                    except Exception as exc:  # noqa: BLE001 - a benchmark records every outcome
+                        print(f"  swap {index + 1} failed: {exc}")
+                        if not vllm.health_check():
+                            died_at = index + 1
+                            break
+                    durations.append(time.perf_counter() - started)
+                    time.sleep(1.0)
+                # After a dead engine every request fails at once: count up to the death.
+                swap_end = time.perf_counter()
+            quiet = _latency_summary(traffic.window(quiet_start, swap_start))
+            during = _latency_summary(traffic.window(swap_start, swap_end))
+            figures[strategy.value] = {
+                "quiet": quiet,
+                "during_swaps": during,
+                "swap_s_median": median(durations),
+                "swaps_done": len(durations),
+                "engine_died_at_swap": died_at,
+            }
+            died = f"; ENGINE DIED at swap {died_at}" if died_at else ""
+            print(
+                f"  {strategy.value:12s} failed {during['failed'] - during['refused']}/"
+                f"{during['requests'] - during['refused']} during swaps "
+                f"({quiet['failed']}/{quiet['requests']} quiet){died}; p50 {during['p50_s']:.3f}s vs "
+                f"{quiet['p50_s']:.3f}s quiet; p99 {during['p99_s']:.3f}s vs {quiet['p99_s']:.3f}s; "
+                f"swap {median(durations):.3f}s median"
+            )
+            if died_at:
+                print("  restarting the bench stack")
+                stack.down()
+                info = stack.up()
+                vllm = VllmClient(info.vllm_url, timeout=httpx.Timeout(60.0))
+    print(f"  reproduce: {_cmd('swap')}")
+    report.sections["swap"] = figures
+    inplace = figures.get("inplace", {}).get("during_swaps", {})
+    if inplace:
+        report.target("in-place swap failed requests", float(inplace["failed"]), 0, "requests", _cmd("swap"))
+
+
+def _floor(vllm: VllmClient, source: Path, scratch: Path, name: str) -> tuple[float, float]:
+    """Raw copy of the adapter's bytes next to the served folders, then vLLM's own load."""
+    target = scratch / name
+    shutil.rmtree(target, ignore_errors=True)
+    started = time.perf_counter()
+    shutil.copytree(source, target)
+    copied = time.perf_counter() - started
+    started = time.perf_counter()
+    vllm.load_lora_adapter(name, str(target))
+    loaded = time.perf_counter() - started
+    vllm.unload_lora_adapter(name)
+    shutil.rmtree(target, ignore_errors=True)
+    return copied, loaded
+
+
+def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16, 82, 320)) -> None:
+    print("\n== deploy: load-adapter end to end against the floor (copy + vLLM load)")
+    stack, info = only_stack("r320")
+    env = stack_env(stack)
+    scratch = stack.config.adapters_root / "bench-floor"
+    scratch.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Any] = {}
+    with VllmClient(info.vllm_url, timeout=httpx.Timeout(300.0)) as vllm:
+        for rank in sizes:
+            source = ADAPTERS_SRC / "aws-rag-qa-v1" if rank == 16 else HOME / "synthetic" / f"smollm2-r{rank}"
+            size = write_synthetic_adapter(source, rank) if rank != 16 else _folder_bytes(source)
+            model = f"bench-deploy-r{rank}"
+            version = register(stack, model, source)
+            slot = f"bench-slot-r{rank}"
+            end_to_end, phases, floors = [], [], []
+            for _ in range(repeats):
+                if slot in vllm.adapters():
+                    vllm.unload_lora_adapter(slot)
+                shutil.rmtree(stack.config.adapters_root / slot, ignore_errors=True)
+                code, elapsed, result, err = run_cli(
+                    "load-adapter",
+                    f"--model-name={model}",
+                    f"--source=version:{version}",
+                    f"--slot-name={slot}",
+                    "--max-lora-rank=320",
+                    env=env,
+                )
+                if code != 0 or result is None:
+                    raise RuntimeError(f"load-adapter r={rank} failed ({code}): {err}")
+                end_to_end.append(elapsed)
+                phases.append(result.get("timings_s", {}))
+                floors.append(sum(_floor(vllm, source, scratch, f"floor-r{rank}")))
+            e2e, floor = median(end_to_end), median(floors)
+            phase_medians = {
+                key: median([p.get(key, 0.0) for p in phases])
+                for key in sorted({k for p in phases for k in p})
+            }
+            figures[f"r{rank}"] = {
+                "bytes": size,
+                "end_to_end_s": e2e,
+                "floor_s": floor,
+                "ratio": e2e / floor,
+                "overhead_s": e2e - floor,
+                "phases_s": phase_medians,
+            }
+            print(
+                f"  r={rank:<3d} {size / 1e6:6.1f} MB: end to end {e2e:.2f}s, floor {floor:.2f}s, "
+                f"ratio {e2e / floor:.2f}, overhead {e2e - floor:.2f}s; phases "
+                + ", ".join(f"{k} {v:.2f}" for k, v in phase_medians.items())
+            )
+            if slot in vllm.adapters():
+                vllm.unload_lora_adapter(slot)
+    report.sections["deploy"] = figures
+    for key, item in figures.items():
+        if item["bytes"] >= 90e6:
+            report.target(f"deploy {key} ratio to floor", item["ratio"], 1.5, "x", _cmd("deploy"))
+    smallest = min(figures.values(), key=lambda item: item["bytes"])
+    report.target("deploy fixed overhead", smallest["overhead_s"], 1.0, "s", _cmd("deploy"))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def bench_restore(report: Report, repeats: int = 3) -> None:
+    print("\n== restore: init-load-adapters (live + staged) against the floor")
+    stack, info = only_stack("r16")
+    env = stack_env(stack)
+    model = "bench-restore"
+    v1 = register(stack, model, ADAPTERS_SRC / "aws-rag-qa-v1")
+    v2 = register(stack, model, ADAPTERS_SRC / "aws-rag-qa-v2")
+    _set_alias(info.tracking_uri, model, "live", v1)
+    _set_alias(info.tracking_uri, model, "staged", v2)
+    root = stack.home / "restore-root"
+    live_slot, candidate_slot = "bench-restore-live", "bench-restore-candidate"
+    times, floors = [], []
+    with VllmClient(info.vllm_url, timeout=httpx.Timeout(120.0)) as vllm:
+        for _ in range(repeats):
+            for slot in (live_slot, candidate_slot):
+                if slot in vllm.adapters():
+                    vllm.unload_lora_adapter(slot)
+            shutil.rmtree(root, ignore_errors=True)
+            code, elapsed, _, err = run_cli(
+                "init-load-adapters",
+                f"--model-name={model}",
+                f"--adapters-root={root}",
+                f"--live-slot={live_slot}",
+                f"--candidate-slot={candidate_slot}",
+                f"--vllm-url={info.vllm_url}",
+                env=env,
+            )
+            if code != 0:
+                raise RuntimeError(f"init-load-adapters failed ({code}): {err}")
+            times.append(elapsed)
+            scratch = stack.home / "restore-floor"
+            scratch.mkdir(exist_ok=True)
+            floors.append(
+                sum(_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v1", scratch, "floor-live"))
+                + sum(_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v2", scratch, "floor-candidate"))
+            )
+        for slot in (live_slot, candidate_slot):
+            if slot in vllm.adapters():
+                vllm.unload_lora_adapter(slot)
+    figures = {
+        "end_to_end_s": median(times),
+        "floor_s": median(floors),
+        "ratio": median(times) / median(floors),
+        "overhead_s": median(times) - median(floors),
+    }
+    print(
+        f"  init-load-adapters: {figures['end_to_end_s']:.2f}s, floor {figures['floor_s']:.2f}s, "
+        f"ratio {figures['ratio']:.2f}, overhead {figures['overhead_s']:.2f}s"
+    )
+    print(f"  reproduce: {_cmd('restore')}")
+    report.sections["restore"] = figures
+
+
+def _set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
+    response = httpx.post(
+        f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
+        json={"name": model, "alias": alias, "version": version},
+        timeout=30,
+    )
+    response.raise_for_status()
+
+
+def bench_replicas(report: Report, counts: tuple[int, ...] = (1, 2, 4), repeats: int = 3) -> None:
+    print(f"\n== replicas: roll one version to {', '.join(map(str, counts))} tiny-model replicas")
+    figures: dict[str, Any] = {}
+    stack, info = only_stack("tiny")
+    env = stack_env(stack)
+    model = "bench-replicas"
+    versions = [register(stack, model, ADAPTERS_SRC / "tiny-llama-qa")]
+    slot = "bench-replica-slot"
+    for count in counts:
+        urls = info.vllm_urls[:count]
+        times = []
+        for _ in range(repeats):
+            for url in urls:
+                with VllmClient(url, timeout=httpx.Timeout(60.0)) as vllm:
+                    if slot in vllm.adapters():
+                        vllm.unload_lora_adapter(slot)
+            shutil.rmtree(stack.config.adapters_root / slot, ignore_errors=True)
+            code, elapsed, _, err = run_cli(
+                "load-adapter",
+                f"--model-name={model}",
+                f"--source=version:{versions[0]}",
+                f"--slot-name={slot}",
+                *[f"--vllm-url={url}" for url in urls],
+                env=env,
+            )
+            if code != 0:
+                raise RuntimeError(f"load-adapter to {count} replicas failed ({code}): {err}")
+            times.append(elapsed)
+        figures[str(count)] = {"end_to_end_s": median(times)}
+        print(f"  {count} replica(s): {median(times):.2f}s (median of {repeats})")
+    report.sections["replicas"] = figures
+    first, last = figures[str(counts[0])], figures[str(counts[-1])]
+    report.target(
+        f"{counts[-1]} replicas vs 1",
+        last["end_to_end_s"] / first["end_to_end_s"],
+        1.5,
+        "x",
+        _cmd("replicas"),
+    )
+
+
+SECTIONS: dict[str, Callable[[Report], None]] = {
+    "startup": bench_startup,
+    "swap": bench_swap,
+    "deploy": bench_deploy,
+    "restore": bench_restore,
+    "replicas": bench_replicas,
+}
+
+
+def machine() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0] if Path("/proc/meminfo").exists() else ""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "memory": meminfo.split(":", 1)[-1].strip(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the bench servers running")
+    args = parser.parse_args()
+    report = Report()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    started = time.time()
+    try:
+        for name in chosen:
+            SECTIONS[name](report)
+    finally:
+        if not args.keep_stack:
+            for kind in BENCH_STACKS:
+                if (HOME / kind / "run").exists():
+                    bench_stack(kind).down()
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    sections = {**previous.get("sections", {}), **report.sections}
+    targets = [
+        t for t in previous.get("targets", []) if t["target"] not in {x["target"] for x in report.targets}
+    ]
+    payload = {
+        "machine": machine(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 1),
+        "sections": sections,
+        "targets": targets + report.targets,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    print("\n| target | value | limit | met |\n|---|---|---|---|")
+    for item in report.targets:
+        print(f"| {item['target']} | {item['value']} {item['unit']} | {item['limit']} | {item['met']} |")
+    return 0 if all(t["met"] for t in report.targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
