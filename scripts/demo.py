@@ -3,11 +3,14 @@
 1. bring up the local stack (MLflow + vLLM serving SmolLM2-135M-Instruct);
 2. release v1 (a real LoRA fine-tune of aws-rag-qa): register as candidate ->
    load-adapter -> smoke-test -> set-staged-alias -> promote (first release, no gates);
-3. v2: the same deployment steps, then Gate 1 (compare-decision against live v1) and
-   Gate 2 (perf-decision); promoted from perf-passed when both pass;
+3. v2: trained by 'loradeploy train' (logged to MLflow, cached after the first run),
+   the quality gate sets candidate, the same deployment steps, then Gate 1
+   (compare-decision against live v1) and Gate 2 (perf-decision); promoted from
+   perf-passed when both pass;
 4. the regressed adapter (trained on shuffled answers): deployed to the candidate slot
    and staged, then stopped by Gate 1 (eval-failed); live is untouched;
-5. show status and history; summarise versions, gate figures and the aliases.
+5. roll back with 'previous' and show status; then history; summarise versions, gate
+   figures and the aliases.
 
 A second run reuses everything the first built (registry versions with identical files,
 adapters already served from the same folders) and is much faster.
@@ -79,29 +82,48 @@ def gate2(adapter: str) -> dict[str, object]:
     )
 
 
-def promote(adapter: str, source_alias: str) -> None:
+def promote(adapter: str, source_alias: str, reason: str = "") -> None:
     run(
         "promote-adapter",
         f"--model-name={MODEL}",
         f"--source-alias={source_alias}",
         f"--live-slot={LIVE_SLOT}",
-        f"--reason=demo release of {adapter}",
+        f"--reason={reason or f'demo release of {adapter}'}",
         f"--output-dir={OUT / adapter / 'promote'}",
     )
 
 
-def deploy(adapter: str) -> dict[str, object]:
-    """Steps 1-3 of the specification for one adapter: it ends staged in the candidate slot."""
-    console.rule(f"deploy {adapter} to {CANDIDATE_SLOT}")
+def train(adapter: str) -> dict[str, object]:
+    """The training side: fine-tune, evaluate, log the run, register; the quality gate
+    then sets 'candidate' from the run's metrics."""
+    console.rule(f"train {adapter} and its quality gate")
     out = OUT / adapter
+    trained = run("train", f"--model-name={MODEL}", "--steps=45", "--seed=2", f"--output-dir={out / 'train'}")
     run(
-        "register",
+        "quality-gate",
         f"--model-name={MODEL}",
-        f"--adapter-dir={ADAPTERS / adapter}",
-        "--reuse-identical",
-        "--alias=candidate",
-        f"--output-dir={out / 'register'}",
+        f"--version={trained['version']}",
+        f"--output-dir={out / 'quality-gate'}",
     )
+    return trained
+
+
+def deploy(adapter: str, *, trained: bool = False) -> dict[str, object]:
+    """Steps 1-3 of the specification for one adapter: it ends staged in the candidate slot."""
+    out = OUT / adapter
+    if trained:
+        train(adapter)
+    else:
+        console.rule(f"register {adapter}")
+        run(
+            "register",
+            f"--model-name={MODEL}",
+            f"--adapter-dir={ADAPTERS / adapter}",
+            "--reuse-identical",
+            "--alias=candidate",
+            f"--output-dir={out / 'register'}",
+        )
+    console.rule(f"deploy {adapter} to {CANDIDATE_SLOT}")
     load = run(
         "load-adapter",
         f"--model-name={MODEL}",
@@ -147,7 +169,7 @@ def main() -> int:
     releases = {"aws-rag-qa-v1": deploy("aws-rag-qa-v1")}
     promote("aws-rag-qa-v1", "staged")  # the first release: nothing live to compare with
 
-    releases["aws-rag-qa-v2"] = deploy("aws-rag-qa-v2")
+    releases["aws-rag-qa-v2"] = deploy("aws-rag-qa-v2", trained=True)
     console.rule("aws-rag-qa-v2: Gate 1 (evaluation) and Gate 2 (performance)")
     gates = {"aws-rag-qa-v2 Gate 1": gate1("aws-rag-qa-v2")}
     gates["aws-rag-qa-v2 Gate 2"] = gate2("aws-rag-qa-v2")
@@ -160,7 +182,8 @@ def main() -> int:
     console.rule("aws-rag-qa-regressed: Gate 1 stops it")
     gates["aws-rag-qa-regressed Gate 1"] = gate1("aws-rag-qa-regressed", expect=(1,))
 
-    console.rule("status and history")
+    console.rule("roll back to the previous live version, then status and history")
+    promote("rollback", "previous", reason="demo rollback")
     status = run("status", f"--model-name={MODEL}", f"--output-dir={OUT / 'status'}")
     run("history", f"--model-name={MODEL}")
 
@@ -175,7 +198,8 @@ def main() -> int:
         summary.add_row(name, figures(result))
     details = status.get("details")
     summary.add_row("aliases now", str(details.get("aliases") if isinstance(details, dict) else "-"))
-    summary.add_row("roll back", f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous")
+    undo = f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous"
+    summary.add_row("undo the rollback", undo)
     summary.add_row("results", str(OUT))
     summary.add_row("wall time", f"{time.monotonic() - started:.1f} s")
     console.print(summary)

@@ -81,6 +81,9 @@ class MLflowHelper:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
         os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(request_timeout_s)
+        # MLflow prints "View run ... at: <url>" on stdout when a run ends; the audit
+        # records and training runs would litter every command's output with it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if ca_bundle is not None:  # MLflow's requests session verifies against this CA bundle
             os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_bundle)
         self._client = client
