@@ -472,10 +472,31 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
                 sum(_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v1", scratch, "floor-live"))
                 + sum(_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v2", scratch, "floor-candidate"))
             )
+        # reconcile: what the sidecar does when vLLM lost both slots (a restart of the
+        # vLLM container; here the slots are unloaded, the folders stay, as on the volume).
+        repairs = []
+        for _ in range(repeats):
+            for slot in (live_slot, candidate_slot):
+                if slot in vllm.adapters():
+                    vllm.unload_lora_adapter(slot)
+            code, elapsed, _, err = run_cli(
+                "reconcile",
+                f"--model-name={model}",
+                f"--adapters-root={root}",
+                f"--live-slot={live_slot}",
+                f"--candidate-slot={candidate_slot}",
+                f"--vllm-url={info.vllm_url}",
+                env=env,
+            )
+            if code != 0 or not {live_slot, candidate_slot} <= vllm.adapters().keys():
+                raise RuntimeError(f"reconcile failed ({code}): {err}")
+            repairs.append(elapsed)
         for slot in (live_slot, candidate_slot):
             if slot in vllm.adapters():
                 vllm.unload_lora_adapter(slot)
+    print(f"  reconcile of two lost slots: {median(repairs):.2f}s (median of {repeats})")
     figures = {
+        "reconcile_two_slots_s": median(repairs),
         "end_to_end_s": median(times),
         "floor_s": median(floors),
         "ratio": median(times) / median(floors),
