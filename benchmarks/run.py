@@ -372,6 +372,41 @@ def _floor(vllm: VllmClient, source: Path, scratch: Path, name: str) -> tuple[fl
     return copied, loaded
 
 
+def _registry_transfer(tracking_uri: str, model: str, version: str, scratch: Path) -> float:
+    """Seconds to fetch the version's files from MLflow with plain streaming GETs (no
+    MLflow client, no hashing): the part of any registry-based deploy that moving the
+    bytes over HTTP costs on this server."""
+    with httpx.Client(base_url=tracking_uri, timeout=httpx.Timeout(300.0)) as http:
+        got = http.get(
+            "/api/2.0/mlflow/model-versions/get-download-uri", params={"name": model, "version": version}
+        )
+        got.raise_for_status()
+        uri = str(got.json()["artifact_uri"])
+        if uri.startswith("models:/"):
+            logged = http.get(f"/api/2.0/mlflow/logged-models/{uri.removeprefix('models:/')}")
+            logged.raise_for_status()
+            uri = str(logged.json()["model"]["info"]["artifact_uri"])
+        rel = uri.removeprefix("mlflow-artifacts:/").lstrip("/")
+        base = f"/api/2.0/mlflow-artifacts/artifacts/{rel}"
+        listing = http.get("/api/2.0/mlflow-artifacts/artifacts", params={"path": rel})
+        listing.raise_for_status()
+        names = [f["path"].rsplit("/", 1)[-1] for f in listing.json().get("files", []) if not f.get("is_dir")]
+        target = scratch / "transfer"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        started = time.perf_counter()
+        for name in names:
+            with http.stream("GET", f"{base}/{name}") as response, (target / name).open("wb") as handle:
+                response.raise_for_status()
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+        elapsed = time.perf_counter() - started
+        shutil.rmtree(target, ignore_errors=True)
+        if not names:
+            raise RuntimeError(f"no files listed under {uri}")
+        return elapsed
+
+
 def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16, 82, 320)) -> None:
     print("\n== deploy: load-adapter end to end against the floor (copy + vLLM load)")
     stack, info = only_stack("r320")
@@ -386,7 +421,7 @@ def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16,
             model = f"bench-deploy-r{rank}"
             version = register(stack, model, source)
             slot = f"bench-slot-r{rank}"
-            end_to_end, phases, floors = [], [], []
+            end_to_end, phases, floors, transfers = [], [], [], []
             for _ in range(repeats):
                 if slot in vllm.adapters():
                     vllm.unload_lora_adapter(slot)
@@ -404,22 +439,27 @@ def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16,
                 end_to_end.append(elapsed)
                 phases.append(result.get("timings_s", {}))
                 floors.append(sum(_floor(vllm, source, scratch, f"floor-r{rank}")))
+                transfers.append(_registry_transfer(info.tracking_uri, model, version, scratch))
             e2e, floor = median(end_to_end), median(floors)
             phase_medians = {
                 key: median([p.get(key, 0.0) for p in phases])
                 for key in sorted({k for p in phases for k in p})
             }
+            transfer = median(transfers)
             figures[f"r{rank}"] = {
                 "bytes": size,
                 "end_to_end_s": e2e,
                 "floor_s": floor,
+                "registry_transfer_s": transfer,
+                "ratio_to_floor_plus_transfer": e2e / (floor + transfer),
                 "ratio": e2e / floor,
                 "overhead_s": e2e - floor,
                 "phases_s": phase_medians,
             }
             print(
                 f"  r={rank:<3d} {size / 1e6:6.1f} MB: end to end {e2e:.2f}s, floor {floor:.2f}s, "
-                f"ratio {e2e / floor:.2f}, overhead {e2e - floor:.2f}s; phases "
+                f"ratio {e2e / floor:.2f}, overhead {e2e - floor:.2f}s; plain HTTP fetch from MLflow "
+                f"{transfer:.2f}s (ratio to floor + fetch {e2e / (floor + transfer):.2f}); phases "
                 + ", ".join(f"{k} {v:.2f}" for k, v in phase_medians.items())
             )
             if slot in vllm.adapters():
