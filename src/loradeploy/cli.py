@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -214,38 +214,42 @@ def _actor(settings: Settings, step: str) -> Any:
     return Actor(who=settings.actor, step=step, run_id=uuid.uuid4().hex)
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where adapters go: the replica URLs and the transport flags of one command."""
+
+    urls: list[str] | None
+    transport: str
+    namespace: str
+    selector: str
+    container: str
+    pod_root: str
+    kubectl: str
+
+
 @contextmanager
-def _targets(
-    settings: Settings,
-    *,
-    urls: list[str] | None,
-    transport: str,
-    namespace: str,
-    selector: str,
-    container: str,
-    pod_root: str,
-    kubectl: str,
-) -> Iterator[tuple[Any, list[Any]]]:
+def _targets(settings: Settings, where: _Where) -> Iterator[tuple[Any, list[Any]]]:
     """The adapter transport and one client per replica."""
     from loradeploy.clients.files import LocalFolderTransport
 
-    if transport == "local":
+    if where.transport == "local":
         chosen: Any = LocalFolderTransport(settings.require_adapters_root())
-        replica_urls = list(urls or (settings.stack.vllm_urls if settings.stack else []))
+        replica_urls = list(where.urls or (settings.stack.vllm_urls if settings.stack else []))
         replica_urls = replica_urls or [settings.require_vllm_url()]
-    elif transport == "kubectl":
+    elif where.transport == "kubectl":
         from loradeploy.clients.files import KubectlTransport
         from loradeploy.clients.kube import KubectlApi
 
-        chosen = KubectlTransport(KubectlApi(kubectl=kubectl), namespace, selector, container, root=pod_root)
-        replica_urls = list(urls or chosen.replica_urls())
+        api = KubectlApi(kubectl=where.kubectl)
+        chosen = KubectlTransport(api, where.namespace, where.selector, where.container, root=where.pod_root)
+        replica_urls = list(where.urls or chosen.replica_urls())
         if not replica_urls:
             raise UsageError(
-                f"no Ready pod matches {selector!r} in namespace {namespace!r}",
+                f"no Ready pod matches {where.selector!r} in namespace {where.namespace!r}",
                 hint="check --selector and --namespace, and that the vLLM pods are Ready",
             )
     else:
-        raise UsageError(f"--transport {transport!r} is not 'local' or 'kubectl'")
+        raise UsageError(f"--transport {where.transport!r} is not 'local' or 'kubectl'")
     with ExitStack() as stack:
         yield chosen, [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
 
@@ -343,13 +347,7 @@ def load_adapter(
         with (
             _targets(
                 settings,
-                urls=vllm_url,
-                transport=transport,
-                namespace=namespace,
-                selector=selector,
-                container=container,
-                pod_root=pod_adapters_root,
-                kubectl=kubectl,
+                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
             ) as (files, replicas),
             err.status(f"loading {model_name} {source} into {slot_name} on {len(replicas)} replica(s)"),
         ):
@@ -524,13 +522,7 @@ def promote_adapter(
         with (
             _targets(
                 settings,
-                urls=vllm_url,
-                transport=transport,
-                namespace=namespace,
-                selector=selector,
-                container=container,
-                pod_root=pod_adapters_root,
-                kubectl=kubectl,
+                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
             ) as (files, replicas),
             err.status(f"promoting {model_name}@{source_alias} to {live_slot}"),
         ):
@@ -884,13 +876,7 @@ def reconcile(
         def once() -> StepResult:  # pods and clients are found again every round
             with _targets(
                 settings,
-                urls=vllm_url,
-                transport=transport,
-                namespace=namespace,
-                selector=selector,
-                container=container,
-                pod_root=pod_adapters_root,
-                kubectl=kubectl,
+                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
             ) as (files, replicas):
                 return step(
                     request,
