@@ -22,9 +22,13 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +56,52 @@ def run(*args: str, expect: tuple[int, ...] = (0,)) -> dict[str, object]:
     result = dict(json.loads((Path(output) / "result.json").read_text())) if output else {}
     result["exit_code"] = done.returncode
     return result
+
+
+class LiveTraffic:
+    """Clients that keep asking the live slot while the release steps run, counting what
+    fails: a release is only boring if serving never notices it."""
+
+    def __init__(self, clients: int = 4) -> None:
+        self.clients = clients
+        self.ok = 0
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def _client(self, url: str) -> None:
+        body = {"model": LIVE_SLOT, "prompt": "What does Amazon S3 store?", "max_tokens": 8, "temperature": 0}
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while not self._stop.is_set():
+                try:
+                    response = http.post("/v1/completions", json=body)
+                    why = "" if response.status_code == 200 else f"HTTP {response.status_code}"
+                except httpx.HTTPError as exc:
+                    why = type(exc).__name__
+                with self._lock:
+                    if why:
+                        self.failed.append(why)
+                    else:
+                        self.ok += 1
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        url = json.loads((HOME / "stack.json").read_text())["vllm_url"]
+        threads = [
+            threading.Thread(target=self._client, args=(url,), daemon=True) for _ in range(self.clients)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout=150)
+
+    def describe(self) -> str:
+        kinds = ", ".join(sorted(set(self.failed))) or "none"
+        return f"{self.ok + len(self.failed)} requests, {len(self.failed)} failed ({kinds})"
 
 
 def gate1(adapter: str, expect: tuple[int, ...] = (0,)) -> dict[str, object]:
@@ -173,17 +223,21 @@ def main() -> int:
     console.rule("aws-rag-qa-v2: Gate 1 (evaluation) and Gate 2 (performance)")
     gates = {"aws-rag-qa-v2 Gate 1": gate1("aws-rag-qa-v2")}
     gates["aws-rag-qa-v2 Gate 2"] = gate2("aws-rag-qa-v2")
-    if gates["aws-rag-qa-v2 Gate 2"]["exit_code"] == 0:
-        promote("aws-rag-qa-v2", "perf-passed")
-    else:
-        console.print("[yellow]Gate 2 failed on this machine: v2 stays staged, v1 stays live[/]")
+    # From here on, clients keep using the live slot while it is promoted, while the
+    # regressed adapter is deployed beside it, and while it is rolled back.
+    traffic = LiveTraffic()
+    with traffic.running():
+        if gates["aws-rag-qa-v2 Gate 2"]["exit_code"] == 0:
+            promote("aws-rag-qa-v2", "perf-passed")
+        else:
+            console.print("[yellow]Gate 2 failed on this machine: v2 stays staged, v1 stays live[/]")
 
-    releases["aws-rag-qa-regressed"] = deploy("aws-rag-qa-regressed")
-    console.rule("aws-rag-qa-regressed: Gate 1 stops it")
-    gates["aws-rag-qa-regressed Gate 1"] = gate1("aws-rag-qa-regressed", expect=(1,))
+        releases["aws-rag-qa-regressed"] = deploy("aws-rag-qa-regressed")
+        console.rule("aws-rag-qa-regressed: Gate 1 stops it")
+        gates["aws-rag-qa-regressed Gate 1"] = gate1("aws-rag-qa-regressed", expect=(1,))
 
-    console.rule("roll back to the previous live version, then status and history")
-    promote("rollback", "previous", reason="demo rollback")
+        console.rule("roll back to the previous live version, then status and history")
+        promote("rollback", "previous", reason="demo rollback")
     status = run("status", f"--model-name={MODEL}", f"--output-dir={OUT / 'status'}")
     run("history", f"--model-name={MODEL}")
 
@@ -198,6 +252,7 @@ def main() -> int:
         summary.add_row(name, figures(result))
     details = status.get("details")
     summary.add_row("aliases now", str(details.get("aliases") if isinstance(details, dict) else "-"))
+    summary.add_row("live-slot traffic during promote, deploy, rollback", traffic.describe())
     undo = f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous"
     summary.add_row("undo the rollback", undo)
     summary.add_row("results", str(OUT))
