@@ -100,11 +100,10 @@ def compare_decision(
             model=request.model,
             slot=request.candidate_slot,
             version=version,
-            passed=decision.passed,
+            checks=decision.checks,
             aliases=(EVAL_PASSED, EVAL_FAILED),
             actor=actor,
-            reason=f"Gate 1 against {live_target}: "
-            + ", ".join(f"{c.name} {'pass' if c.passed else 'FAIL'}" for c in decision.checks),
+            label=f"Gate 1 against {live_target}",
         )
     result.details = {
         "decision": EVAL_PASSED if decision.passed else EVAL_FAILED,

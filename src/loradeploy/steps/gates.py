@@ -13,6 +13,7 @@ set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from loradeploy.clients.registry import MLflowHelper
@@ -21,7 +22,7 @@ from loradeploy.domain.aliases import CANDIDATE, STAGED, AliasMove
 from loradeploy.domain.layout import parse_root
 from loradeploy.domain.report import markdown_report
 from loradeploy.errors import AliasMovedError, NotFoundError
-from loradeploy.results import StepResult
+from loradeploy.results import Check, StepResult
 from loradeploy.steps.aliases import Actor, model_lock, move_aliases
 
 REPORT_FILE = "report.md"
@@ -71,13 +72,16 @@ def set_gate_alias(
     model: str,
     slot: str,
     version: str,
-    passed: bool,
+    checks: Sequence[Check],
     aliases: tuple[str, str],
     actor: Actor,
-    reason: str,
+    label: str,
 ) -> list[AliasMove]:
-    """Point the pass (or fail) alias at ``version`` and remove the opposite alias if it
-    names the same version; under the model's lock, after checking the slot again."""
+    """Point the pass alias (every check passed) or the fail alias at ``version`` and
+    remove the opposite alias if it names the same version; under the model's lock,
+    after checking the slot again. The audit reason is ``label`` and each check's outcome."""
+    passed = all(check.passed for check in checks)
+    reason = f"{label}: " + ", ".join(f"{c.name} {'pass' if c.passed else 'FAIL'}" for c in checks)
     passed_alias, failed_alias = aliases
     chosen, opposite = (passed_alias, failed_alias) if passed else (failed_alias, passed_alias)
     with model_lock(registry, model, actor):

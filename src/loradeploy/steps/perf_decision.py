@@ -114,11 +114,10 @@ def perf_decision(
             model=request.model,
             slot=request.candidate_slot,
             version=version,
-            passed=decision.passed,
+            checks=decision.checks,
             aliases=(PERF_PASSED, PERF_FAILED),
             actor=actor,
-            reason=f"Gate 2 against {live_target}: "
-            + ", ".join(f"{c.name} {'pass' if c.passed else 'FAIL'}" for c in decision.checks),
+            label=f"Gate 2 against {live_target}",
         )
     result.details = {
         "decision": PERF_PASSED if decision.passed else PERF_FAILED,
