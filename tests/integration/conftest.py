@@ -70,6 +70,19 @@ class Stack:
             result = json.loads((output_dir / "result.json").read_text())
         return Outcome(done.returncode, done.stdout, done.stderr, result)
 
+    def register(self, model: str, adapter: str, out: Path) -> str:
+        """Register a demo adapter (reusing an identical version); its version."""
+        done = self.run(
+            "register",
+            f"--model-name={model}",
+            f"--adapter-dir={DEMO_ADAPTERS / adapter}",
+            "--reuse-identical",
+            output_dir=out,
+        )
+        assert done.code == 0, done.stderr
+        assert done.result is not None
+        return str(done.result["version"])
+
     def aliases(self, model: str) -> dict[str, str]:
         """Read aliases straight from the MLflow REST API (not through loradeploy)."""
         response = httpx.get(

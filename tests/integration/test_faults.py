@@ -33,7 +33,7 @@ import pytest
 
 from support.fault_proxy import Fault, FaultProxy
 
-from .conftest import DEMO_ADAPTERS, LORADEPLOY, Stack
+from .conftest import LORADEPLOY, Stack
 
 MODEL = "it-faults"
 LIVE_SLOT = "it-f-live"
@@ -86,21 +86,11 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     out = tmp_path_factory.mktemp("faults")
-    versions = []
-    for adapter in ("aws-rag-qa-v1", "aws-rag-qa-v2"):
-        done = stack.run(
-            "register",
-            f"--model-name={MODEL}",
-            f"--adapter-dir={DEMO_ADAPTERS / adapter}",
-            "--reuse-identical",
-            output_dir=out / adapter,
-        )
-        assert done.code == 0, done.stderr
-        assert done.result is not None
-        versions.append(str(done.result["version"]))
+    v1 = stack.register(MODEL, "aws-rag-qa-v1", out / "v1")
+    v2 = stack.register(MODEL, "aws-rag-qa-v2", out / "v2")
     mlflow, vllm = FaultProxy(stack.info.tracking_uri), FaultProxy(stack.info.vllm_url)
     with mlflow.running(), vllm.running():
-        yield Fleet(stack, versions[0], versions[1], mlflow, vllm)
+        yield Fleet(stack, v1, v2, mlflow, vllm)
 
 
 # -- the three steps: how to put the world in the "before" state, run, and check -------------

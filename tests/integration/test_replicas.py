@@ -14,7 +14,7 @@ import pytest
 
 from loradeploy.stack.local import LocalStack, StackConfig
 
-from .conftest import ASSETS, DEMO_ADAPTERS, Stack
+from .conftest import ASSETS, Stack
 
 MODEL = "it-replicas"
 SLOT = "it-replica-slot"
@@ -33,19 +33,8 @@ def second_replica(stack: Stack) -> Iterator[str]:
 def test_failed_swap_on_one_replica_restores_the_other(
     stack: Stack, second_replica: str, tmp_path: Path
 ) -> None:
-    versions = []
-    for adapter in ("aws-rag-qa-v1", "aws-rag-qa-v2"):
-        done = stack.run(
-            "register",
-            f"--model-name={MODEL}",
-            f"--adapter-dir={DEMO_ADAPTERS / adapter}",
-            "--reuse-identical",
-            output_dir=tmp_path / adapter,
-        )
-        assert done.code == 0, done.stderr
-        assert done.result is not None
-        versions.append(str(done.result["version"]))
-    v1, v2 = versions
+    v1 = stack.register(MODEL, "aws-rag-qa-v1", tmp_path / "v1")
+    v2 = stack.register(MODEL, "aws-rag-qa-v2", tmp_path / "v2")
     first = stack.run(
         "load-adapter", f"--model-name={MODEL}", f"--source=version:{v1}", f"--slot-name={SLOT}"
     )
