@@ -357,6 +357,14 @@ def bench_swap(report: Report, swaps: int = 10, quiet_s: float = 15.0) -> None:
         report.target("in-place swap failed requests", float(inplace["failed"]), 0, "requests", _cmd("swap"))
 
 
+def _unload(vllm: VllmClient, *slots: str) -> None:
+    """Make sure none of ``slots`` is served (a fresh start for the next repeat)."""
+    served = vllm.adapters()
+    for slot in slots:
+        if slot in served:
+            vllm.unload_lora_adapter(slot)
+
+
 def _floor(vllm: VllmClient, source: Path, scratch: Path, name: str) -> tuple[float, float]:
     """Raw copy of the adapter's bytes next to the served folders, then vLLM's own load."""
     target = scratch / name
@@ -423,8 +431,7 @@ def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16,
             slot = f"bench-slot-r{rank}"
             end_to_end, phases, floors, transfers = [], [], [], []
             for _ in range(repeats):
-                if slot in vllm.adapters():
-                    vllm.unload_lora_adapter(slot)
+                _unload(vllm, slot)
                 shutil.rmtree(stack.config.adapters_root / slot, ignore_errors=True)
                 code, elapsed, result, err = run_cli(
                     "load-adapter",
@@ -462,8 +469,7 @@ def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16,
                 f"{transfer:.2f}s (ratio to floor + fetch {e2e / (floor + transfer):.2f}); phases "
                 + ", ".join(f"{k} {v:.2f}" for k, v in phase_medians.items())
             )
-            if slot in vllm.adapters():
-                vllm.unload_lora_adapter(slot)
+            _unload(vllm, slot)
     report.sections["deploy"] = figures
     for key, item in figures.items():
         if item["bytes"] >= 90e6:
@@ -490,9 +496,7 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
     times, floors = [], []
     with VllmClient(info.vllm_url, timeout=httpx.Timeout(120.0)) as vllm:
         for _ in range(repeats):
-            for slot in (live_slot, candidate_slot):
-                if slot in vllm.adapters():
-                    vllm.unload_lora_adapter(slot)
+            _unload(vllm, live_slot, candidate_slot)
             shutil.rmtree(root, ignore_errors=True)
             code, elapsed, _, err = run_cli(
                 "init-load-adapters",
@@ -516,9 +520,7 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
         # vLLM container; here the slots are unloaded, the folders stay, as on the volume).
         repairs = []
         for _ in range(repeats):
-            for slot in (live_slot, candidate_slot):
-                if slot in vllm.adapters():
-                    vllm.unload_lora_adapter(slot)
+            _unload(vllm, live_slot, candidate_slot)
             code, elapsed, _, err = run_cli(
                 "reconcile",
                 f"--model-name={model}",
@@ -531,9 +533,7 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
             if code != 0 or not {live_slot, candidate_slot} <= vllm.adapters().keys():
                 raise RuntimeError(f"reconcile failed ({code}): {err}")
             repairs.append(elapsed)
-        for slot in (live_slot, candidate_slot):
-            if slot in vllm.adapters():
-                vllm.unload_lora_adapter(slot)
+        _unload(vllm, live_slot, candidate_slot)
     print(f"  reconcile of two lost slots: {median(repairs):.2f}s (median of {repeats})")
     figures = {
         "reconcile_two_slots_s": median(repairs),
@@ -573,8 +573,7 @@ def bench_replicas(report: Report, counts: tuple[int, ...] = (1, 2, 4), repeats:
         for _ in range(repeats):
             for url in urls:
                 with VllmClient(url, timeout=httpx.Timeout(60.0)) as vllm:
-                    if slot in vllm.adapters():
-                        vllm.unload_lora_adapter(slot)
+                    _unload(vllm, slot)
             shutil.rmtree(stack.config.adapters_root / slot, ignore_errors=True)
             code, elapsed, _, err = run_cli(
                 "load-adapter",
