@@ -209,9 +209,9 @@ DEFAULT_CANDIDATE_SLOT = "aws-rag-qa-candidate"
 
 
 def _actor(settings: Settings, step: str) -> Any:
-    from loradeploy.steps.aliases import Actor
+    from loradeploy.coordination import Actor
 
-    return Actor(who=settings.actor, step=step, run_id=uuid.uuid4().hex)
+    return Actor(who=settings.actor, step=step, run_id=uuid.uuid4().hex, run_key=settings.run_key)
 
 
 @dataclass(frozen=True)
@@ -773,24 +773,30 @@ def history(
 @app.command()
 def unlock(
     model_name: ModelName,
-    run_id: Annotated[str, typer.Option("--run-id", help="The crashed run, as the lock error names it.")],
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="The crashed run, as the lock error names it.")
+    ] = None,
+    abandon_plan: Annotated[
+        bool,
+        typer.Option("--abandon-plan", help="Drop a pending alias plan that cannot be finished."),
+    ] = False,
     output_dir: OutputDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Remove the deployment lock a crashed run left on a model (only that run's lock)."""
+    """Remove the lock a crashed run left (only the named run's), or drop a stuck alias plan."""
 
     def action() -> StepResult:
-        from loradeploy.errors import NotFoundError
-        from loradeploy.results import StepResult
-        from loradeploy.steps.aliases import unlock as step
+        from loradeploy.steps.unlock import unlock as step
 
         names.model_name(model_name)
-        if not step(_registry(_settings(tracking_uri=tracking_uri)), model_name, run_id):
-            raise NotFoundError(
-                f"model {model_name!r} holds no lock of run {run_id!r}",
-                hint="copy the run id from the 'is being deployed by' error of the blocked step",
-            )
-        return StepResult(step="unlock", model=model_name, details={"run_id": run_id})
+        settings = _settings(tracking_uri=tracking_uri)
+        return step(
+            _registry(settings),
+            model=model_name,
+            run_id=run_id,
+            drop_plan=abandon_plan,
+            actor=_actor(settings, "unlock"),
+        )
 
     _run("unlock", output_dir, action)
 

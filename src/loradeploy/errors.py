@@ -18,7 +18,8 @@ and remote bodies are cut short by :func:`short`.
      ├── TransientError             exit 75  retry later, the same command is safe to rerun
      │    ├── ServerUnavailableError         unreachable, 5xx, engine down
      │    ├── DeadlineExceededError          a wait ran out of time
-     │    └── LockHeldError                  another deployment of this model is running
+     │    ├── LockHeldError                  another deployment of this model is running
+     │    └── LockLostError                  our lease expired or was taken: nothing more moved
      └── CheckFailedError           exit 1   a check ran and said no (smoke test, gate)
 
 Exit codes are the contract with Argo (``retryStrategy`` retries only 75); they are
@@ -111,6 +112,10 @@ class DeadlineExceededError(TransientError):
 
 class LockHeldError(TransientError):
     pass
+
+
+class LockLostError(TransientError):
+    default_hint = "nothing more was moved; check 'loradeploy status' and 'loradeploy history', then rerun"
 
 
 class CheckFailedError(LoraDeployError):

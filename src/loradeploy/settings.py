@@ -58,6 +58,9 @@ class Settings(BaseModel):
     max_adapter_bytes: int = Field(default=4 << 30, gt=0)
     base_model_aliases: dict[str, str] = Field(default_factory=dict)
     actor: str = "unknown"  # who acts, for locks and the audit history
+    # The same for every retry of one request (Argo: the workflow's uid and step), so a
+    # retry recognises an alias plan its own earlier attempt left; empty: none.
+    run_key: str = Field(default="", max_length=256)
     stack: StackInfo | None = None
 
     def require_tracking_uri(self) -> str:
@@ -190,6 +193,7 @@ def load_settings(
             max_adapter_bytes=int(env.get("LORADEPLOY_MAX_ADAPTER_BYTES") or 4 << 30),
             base_model_aliases=parse_base_aliases(list(flags.get("base_model_alias") or [])),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
+            run_key=env.get("LORADEPLOY_RUN_KEY", ""),
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
 from loradeploy.errors import NotFoundError, ServerUnavailableError
+from support.fake_leases import FakeLeaseStore
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FakeGateRegistry:
     audit: list[dict[str, str]] = field(default_factory=list)
     unavailable: bool = False
     tracking_uri: str = "http://mlflow.test:5000"
+    leases: FakeLeaseStore = field(default_factory=FakeLeaseStore)
 
     def _check(self, name: str) -> None:
         if self.unavailable:

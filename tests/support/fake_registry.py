@@ -15,6 +15,7 @@ from loradeploy.clients.registry import VersionInfo
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
 from loradeploy.domain.names import Source
 from loradeploy.errors import NotFoundError, ServerUnavailableError
+from support.fake_leases import FakeLeaseStore
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FakeRegistry:
     tracking_uri: str = "http://mlflow.test:5000"
     unavailable: int = 0
     downloads: list[str] = field(default_factory=list)
+    leases: FakeLeaseStore = field(default_factory=FakeLeaseStore)
 
     def add_version(self, version: str, folder: Path) -> None:
         self.versions[version] = folder

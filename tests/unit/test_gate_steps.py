@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import PENDING_TAG, Actor
 from loradeploy.domain.gates import EvalThresholds, PerfThresholds
 from loradeploy.domain.scoring import QaExample, qa_messages
 from loradeploy.errors import AliasMovedError, NotFoundError, ServerUnavailableError
-from loradeploy.steps.aliases import LOCK_TAG, PENDING_TAG, Actor
 from loradeploy.steps.compare_decision import CompareRequest, compare_decision, eval_plot
 from loradeploy.steps.gates import write_report
 from loradeploy.steps.perf_decision import PerfRequest, perf_decision, round_plan
@@ -87,7 +87,7 @@ def test_a_good_candidate_passes_and_gets_eval_passed(
         "previous": "1",
         "eval-passed": "3",
     }
-    assert LOCK_TAG not in registry.model_tags and PENDING_TAG not in registry.model_tags
+    assert registry.leases.is_free(registry.model) and PENDING_TAG not in registry.model_tags
     assert [a["loradeploy.alias"] for a in registry.audit] == ["eval-passed"]
     details = result.details  # type: ignore[attr-defined]
     assert details["live_target"] == LIVE and details["judge_model"] == BASE_ID

@@ -34,6 +34,7 @@ from mlflow.store.artifact.artifact_repository_registry import _artifact_reposit
 from loradeploy.clients.files import LocalFolderTransport
 from loradeploy.clients.registry import MLflowHelper, VersionInfo
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor
 from loradeploy.domain.adapter import (
     CONFIG_FILE,
     DEFAULT_MAX_TOTAL_BYTES,
@@ -51,7 +52,6 @@ from loradeploy.errors import (
     UsageError,
 )
 from loradeploy.results import StepResult
-from loradeploy.steps.aliases import Actor
 from loradeploy.steps.deploy import deploy_version
 from loradeploy.steps.register import register
 from loradeploy.steps.rollout import inspect_replicas

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from loradeploy.coordination import Actor
 from loradeploy.domain.gates import METRIC_EXACT, METRIC_F1, METRIC_LOSS
 from loradeploy.errors import NotFoundError, PermanentError
-from loradeploy.steps.aliases import Actor
 from loradeploy.steps.quality_gate import quality_gate
 from loradeploy.steps.train import TrainRequest, train
 from support.fake_gate_registry import FakeGateRegistry

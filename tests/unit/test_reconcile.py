@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from loradeploy.cli import _StopOnSignal, app
 from loradeploy.clients.files import LocalFolderTransport
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor
 from loradeploy.domain.reconcile import backoff_s, plan_repairs
 from loradeploy.errors import NotFoundError, ServerUnavailableError, UsageError
 from loradeploy.results import Check, StepResult
-from loradeploy.steps.aliases import LOCK_TAG, Actor
 from loradeploy.steps.reconcile import ReconcileRequest, reconcile, watch
 from support.fake_registry import FakeRegistry
 from support.fakes import FakeClock, FakeVllmServer
@@ -131,7 +131,6 @@ class World:
             replicas=self.clients,
             transport=self.transport,
             actor=Actor(who="test@host", step="reconcile", run_id="run-1"),
-            lock_sleep=self.clock.sleep,
         )
 
     def served(self) -> dict[str, dict[str, str]]:
@@ -161,7 +160,7 @@ def test_nothing_to_do_calls_nothing_and_writes_nothing(world: World) -> None:
     assert result.details["planned"] == []
     assert all(server.lora_calls() == [] for server in world.servers.values())
     assert world.registry.downloads == []
-    assert world.registry.model_tags == {}  # no lock was taken
+    assert world.registry.model_tags == {} and world.registry.leases.records == {}  # no lock was taken
 
 
 def test_missing_slots_are_restored_on_every_replica(world: World) -> None:
@@ -173,7 +172,7 @@ def test_missing_slots_are_restored_on_every_replica(world: World) -> None:
     assert [r["slot"] for r in result.details["repaired"]] == [LIVE_SLOT, CAND_SLOT]
     assert Path(want[LIVE_SLOT], "adapter_config.json").is_file()
     assert world.registry.aliases == {"live": "1", "staged": "2", "previous": "3"}
-    assert LOCK_TAG not in world.registry.model_tags  # released
+    assert world.registry.leases.is_free(MODEL)  # released
 
 
 def test_a_wrong_version_is_replaced_only_where_it_is_wrong(world: World) -> None:
@@ -218,7 +217,7 @@ def test_a_failed_repair_does_not_stop_the_other_slot(world: World) -> None:
     for server in world.servers.values():
         assert LIVE_SLOT not in server.adapters
         assert server.adapters[CAND_SLOT] == world.root(CAND_SLOT, "2")
-    assert LOCK_TAG not in world.registry.model_tags
+    assert world.registry.leases.is_free(MODEL)
 
 
 def test_an_unreachable_replica_is_a_transient_error(world: World) -> None:

@@ -1,7 +1,7 @@
 """MLflow Model Registry client (``MLflowHelper`` of the specification).
 
 ``mlflow`` is imported lazily: it costs about 1.5 s of CPU, and ``--help`` and quick
-commands must stay fast. MLflow's exceptions become the project's (``_translate``).
+commands must stay fast. MLflow's exceptions become the project's (``translate``).
 An alias is resolved to a concrete version once; everything after goes by version.
 """
 
@@ -31,6 +31,8 @@ from loradeploy.errors import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from loradeploy.clients.mlflow_leases import MlflowLeaseStore
 
 
 class VersionInfo(BaseModel):
@@ -87,6 +89,16 @@ class MLflowHelper:
         if ca_bundle is not None:  # MLflow's requests session verifies against this CA bundle
             os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_bundle)
         self._client = client
+        self._leases: MlflowLeaseStore | None = None
+
+    @property
+    def leases(self) -> MlflowLeaseStore:
+        """The deployment lock's store, in this same registry (``clients.mlflow_leases``)."""
+        if self._leases is None:
+            from loradeploy.clients.mlflow_leases import MlflowLeaseStore
+
+            self._leases = MlflowLeaseStore(self)
+        return self._leases
 
     @property
     def client(self) -> MlflowClient:
@@ -101,7 +113,7 @@ class MLflowHelper:
         return self._client
 
     @contextmanager
-    def _translate(self, what: str) -> Iterator[None]:
+    def translate(self, what: str) -> Iterator[None]:
         """Turn MLflow and HTTP-library errors into the project's, with context."""
         from mlflow.exceptions import MlflowException, RestException
 
@@ -146,12 +158,12 @@ class MLflowHelper:
 
     def get_aliases(self, name: str) -> dict[str, str]:
         """Alias -> version for one registered model."""
-        with self._translate(f"model {name!r}"):
+        with self.translate(f"model {name!r}"):
             model = self.client.get_registered_model(name)
         return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
     def get_version(self, name: str, version: str, via: str | None = None) -> VersionInfo:
-        with self._translate(f"model {name!r} version {version}"):
+        with self.translate(f"model {name!r} version {version}"):
             mv = self.client.get_model_version(name, version)
         return VersionInfo(
             model=name,
@@ -166,7 +178,7 @@ class MLflowHelper:
         """Resolve a source to one concrete version, once."""
         if source.kind == "version":
             return self.get_version(name, source.value)
-        with self._translate(f"alias {source.value!r} of model {name!r}"):
+        with self.translate(f"alias {source.value!r} of model {name!r}"):
             mv = self.client.get_model_version_by_alias(name, source.value)
         return self.get_version(name, str(mv.version), via=str(source))
 
@@ -181,7 +193,7 @@ class MLflowHelper:
 
         output_dir.mkdir(parents=True)
         uri = f"models:/{name}/{version}"
-        with self._translate(f"download of {uri}"):
+        with self.translate(f"download of {uri}"):
             self.client  # noqa: B018 (sets the registry URI the download consults)
             try:
                 download_artifacts(
@@ -213,12 +225,12 @@ class MLflowHelper:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         alias_name(alias)
-        with self._translate(f"set alias {alias!r} on model {name!r} version {version}"):
+        with self.translate(f"set alias {alias!r} on model {name!r} version {version}"):
             self.client.set_registered_model_alias(name, alias, version)
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias; removing a missing one is a no-op."""
-        with self._translate(f"delete alias {alias!r} of model {name!r}"):
+        with self.translate(f"delete alias {alias!r} of model {name!r}"):
             self.client.delete_registered_model_alias(name, alias)
 
     def register_adapter(
@@ -237,7 +249,7 @@ class MLflowHelper:
         """
         import mlflow
 
-        with self._translate(f"registration of {adapter_dir} as model {name!r}"):
+        with self.translate(f"registration of {adapter_dir} as model {name!r}"):
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             logged = mlflow.initialize_logged_model(
@@ -268,28 +280,28 @@ class MLflowHelper:
 
     def find_version_with_files(self, name: str, digests: Mapping[str, str]) -> str | None:
         """The newest version whose sha256 tags equal ``digests``, if any."""
-        with self._translate(f"search of model {name!r}"):
+        with self.translate(f"search of model {name!r}"):
             if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
                 return None
             found = self.client.search_model_versions(filter_string=f"name = '{name}'")
         matches = [int(mv.version) for mv in found if digests_from_tags(mv.tags or {}) == dict(digests)]
         return str(max(matches)) if matches else None
 
-    # -- registered-model tags: the deployment lock and the pending alias plan ------------
+    # -- registered-model tags: the pending alias plan -----------------------------------
 
     def get_model_tags(self, name: str) -> dict[str, str]:
-        with self._translate(f"model {name!r}"):
+        with self.translate(f"model {name!r}"):
             model = self.client.get_registered_model(name)
         return dict(model.tags or {})
 
     def set_model_tag(self, name: str, key: str, value: str) -> None:
-        with self._translate(f"set tag {key!r} on model {name!r}"):
+        with self.translate(f"set tag {key!r} on model {name!r}"):
             self.client.set_registered_model_tag(name, key, value)
 
     def delete_model_tag(self, name: str, key: str) -> None:
         from mlflow.exceptions import RestException
 
-        with self._translate(f"delete tag {key!r} of model {name!r}"):
+        with self.translate(f"delete tag {key!r} of model {name!r}"):
             try:
                 self.client.delete_registered_model_tag(name, key)
             except RestException as exc:
@@ -307,7 +319,7 @@ class MLflowHelper:
         params: Mapping[str, str],
     ) -> str:
         """Write one finished run holding an audit record; returns its run id."""
-        with self._translate(f"audit record in experiment {experiment!r}"):
+        with self.translate(f"audit record in experiment {experiment!r}"):
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
@@ -318,7 +330,7 @@ class MLflowHelper:
 
     def search_actions(self, *, experiment: str, filter_string: str) -> list[dict[str, object]]:
         """Audit runs, oldest first: their tags, params and start time (ms)."""
-        with self._translate(f"audit history in experiment {experiment!r}"):
+        with self.translate(f"audit history in experiment {experiment!r}"):
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 return []
@@ -335,7 +347,7 @@ class MLflowHelper:
 
     def ping(self) -> None:
         """Fail fast with a transient error when the server is down."""
-        with self._translate("a health check"):
+        with self.translate("a health check"):
             self.client.search_registered_models(max_results=1)
 
     # -- training runs: parameters, metrics, and the versions they produced ---------------
@@ -355,7 +367,7 @@ class MLflowHelper:
         steps from 1) and text artifacts; returns its run id."""
         from mlflow.entities import Metric, Param
 
-        with self._translate(f"training run in experiment {experiment!r}"):
+        with self.translate(f"training run in experiment {experiment!r}"):
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
@@ -376,13 +388,13 @@ class MLflowHelper:
 
     def get_run_metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of every metric of a run."""
-        with self._translate(f"run {run_id!r}"):
+        with self.translate(f"run {run_id!r}"):
             run = self.client.get_run(run_id)
         return {key: float(value) for key, value in run.data.metrics.items()}
 
     def versions_of_run(self, name: str, run_id: str) -> list[str]:
         """Versions of model ``name`` registered from run ``run_id``, oldest first."""
-        with self._translate(f"versions of model {name!r} from run {run_id!r}"):
+        with self.translate(f"versions of model {name!r} from run {run_id!r}"):
             found = self.client.search_model_versions(
                 filter_string=f"name = '{name}' and run_id = '{run_id}'"
             )

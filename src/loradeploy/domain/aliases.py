@@ -4,7 +4,7 @@
 
 ``plan_promotion`` returns the moves in the order they are applied. The whole plan is
 written to the registry before the first move, so a run that dies half-way is finished
-by the next one (see ``steps.aliases``).
+by the next one (see ``coordination.plans``).
 """
 
 from __future__ import annotations

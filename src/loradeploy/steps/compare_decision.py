@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor
 from loradeploy.domain.gates import EVAL_FAILED, EVAL_PASSED, EvalThresholds, decide_eval
 from loradeploy.domain.judge import Judgement, candidate_first_orders, judge_messages, parse_verdict
 from loradeploy.domain.report import bar_chart_svg
 from loradeploy.domain.scoring import QaExample, exact_match, mean, qa_messages, token_f1
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor
 from loradeploy.steps.gates import gate_version, set_gate_alias
 
 

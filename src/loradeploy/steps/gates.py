@@ -18,12 +18,12 @@ from pathlib import Path
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.aliases import CANDIDATE, STAGED, AliasMove
 from loradeploy.domain.layout import parse_root
 from loradeploy.domain.report import markdown_report
 from loradeploy.errors import AliasMovedError, NotFoundError
 from loradeploy.results import Check, StepResult
-from loradeploy.steps.aliases import Actor, model_lock, move_aliases
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "plot.svg"
@@ -84,7 +84,7 @@ def set_gate_alias(
     reason = f"{label}: " + ", ".join(f"{c.name} {'pass' if c.passed else 'FAIL'}" for c in checks)
     passed_alias, failed_alias = aliases
     chosen, opposite = (passed_alias, failed_alias) if passed else (failed_alias, passed_alias)
-    with model_lock(registry, model, actor):
+    with model_lock(registry, model, actor) as held:
         now, root = served_version(vllm, model, slot)
         if now != version:
             raise AliasMovedError(
@@ -97,7 +97,7 @@ def set_gate_alias(
             moves.append(AliasMove(chosen, current.get(chosen), version))
         if current.get(opposite) == version:
             moves.append(AliasMove(opposite, version, None))
-        move_aliases(registry, model, moves, actor, reason=reason)
+        move_aliases(registry, model, moves, actor, held.lease, reason=reason)
     return moves
 
 

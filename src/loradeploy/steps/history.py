@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from loradeploy.clients.registry import MLflowHelper
+from loradeploy.coordination import history as read_history
 from loradeploy.results import StepResult
-from loradeploy.steps.aliases import history as read_history
 
 
 def history(registry: MLflowHelper, *, model: str) -> StepResult:

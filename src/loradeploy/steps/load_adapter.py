@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor, model_lock
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor, model_lock
 from loradeploy.steps.deploy import deploy_version, required_digests
 from loradeploy.steps.rollout import inspect_replicas
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor
 from loradeploy.domain.gates import PERF_FAILED, PERF_PASSED, PerfThresholds, SlotLoad, decide_perf
 from loradeploy.domain.report import bar_chart_svg
 from loradeploy.errors import LoraDeployError, ServerUnavailableError
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor
 from loradeploy.steps.gates import gate_version, set_gate_alias
 
 Messages = list[dict[str, str]]

@@ -1,6 +1,9 @@
 """Promote an adapter version to the live slot; ``--source-alias=previous`` rolls back.
 
-1. take the model's lock, finish any alias plan a crashed run left;
+1. take the model's lock, which finishes any alias plan an interrupted run left; when
+   that plan was an earlier attempt of this same request (same run key), its outcome is
+   the answer; when it was another run's, stop there (a relative source such as
+   ``previous`` now names something else, so going on could roll back twice);
 2. resolve the source alias to one version;
 3. download, validate and place it in the live slot's folder for that version;
 4. swap the live slot on every replica (all or nothing) and verify;
@@ -19,13 +22,13 @@ from dataclasses import dataclass, field
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.aliases import LIVE, AliasMove, plan_promotion
 from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
-from loradeploy.errors import LoraDeployError
+from loradeploy.errors import AliasMovedError, LoraDeployError
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor, finish_pending, model_lock, move_aliases
 from loradeploy.steps.cleanup import remove_unused_folders
 from loradeploy.steps.deploy import deploy_version, required_digests
 from loradeploy.steps.rollout import inspect_replicas
@@ -59,9 +62,16 @@ def promote_adapter(
     )
     timer = Timer(result.timings_s)
     warnings: list[str] = []
-    with model_lock(registry, request.model, actor) as lease:
-        finished = finish_pending(registry, request.model, actor)
-        intent = f"promote alias:{request.source_alias}"
+    intent = f"promote alias:{request.source_alias}"
+    with model_lock(registry, request.model, actor) as held:
+        finished = held.finished
+        if finished.moves and not finished.was_by(actor):
+            raise AliasMovedError(
+                f"model {request.model!r}: taking the lock finished the interrupted alias plan of run "
+                f"{finished.run_id} ({finished.intent or 'no intent recorded'}: "
+                f"{', '.join(m.describe() for m in finished.moves)}); this promotion was not applied",
+                hint="check 'loradeploy status', then run the promotion again if it is still wanted",
+            )
         with timer("resolve"):
             retried = finished.moved(LIVE) if finished.intent == intent else None
             if retried:
@@ -95,6 +105,7 @@ def promote_adapter(
                 request.model,
                 moves,
                 actor,
+                held.lease,
                 reason=request.reason or f"promoted from alias {request.source_alias}",
                 intent=intent,
             )
@@ -106,8 +117,8 @@ def promote_adapter(
                 removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
             except LoraDeployError as exc:
                 warnings.append(f"unused folders kept: {exc.one_line()}")
-    if lease.release_error:
-        warnings.append(f"lock not released: {lease.release_error}")
+    if held.release_error:
+        warnings.append(f"lock not released: {held.release_error}")
     result.details.update(
         {
             "alias_moves": [m.describe() for m in moves],

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from loradeploy.clients.registry import MLflowHelper
+from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.aliases import CANDIDATE, plan_set
 from loradeploy.domain.gates import decide_quality
 from loradeploy.errors import NotFoundError, PermanentError
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor, model_lock, move_aliases
 
 
 def quality_gate(
@@ -48,9 +48,11 @@ def quality_gate(
     result.checks = decision.checks
     moves = []
     if decision.passed:
-        with model_lock(registry, model, actor), timer("set-alias"):
+        with model_lock(registry, model, actor) as held, timer("set-alias"):
             moves = plan_set(registry.get_aliases(model), CANDIDATE, version)
-            move_aliases(registry, model, moves, actor, reason=f"quality gate passed (run {run_id})")
+            move_aliases(
+                registry, model, moves, actor, held.lease, reason=f"quality gate passed (run {run_id})"
+            )
     result.details = {
         "run_id": run_id,
         "metrics": metrics,

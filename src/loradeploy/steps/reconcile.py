@@ -17,19 +17,18 @@ Aliases are never changed and nothing is unloaded. ``watch`` repeats rounds: eve
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor, model_lock
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.reconcile import Plan, Repair, backoff_s, plan_repairs
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
-from loradeploy.steps.aliases import Actor, model_lock
 from loradeploy.steps.deploy import deploy_version
 from loradeploy.steps.rollout import inspect_replicas
 
@@ -99,7 +98,6 @@ def reconcile(
     replicas: Sequence[VllmClient],
     transport: AdapterTransport,
     actor: Actor,
-    lock_sleep: Callable[[float], None] = time.sleep,
 ) -> StepResult:
     """One round. Raises the first repair's error after trying every repair."""
     result = StepResult(step="reconcile", model=request.model)
@@ -108,7 +106,7 @@ def reconcile(
         aliases, plan = _observe(registry, replicas, request)
     repaired: list[dict[str, object]] = []
     if not plan.nothing_to_do:
-        with model_lock(registry, request.model, actor, sleep=lock_sleep):
+        with model_lock(registry, request.model, actor):
             # Read again under the lock: a deployment may have finished meanwhile.
             aliases, plan = _observe(registry, replicas, request)
             errors: list[LoraDeployError] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from loradeploy.clients.registry import MLflowHelper
+from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
 from loradeploy.domain.aliases import plan_set
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor, move_aliases
 
 
 def register(
@@ -36,9 +36,11 @@ def register(
         )
     result.version = version
     if alias:
-        with timer("set-alias"):
+        with timer("set-alias"), model_lock(registry, model, actor) as held:
             moves = plan_set(registry.get_aliases(model), alias, version)
-            move_aliases(registry, model, moves, actor, reason=f"registered from {adapter_dir.name}")
+            move_aliases(
+                registry, model, moves, actor, held.lease, reason=f"registered from {adapter_dir.name}"
+            )
     result.details = {
         "alias": alias,
         "reused_existing_version": existing is not None,

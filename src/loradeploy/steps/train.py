@@ -23,12 +23,12 @@ from typing import Any
 
 from loradeploy.clients.mlworker import MlWorker
 from loradeploy.clients.registry import MLflowHelper
+from loradeploy.coordination import Actor
 from loradeploy.domain.adapter import inspect_adapter
 from loradeploy.domain.gates import METRIC_EXACT, METRIC_F1, METRIC_LOSS
 from loradeploy.domain.scoring import exact_match, mean, token_f1
 from loradeploy.errors import UsageError
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.aliases import Actor
 from loradeploy.steps.register import register
 
 TRAIN_EXPERIMENT = "loradeploy-training"
