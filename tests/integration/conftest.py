@@ -114,6 +114,57 @@ class Stack:
     def snapshot(self, model: str) -> tuple[dict[str, str], list[str], dict[str, str]]:
         return self.aliases(model), self.versions(model), self.served()
 
+    # -- the deployment lock, read and written straight through the MLflow REST API ------
+
+    def lock_records(self, model: str) -> dict[int, dict[str, object]]:
+        """Lease number -> record of ``model`` (``clients/mlflow_leases.py``'s objects)."""
+        prefix = f"loradeploy-lock.{model}."
+        response = httpx.get(
+            f"{self.info.tracking_uri}/api/2.0/mlflow/registered-models/search",
+            params={"filter": f"name LIKE '{prefix}%'", "max_results": 1000},
+            timeout=10,
+        )
+        response.raise_for_status()
+        found = {}
+        for entry in response.json().get("registered_models", []):
+            tags = {t["key"]: t["value"] for t in entry.get("tags", [])}
+            found[int(entry["name"][len(prefix) :])] = json.loads(tags.get("loradeploy.lease", "{}") or "{}")
+        return found
+
+    def lock_holder(self, model: str) -> dict[str, object] | None:
+        """The record of whoever holds ``model`` now (None: free)."""
+        records = self.lock_records(model)
+        if not records:
+            return None
+        top = records[max(records)]
+        return None if top.get("released") else top
+
+    def hold_lock(self, model: str, record: dict[str, object]) -> int:
+        """Make ``record`` the model's newest lease, as another deployer would; its number."""
+        number = max(self.lock_records(model), default=0) + 1
+        response = httpx.post(
+            f"{self.info.tracking_uri}/api/2.0/mlflow/registered-models/create",
+            json={
+                "name": f"loradeploy-lock.{model}.{number:06d}",
+                "tags": [{"key": "loradeploy.lease", "value": json.dumps(record)}],
+            },
+            timeout=10,
+        )
+        response.raise_for_status()
+        return number
+
+    def set_lock_record(self, model: str, number: int, record: dict[str, object]) -> None:
+        response = httpx.post(
+            f"{self.info.tracking_uri}/api/2.0/mlflow/registered-models/set-tag",
+            json={
+                "name": f"loradeploy-lock.{model}.{number:06d}",
+                "key": "loradeploy.lease",
+                "value": json.dumps(record),
+            },
+            timeout=10,
+        )
+        response.raise_for_status()
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:

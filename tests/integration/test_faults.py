@@ -208,7 +208,9 @@ def test_fault_at_every_boundary_leaves_a_recoverable_state(
     for boundary in boundaries:
         case.before(fleet)
         proxy.arm(after=boundary, fault=fault)
-        faulty = stack.run(*case.args(fleet), *_through(fleet, server))
+        # Argo's retry of the same step carries the same run key (the workflow's uid).
+        retry = {"LORADEPLOY_RUN_KEY": f"{case.name}-{server}-{fault}-{boundary}"}
+        faulty = stack.run(*case.args(fleet), *_through(fleet, server), env=retry)
         proxy.disarm()
         aliases = stack.aliases(MODEL)
         served = stack.served().get(case.slot)
@@ -253,10 +255,10 @@ def test_fault_at_every_boundary_leaves_a_recoverable_state(
             row["rerun"] = "-"
             row["warnings"] = len([line for line in faulty.stderr.splitlines() if "warning:" in line])
         else:  # what Argo's retry on exit 75 does
-            rerun = stack.run(*case.args(fleet))
+            rerun = stack.run(*case.args(fleet), env=retry)
             row["rerun"] = rerun.code
             assert rerun.code == 0, (where, "rerun", rerun.stderr)
-            assert "loradeploy.lock" not in fleet.model_tags(), where
+            assert stack.lock_holder(MODEL) is None, where
         assert stack.aliases(MODEL) == case.aliases_after(fleet), where
         assert stack.served()[case.slot] == case.served_after(fleet), where
         assert "loradeploy.pending" not in fleet.model_tags(), where
@@ -271,9 +273,10 @@ def test_deployer_killed_mid_promotion_is_finished_by_the_next_run(fleet: Fleet)
     case.before(fleet)
     # Hang the second alias write: the first move is done, the plan is pending.
     fleet.mlflow.arm(after=1, fault="slow", delay_s=120, match="POST /api/2.0/mlflow/registered-models/alias")
+    retry = {"LORADEPLOY_RUN_KEY": "workflow-uid-1/rollback"}  # the same for Argo's retry
     process = subprocess.Popen(
         [LORADEPLOY, *case.args(fleet), f"--tracking-uri={fleet.mlflow.url}"],
-        env=stack.env,
+        env={**stack.env, **retry},
         cwd=stack.home,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -287,16 +290,16 @@ def test_deployer_killed_mid_promotion_is_finished_by_the_next_run(fleet: Fleet)
     fleet.mlflow.disarm()
 
     tags = fleet.model_tags()
-    assert "loradeploy.pending" in tags and "loradeploy.lock" in tags
+    assert "loradeploy.pending" in tags and stack.lock_holder(MODEL) is not None
     half_done = stack.aliases(MODEL)
     assert half_done not in (case.aliases_before(fleet), case.aliases_after(fleet))
 
-    rerun = stack.run(*case.args(fleet))
+    # The retry takes over the dead process's lease (same host, boot and PID namespace).
+    rerun = stack.run(*case.args(fleet), env=retry)
     assert rerun.code == 0, rerun.stderr
     assert stack.aliases(MODEL) == case.aliases_after(fleet)
     assert stack.served()[LIVE_SLOT] == case.served_after(fleet)
-    tags = fleet.model_tags()
-    assert "loradeploy.pending" not in tags and "loradeploy.lock" not in tags
+    assert "loradeploy.pending" not in fleet.model_tags() and stack.lock_holder(MODEL) is None
     _record(
         {
             "step": "rollback",

@@ -132,35 +132,54 @@ def test_lock_held_by_another_run_fails_fast(stack: Stack, released: dict[str, s
         "holder": "ci-runner@elsewhere",
         "step": "promote-adapter",
         "run_id": "other",
+        "host": "elsewhere",
+        "pid": 1,
         "expires_at": time.time() + 600,
-        "expires": "in ten minutes",
     }
-    set_model_tag(stack, "loradeploy.lock", json.dumps(holder))
+    number = stack.hold_lock(MODEL, holder)
     before = stack.snapshot(MODEL)
     try:
         done = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=previous", *SLOTS)
         assert done.code == 75, done.stderr
         assert "ci-runner@elsewhere" in done.error_lines[0]
+        assert f"loradeploy unlock --model-name {MODEL} --run-id other" in done.error_lines[0]
         load = stack.run(
             "load-adapter", f"--model-name={MODEL}", "--source=alias:previous", f"--slot-name={CANDIDATE}"
         )
         assert load.code == 75, load.stderr
         assert stack.snapshot(MODEL) == before
-        # A crashed run's lock expires: the same lock in the past no longer blocks.
-        set_model_tag(stack, "loradeploy.lock", json.dumps({**holder, "expires_at": time.time() - 1}))
+        # A crashed run's lease expires (plus the clock-skew allowance): then it no longer blocks.
+        stack.set_lock_record(MODEL, number, {**holder, "expires_at": time.time() - 60})
         again = stack.run("promote-adapter", f"--model-name={MODEL}", *SLOTS, "--source-alias=live")
         assert again.code == 0, again.stderr
+        assert stack.lock_holder(MODEL) is None
     finally:
-        set_model_tag(stack, "loradeploy.lock", "")
+        if stack.lock_holder(MODEL) is not None:
+            stack.set_lock_record(MODEL, max(stack.lock_records(MODEL)), {**holder, "released": True})
 
 
-def test_unfinished_alias_plan_is_completed_by_the_next_run(stack: Stack, released: dict[str, str]) -> None:
-    """A promotion that died after writing its plan and moving one alias is finished."""
-    v1, v2 = released["v1"], released["v2"]
-    assert stack.aliases(MODEL)["live"] == v2
+def test_a_malformed_lock_is_one_line_and_unlock_clears_it(stack: Stack, released: dict[str, str]) -> None:
+    number = stack.hold_lock(MODEL, {"run_id": "x", "expires_at": "soon"})
+    before = stack.snapshot(MODEL)
+    done = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=live", *SLOTS)
+    assert done.code == 3, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert f"loradeploy unlock --model-name {MODEL} --run-id lease-{number}" in done.error_lines[0]
+    assert stack.snapshot(MODEL) == before
+    cleared = stack.run("unlock", f"--model-name={MODEL}", f"--run-id=lease-{number}")
+    assert cleared.code == 0, cleared.stderr
+    again = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=live", *SLOTS)
+    assert again.code == 0, again.stderr
+
+
+def _interrupted_rollback(stack: Stack, v1: str, v2: str, run_key: str) -> None:
+    """What a rollback killed after its first alias move leaves: its plan, live moved."""
     plan = {
-        "who": "crashed@host",
+        "run_id": "crashed-run",
+        "run_key": run_key,
         "step": "promote-adapter",
+        "intent": "promote alias:previous",
+        "created_at": time.time(),
         "moves": [
             {"alias": "live", "from_version": v2, "to_version": v1},
             {"alias": "previous", "from_version": v1, "to_version": v2},
@@ -172,11 +191,36 @@ def test_unfinished_alias_plan_is_completed_by_the_next_run(stack: Stack, releas
         json={"name": MODEL, "alias": "live", "version": v1},
         timeout=10,
     ).raise_for_status()
-    done = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=previous", *SLOTS)
+
+
+def test_a_retried_rollback_finishes_its_plan_and_rolls_back_once(
+    stack: Stack, released: dict[str, str]
+) -> None:
+    v1, v2 = released["v1"], released["v2"]
+    assert stack.aliases(MODEL)["live"] == v2
+    _interrupted_rollback(stack, v1, v2, run_key="workflow-7/rollback")
+    retry = {"LORADEPLOY_RUN_KEY": "workflow-7/rollback"}
+    done = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=previous", *SLOTS, env=retry)
     assert done.code == 0, done.stderr
-    # The plan was finished first (live v1, previous v2), then previous (v2) was promoted.
-    assert stack.aliases(MODEL)["live"] == v2 and stack.aliases(MODEL)["previous"] == v1
-    assert stack.served()[LIVE] == live_root(stack, v2)
+    assert stack.aliases(MODEL)["live"] == v1 and stack.aliases(MODEL)["previous"] == v2
+    assert stack.served()[LIVE] == live_root(stack, v1)
+    back = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=previous", *SLOTS)
+    assert back.code == 0, back.stderr  # restore the module's state: v2 live
+
+
+def test_another_runs_interrupted_plan_is_finished_and_nothing_more(
+    stack: Stack, released: dict[str, str]
+) -> None:
+    v1, v2 = released["v1"], released["v2"]
+    _interrupted_rollback(stack, v1, v2, run_key="someone-else")
+    done = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=previous", *SLOTS)
+    assert done.code == 3, done.stderr
+    assert "crashed-run" in done.error_lines[0] and "not applied" in done.error_lines[0]
+    # The plan was finished (live v1, previous v2) and the rollback was not applied on top.
+    assert stack.aliases(MODEL)["live"] == v1 and stack.aliases(MODEL)["previous"] == v2
+    back = stack.run("promote-adapter", f"--model-name={MODEL}", "--source-alias=previous", *SLOTS)
+    assert back.code == 0, back.stderr
+    assert stack.aliases(MODEL)["live"] == v2
 
 
 def test_set_staged_refuses_when_the_alias_moved(stack: Stack, released: dict[str, str]) -> None:

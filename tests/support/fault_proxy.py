@@ -7,12 +7,17 @@ armed; from the ``after``-th request on it answers with the chosen fault instead
 - ``"drop"``: closes the connection without an answer, as a server that died does;
 - ``"slow"``: holds the request for ``delay_s`` before forwarding it.
 
+Independently, ``delay_writes(max_s, seed)`` holds every write (POST, PATCH, PUT,
+DELETE) for a random time up to ``max_s`` before forwarding it, as a loaded registry
+does; reads pass at once.
+
 This is not a mock: behind it are the real servers of the local stack, and the code under
 test talks real HTTP over real sockets. It only decides when the network fails.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -37,6 +42,8 @@ class FaultProxy:
         self._matched = 0
         self._fault: Fault = "503"
         self.delay_s = 0.0
+        self._write_delay_max_s = 0.0
+        self._rng = random.Random(0)
         self._lock = threading.Lock()
         self._http = httpx.Client(base_url=self.upstream, timeout=httpx.Timeout(120.0))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -54,6 +61,16 @@ class FaultProxy:
             self.faults_served = 0
             self._matched = 0
             self._after, self._fault, self.delay_s, self._match = after, fault, delay_s, match
+
+    def delay_writes(self, max_s: float, seed: int = 0) -> None:
+        with self._lock:
+            self._write_delay_max_s, self._rng = max_s, random.Random(seed)
+
+    def _write_delay(self, command: str) -> float:
+        if command not in ("POST", "PATCH", "PUT", "DELETE"):
+            return 0.0
+        with self._lock:
+            return self._rng.uniform(0, self._write_delay_max_s) if self._write_delay_max_s else 0.0
 
     def disarm(self) -> None:
         with self._lock:
@@ -121,6 +138,7 @@ class FaultProxy:
                     return
                 if fault == "slow":
                     time.sleep(proxy.delay_s)
+                time.sleep(proxy._write_delay(self.command))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 try:
                     answer = proxy._http.request(self.command, self.path, content=body, headers=headers)
