@@ -184,6 +184,11 @@ def test_config_fields_are_checked(tmp_path: Path, overrides: dict[str, Any], fi
     assert f": {field} " in message
 
 
+def test_an_empty_rank_pattern_is_accepted(tmp_path: Path) -> None:
+    # PEFT writes "rank_pattern": {} into every config; only a non-empty one is refused.
+    assert inspect_adapter(with_config(tmp_path / "a", rank_pattern={}, alpha_pattern={})).rank == 16
+
+
 def test_a_missing_base_model_is_refused(tmp_path: Path) -> None:
     message = invalid(with_config(tmp_path / "a", drop=("base_model_name_or_path",)))
     assert "base_model_name_or_path" in message

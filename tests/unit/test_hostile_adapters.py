@@ -429,6 +429,7 @@ CONTENT_CASES: list[tuple[str, Callable[[Artefacts], None], type[LoraDeployError
     ("r-negative", _config(r=-16), INVALID, "r is -16, expected an integer from 1"),
     ("r-absurd", _config(r=10**30), INVALID, f"r is {10**30}, expected an integer from 1 to 4096"),
     ("r-list", _config(r=[16]), INVALID, "r is [16], expected an integer"),
+    ("rank-pattern", _config(rank_pattern={"q_proj": 8}), INVALID, "rank_pattern is {'q_proj': 8}, expected"),
     ("alpha-string", _config(lora_alpha="32"), INVALID, "lora_alpha is '32', expected a finite number"),
     (
         "alpha-nan",

@@ -152,6 +152,13 @@ def _check_config(folder: Path, config: Mapping[str, Any]) -> tuple[str, int, fl
     rank = config.get("r")
     if not _is_int(rank) or not 1 <= rank <= MAX_SANE_RANK:
         raise _fail(folder, "r", f"is {short_repr(rank)}, expected an integer from 1 to {MAX_SANE_RANK}")
+    if config.get("rank_pattern"):  # PEFT writes {} when every module has rank r
+        raise _fail(
+            folder,
+            "rank_pattern",
+            f"is {short_repr(config['rank_pattern'])}, expected empty: every LoRA tensor, and "
+            "the server's --max-lora-rank, is checked against r",
+        )
     alpha = config.get("lora_alpha", rank)
     if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
         raise _fail(folder, "lora_alpha", f"is {short_repr(alpha)}, expected a finite number")
