@@ -583,6 +583,21 @@ CONTENT_CASES: list[tuple[str, Callable[[Artefacts], None], type[LoraDeployError
         "has an empty axis",
     ),
     (
+        "lora-a-without-lora-b",
+        _weights({A: _f32([16, 64], 0, 4096)}, b"\0" * 4096),
+        INVALID,
+        "has no matching lora_B",
+    ),
+    (
+        "lora-b-without-lora-a",
+        _weights(
+            {B.replace("q_proj", "k_proj"): _f32([64, 16], 0, 4096), B: _f32([64, 16], 4096, 8192)},
+            b"\0" * 8192,
+        ),
+        INVALID,
+        "has no matching lora_A",
+    ),
+    (
         "no-lora-tensors",
         _weights({EMBED: _f32([16, 4], 0, 256)}, b"\0" * 256),
         INVALID,

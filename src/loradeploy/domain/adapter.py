@@ -300,21 +300,35 @@ def _check_lora_shape(folder: Path, label: str, name: str, shape: list[int], ran
     return is_lora
 
 
+def _check_pairs(folder: Path, lora_names: list[str]) -> None:
+    """Every lora_A has the lora_B of the same module, and the other way round (PEFT
+    always saves both; a server would be handed half a module)."""
+    present = set(lora_names)
+    for name in lora_names:
+        for kind, other in (("lora_A", "lora_B"), ("lora_B", "lora_A")):
+            partner = name.replace(kind, other)
+            if kind in name and partner not in present:
+                problem = f"has no matching {other} tensor {short_repr(partner, 160)}"
+                raise _fail(folder, WEIGHTS_FILE, f"tensor {short_repr(name, 160)} {problem}")
+
+
 def _check_safetensors(folder: Path, size: int, rank: int) -> None:
     """Check the header entry by entry, and that the tensors' data covers the file exactly."""
     header, data_len = _read_header(folder, size)
     spans: list[tuple[int, int, str]] = []
-    lora_tensors = 0
+    lora_names: list[str] = []
     for name, entry in header.items():
         if name == "__metadata__":
             _check_metadata(folder, entry)
             continue
         label = f"tensor {short_repr(name, 160)}"
         shape, begin, end = _check_tensor(folder, label, entry, data_len)
-        lora_tensors += _check_lora_shape(folder, label, name, shape, rank)
+        if _check_lora_shape(folder, label, name, shape, rank):
+            lora_names.append(name)
         spans.append((begin, end, label))
-    if lora_tensors == 0:
+    if not lora_names:
         raise _fail(folder, WEIGHTS_FILE, "holds no lora_A/lora_B tensors")
+    _check_pairs(folder, lora_names)
     position, previous = 0, ""
     for begin, end, label in sorted(spans):
         if begin < position:
