@@ -328,6 +328,13 @@ def test_a_header_error_is_one_line_naming_the_file_and_the_tensor(tmp_path: Pat
     assert len(message) < 500
 
 
+def test_a_dimension_of_4000_digits_is_cut_in_the_message(tmp_path: Path) -> None:
+    header = {"l.lora_A.weight": f32([16, 1], 0, 64), "l.lora_B.weight": f32([-(10**4000), 16], 64, 128)}
+    message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
+    assert "has a negative dimension (-1000" in message
+    assert len(message) < 500
+
+
 def test_a_shape_of_many_dimensions_is_not_multiplied_out(tmp_path: Path) -> None:
     # 2**100000 has 30103 digits: printing it would raise ValueError (over 4300 digits).
     header = {

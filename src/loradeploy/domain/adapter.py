@@ -256,7 +256,7 @@ def _check_tensor(folder: Path, label: str, entry: object, data_len: int) -> tup
                 f"shape {short_repr(shape)} has a dimension that is not an integer ({short_repr(dim)})"
             )
         if dim < 0:
-            raise fail(f"shape {short_repr(shape)} has a negative dimension ({dim})")
+            raise fail(f"shape {short_repr(shape)} has a negative dimension ({short_repr(dim)})")
     if not isinstance(offsets, list) or len(offsets) != 2:
         raise fail(f"data_offsets {short_repr(offsets)} is not a pair [begin, end]")
     begin, end = offsets
