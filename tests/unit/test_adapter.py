@@ -184,6 +184,11 @@ def test_config_fields_are_checked(tmp_path: Path, overrides: dict[str, Any], fi
     assert f": {field} " in message
 
 
+def test_an_empty_rank_pattern_is_accepted(tmp_path: Path) -> None:
+    # PEFT writes "rank_pattern": {} into every config; only a non-empty one is refused.
+    assert inspect_adapter(with_config(tmp_path / "a", rank_pattern={}, alpha_pattern={})).rank == 16
+
+
 def test_a_missing_base_model_is_refused(tmp_path: Path) -> None:
     message = invalid(with_config(tmp_path / "a", drop=("base_model_name_or_path",)))
     assert "base_model_name_or_path" in message
@@ -230,37 +235,34 @@ def test_safetensors_header_that_is_not_json(tmp_path: Path) -> None:
 def test_tensor_offsets_beyond_the_data(tmp_path: Path) -> None:
     header = {"l.lora_A.weight": f32([16, 4], 0, 256)}
     message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
-    assert "'l.lora_A.weight'" in message
-    assert "points outside the file" in message
+    assert "tensor 'l.lora_A.weight' data_offsets [0, 256] lie beyond the 128 bytes" in message
 
 
 def test_tensor_size_not_matching_its_shape(tmp_path: Path) -> None:
     header = {"l.lora_A.weight": f32([16, 4], 0, 128)}  # 16*4 F32 is 256 bytes
     message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
-    assert "'l.lora_A.weight'" in message
-    assert "size does not match its shape" in message
+    assert "tensor 'l.lora_A.weight' holds 128 bytes but needs more than the 128 bytes" in message
 
 
 def test_tensor_with_an_unknown_dtype(tmp_path: Path) -> None:
     header = {"l.lora_A.weight": {"dtype": "Q7", "shape": [16, 1], "data_offsets": [0, 16]}}
     message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 16)))
-    assert "malformed entry" in message
+    assert "tensor 'l.lora_A.weight' dtype 'Q7' is not a safetensors dtype" in message
 
 
 def test_lora_a_rank_not_matching_r(tmp_path: Path) -> None:
     folder = write_adapter(tmp_path / "a")  # config r=16
     (folder / WEIGHTS).write_bytes(safetensors_bytes(lora_tensors(rank=8)))
     message = invalid(folder)
-    assert "rank 8" in message
-    assert "r=16" in message
+    assert "lora_A.weight' has 8 on its rank axis, config r=16 (lora_A is [r, in_features])" in message
 
 
 @pytest.mark.parametrize(
     ("spans", "data_len", "problem"),
     [
-        ([(0, 64), (128, 192)], 192, "gaps"),  # 64 unused bytes between the tensors
-        ([(64, 128), (128, 192)], 192, "gaps"),  # 64 unused bytes at the start
-        ([(0, 64), (64, 128)], 192, "does not cover the file exactly"),  # 64 trailing bytes
+        ([(0, 64), (128, 192)], 192, "bytes 64..128 before tensor 'l.lora_B.weight' belong to no tensor"),
+        ([(64, 128), (128, 192)], 192, "bytes 0..64 before tensor 'l.lora_A.weight' belong to no tensor"),
+        ([(0, 64), (64, 128)], 192, "64 bytes after the last tensor belong to no tensor"),
     ],
 )
 def test_tensor_data_must_cover_the_file_exactly(
@@ -282,7 +284,7 @@ def test_overlapping_tensors_are_refused(tmp_path: Path) -> None:
         "l.lora_B.weight": f32([1, 16], 0, 64),
     }
     message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 64)))
-    assert "overlaps" in message
+    assert "overlaps the data of tensor 'l.lora_A.weight'" in message
 
 
 def test_weights_without_lora_tensors(tmp_path: Path) -> None:
@@ -300,6 +302,48 @@ def test_safetensors_metadata_entry_is_allowed(tmp_path: Path) -> None:
     }
     info = inspect_adapter(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
     assert info.rank == 16
+
+
+def test_a_peft_shaped_adapter_passes(tmp_path: Path) -> None:
+    # As PEFT 0.21 saves it (checked on a real save_pretrained): lora_A is [r, in_features],
+    # lora_B is [out_features, r], and out_features differs between modules (grouped
+    # query attention makes v_proj narrower than q_proj).
+    prefix = "base_model.model.model.layers.0.self_attn"
+    tensors = {
+        f"{prefix}.q_proj.lora_A.weight": (16, 576),
+        f"{prefix}.q_proj.lora_B.weight": (576, 16),
+        f"{prefix}.v_proj.lora_A.weight": (16, 576),
+        f"{prefix}.v_proj.lora_B.weight": (192, 16),
+    }
+    assert inspect_adapter(with_weights(tmp_path / "a", safetensors_bytes(tensors))).rank == 16
+
+
+def test_a_header_error_is_one_line_naming_the_file_and_the_tensor(tmp_path: Path) -> None:
+    name = "l.lora_B.weight\n" + "x" * 10_000  # a hostile name: a newline and 10 kB
+    header = {"l.lora_A.weight": f32([16, 1], 0, 64), name: f32([-1, -16], 64, 128)}
+    message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
+    assert message.startswith(f"adapter {tmp_path / 'a'}: {WEIGHTS} tensor 'l.lora_B.weight\\n")
+    assert "has a negative dimension" in message
+    assert "\n" not in message
+    assert len(message) < 500
+
+
+def test_a_dimension_of_4000_digits_is_cut_in_the_message(tmp_path: Path) -> None:
+    header = {"l.lora_A.weight": f32([16, 1], 0, 64), "l.lora_B.weight": f32([-(10**4000), 16], 64, 128)}
+    message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
+    assert "has a negative dimension (-1000" in message
+    assert len(message) < 500
+
+
+def test_a_shape_of_many_dimensions_is_not_multiplied_out(tmp_path: Path) -> None:
+    # 2**100000 has 30103 digits: printing it would raise ValueError (over 4300 digits).
+    header = {
+        "l.lora_A.weight": f32([16, 1], 0, 64),
+        "l.lora_B.weight": f32([1, 16], 64, 128),
+        "l.extra": f32([2] * 100_000, 128, 128),
+    }
+    message = invalid(with_weights(tmp_path / "a", raw_safetensors(header, b"\0" * 128)))
+    assert "tensor 'l.extra' holds 0 bytes but needs more than the 128 bytes of tensor data" in message
 
 
 # -- compatibility with the served base -------------------------------------------------------

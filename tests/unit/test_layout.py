@@ -52,3 +52,18 @@ def test_parse_root_accepts_a_trailing_slash() -> None:
 )
 def test_parse_root_returns_none_for_foreign_paths(root: str) -> None:
     assert parse_root(root) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "m-v1\u0663",  # ARABIC-INDIC DIGIT THREE after an ASCII 1
+        "m-v1\uff10",  # FULLWIDTH DIGIT ZERO
+        "m-v2\u0967",  # DEVANAGARI DIGIT ONE
+        "m-v10\U0001d7ce",  # MATHEMATICAL BOLD DIGIT ZERO
+        "m-v\u0663",  # a non-ASCII first digit (refused by [1-9] already)
+    ],
+)
+def test_parse_root_reads_only_ascii_version_digits(name: str) -> None:
+    # MLflow versions are ASCII integers; "1\u0663" would be a version no registry has.
+    assert parse_root(f"/srv/adapters/live/{name}") is None

@@ -93,6 +93,37 @@ def test_names_longer_than_128_characters_are_refused() -> None:
         slot_name("a" * 129)
 
 
+@pytest.mark.parametrize("value", ["lora-modules.json", "LORA-MODULES.JSON", "Lora-Modules.Json"])
+def test_the_manifest_name_is_not_a_slot(value: str) -> None:
+    # The slot folder would take the manifest's place (write_manifest: IsADirectoryError);
+    # case-insensitively, as the volume may be.
+    with pytest.raises(UsageError) as caught:
+        slot_name(value)
+    assert f"slot name {value!r} is reserved" in caught.value.message
+    assert model_name(value) == value  # models live one level down, inside a slot
+
+
+def test_the_reserved_slot_name_is_the_transports_manifest() -> None:
+    from loradeploy.clients.files import MANIFEST
+
+    with pytest.raises(UsageError):
+        slot_name(MANIFEST)
+
+
+@pytest.mark.parametrize(
+    "value", [".staging", ".lora-modules.json.tmp", ".m-v1.tmp-0123456789ab", ".loradeploy"]
+)
+def test_hidden_staging_and_temporary_names_are_not_slots(value: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        slot_name(value)
+    assert "starting with a letter or digit" in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["lora-modules", "lora-modules.json-live", "my-lora-modules.json"])
+def test_names_near_the_manifest_are_still_slots(value: str) -> None:
+    assert slot_name(value) == value
+
+
 @pytest.mark.parametrize("value", ["aws-rag-qa-live", "aws-rag-qa", "m.v2_final", "7b"])
 def test_model_and_slot_names_accept_safe_values(value: str) -> None:
     assert model_name(value) == value
@@ -142,3 +173,4 @@ def test_slot_name_returns_only_path_safe_values(text: str) -> None:
     assert "/" not in value
     assert ".." not in value
     assert not any(ch.isspace() for ch in value)
+    assert value.lower() != "lora-modules.json"

@@ -14,7 +14,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel
 
@@ -101,13 +101,45 @@ def _list_files(folder: Path, max_total_bytes: int) -> dict[str, int]:
     return sizes
 
 
+class _KeyTwice(ValueError):
+    """A JSON object names a key twice (readers disagree on which value counts)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _KeyTwice(key)
+        found[key] = value
+    return found
+
+
+def _parse_json(folder: Path, field: str, text: str) -> Any:
+    """``json.loads`` with every failure an InvalidAdapterError naming ``field``."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise _fail(folder, field, f"is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # a nesting bomb
+        raise _fail(folder, field, "is nested too deeply to be JSON from PEFT") from exc
+    except _KeyTwice as exc:
+        raise _fail(folder, field, f"names {short_repr(exc.key, 160)} twice") from exc
+    except ValueError as exc:  # int() refuses more than 4300 digits
+        raise _fail(folder, field, "holds a number too long to read") from exc
+
+
 def _read_config(folder: Path, size: int) -> dict[str, Any]:
     if size > MAX_CONFIG_BYTES:
         raise _fail(folder, CONFIG_FILE, f"is {size} bytes, above {MAX_CONFIG_BYTES}")
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nesting bomb
+        text = (folder / CONFIG_FILE).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise _fail(folder, CONFIG_FILE, f"is not valid JSON ({exc})") from exc
+    config = _parse_json(folder, CONFIG_FILE, text)
     if not isinstance(config, dict):
         raise _fail(folder, CONFIG_FILE, "must hold a JSON object")
     return config
@@ -118,8 +150,15 @@ def _check_config(folder: Path, config: Mapping[str, Any]) -> tuple[str, int, fl
     if peft_type != "LORA":
         raise _fail(folder, "peft_type", f"is {peft_type!r}, expected 'LORA'")
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_SANE_RANK:
+    if not _is_int(rank) or not 1 <= rank <= MAX_SANE_RANK:
         raise _fail(folder, "r", f"is {short_repr(rank)}, expected an integer from 1 to {MAX_SANE_RANK}")
+    if config.get("rank_pattern"):  # PEFT writes {} when every module has rank r
+        raise _fail(
+            folder,
+            "rank_pattern",
+            f"is {short_repr(config['rank_pattern'])}, expected empty: every LoRA tensor, and "
+            "the server's --max-lora-rank, is checked against r",
+        )
     alpha = config.get("lora_alpha", rank)
     if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
         raise _fail(folder, "lora_alpha", f"is {short_repr(alpha)}, expected a finite number")
@@ -136,14 +175,18 @@ def _check_config(folder: Path, config: Mapping[str, Any]) -> tuple[str, int, fl
         raise _fail(folder, "modules_to_save", "is set, expected null (vLLM refuses it)")
     base = config.get("base_model_name_or_path")
     if not isinstance(base, str) or not base.strip():
-        raise _fail(folder, "base_model_name_or_path", "is empty, expected the base model name")
+        raise _fail(folder, "base_model_name_or_path", f"is {short_repr(base)}, expected the base model name")
     return base, rank, float(alpha), sorted(targets)
 
 
-def _check_safetensors(folder: Path, size: int, rank: int) -> None:
-    """Check that the header is well formed and its offsets cover the file exactly."""
-    path = folder / WEIGHTS_FILE
-    with path.open("rb") as handle:
+def _is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer: ``int`` but not ``bool`` (``True`` is an int in Python, not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_header(folder: Path, size: int) -> tuple[dict[str, Any], int]:
+    """The safetensors header as a JSON object, and the length of the data after it."""
+    with (folder / WEIGHTS_FILE).open("rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise _fail(folder, WEIGHTS_FILE, "is shorter than a safetensors header")
@@ -153,44 +196,152 @@ def _check_safetensors(folder: Path, size: int, rank: int) -> None:
         raw = handle.read(header_len)
     try:
         # Strictly UTF-8, as the format says: json.loads on bytes would also take UTF-16/32.
-        header = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(folder, WEIGHTS_FILE, "header is not valid JSON (not UTF-8)") from exc
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise _fail(folder, WEIGHTS_FILE, "header is not valid JSON") from exc
+    header = _parse_json(folder, f"{WEIGHTS_FILE} header", text)
     if not isinstance(header, dict):
         raise _fail(folder, WEIGHTS_FILE, "header must be a JSON object")
-    data_len = size - 8 - header_len
-    spans: list[tuple[int, int]] = []
-    lora_tensors = 0
-    for name, spec in header.items():
-        if name == "__metadata__":
+    return header, size - 8 - header_len
+
+
+def _check_metadata(folder: Path, metadata: object) -> None:
+    """``__metadata__`` is a map of strings to strings, as the safetensors format says."""
+    if not isinstance(metadata, dict):
+        raise _fail(
+            folder, WEIGHTS_FILE, f"__metadata__ is {short_repr(metadata)}, expected an object of strings"
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _fail(
+                folder,
+                WEIGHTS_FILE,
+                f"__metadata__ value for {short_repr(key)} is {short_repr(value)}, expected a string",
+            )
+
+
+def _byte_count(shape: list[int], item_bytes: int, limit: int) -> int | None:
+    """Bytes a tensor of ``shape`` needs; None when that is above ``limit`` (stops early:
+    a hostile shape of a million dimensions must not build a number of a million digits)."""
+    if 0 in shape:
+        return 0
+    count = item_bytes
+    for dim in shape:
+        count *= dim
+        if count > limit:
+            return None
+    return count
+
+
+def _check_tensor(folder: Path, label: str, entry: object, data_len: int) -> tuple[list[int], int, int]:
+    """One header entry: a known dtype, a shape of non-negative integers, and data offsets
+    inside the data section that hold exactly the bytes dtype and shape need."""
+
+    def fail(problem: str) -> InvalidAdapterError:
+        return _fail(folder, WEIGHTS_FILE, f"{label} {problem}")
+
+    if not isinstance(entry, dict):
+        raise fail("entry is not an object with dtype, shape and data_offsets")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise fail(f"has no {key}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        raise fail(f"dtype {short_repr(dtype)} is not a safetensors dtype")
+    if not isinstance(shape, list):
+        raise fail(f"shape {short_repr(shape)} is not a list")
+    for dim in shape:
+        if not _is_int(dim):
+            raise fail(
+                f"shape {short_repr(shape)} has a dimension that is not an integer ({short_repr(dim)})"
+            )
+        if dim < 0:
+            raise fail(f"shape {short_repr(shape)} has a negative dimension ({short_repr(dim)})")
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        raise fail(f"data_offsets {short_repr(offsets)} is not a pair [begin, end]")
+    begin, end = offsets
+    if not (_is_int(begin) and _is_int(end)):
+        raise fail(f"data_offsets {short_repr(offsets)} are not integers")
+    if begin < 0 or end < 0:
+        raise fail(f"data_offsets {short_repr(offsets)} are negative")
+    if end < begin:
+        raise fail(f"data_offsets {short_repr(offsets)} end before they begin")
+    if end > data_len:
+        raise fail(f"data_offsets {short_repr(offsets)} lie beyond the {data_len} bytes of tensor data")
+    needed = _byte_count(shape, _DTYPE_BYTES[dtype], data_len)
+    if needed != end - begin:
+        need = f"{needed} bytes" if needed is not None else f"more than the {data_len} bytes of tensor data"
+        raise fail(f"holds {end - begin} bytes but needs {need} ({dtype} {short_repr(shape)})")
+    return shape, begin, end
+
+
+# PEFT saves a LoRA pair as nn.Linear weights: lora_A maps in_features to r, so its weight
+# is [r, in_features]; lora_B maps r to out_features: [out_features, r].
+_LORA_RANK_AXIS = {"lora_A": (0, "[r, in_features]"), "lora_B": (1, "[out_features, r]")}
+
+
+def _check_lora_shape(folder: Path, label: str, name: str, shape: list[int], rank: int) -> bool:
+    """True if ``name`` is a lora_A/lora_B tensor, after checking it is a matrix with the
+    config's ``r`` on its rank axis (a name holding both is checked as both)."""
+    is_lora = False
+    for kind, (axis, form) in _LORA_RANK_AXIS.items():
+        if kind not in name:
             continue
-        try:
-            dtype, shape, (start, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-            count = 1
-            for dim in shape:
-                count *= int(dim)
-            expected = count * _DTYPE_BYTES[dtype]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _fail(folder, WEIGHTS_FILE, f"tensor {name!r} has a malformed entry") from exc
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len):
-            raise _fail(folder, WEIGHTS_FILE, f"tensor {name!r} points outside the file")
-        if end - start != expected:
-            raise _fail(folder, WEIGHTS_FILE, f"tensor {name!r} size does not match its shape")
-        if "lora_A" in name and shape and int(shape[0]) != rank:
-            raise _fail(folder, WEIGHTS_FILE, f"tensor {name!r} has rank {shape[0]}, config r={rank}")
-        lora_tensors += "lora_A" in name or "lora_B" in name
-        spans.append((start, end))
-    if lora_tensors == 0:
+        is_lora = True
+        if len(shape) != 2:
+            problem = f"is {len(shape)}-dimensional {short_repr(shape)}, expected a {kind} matrix {form}"
+        elif shape[axis] != rank:
+            problem = f"has {shape[axis]} on its rank axis, config r={rank} ({kind} is {form})"
+        elif 0 in shape:
+            problem = f"has an empty axis {shape}"
+        else:
+            continue
+        raise _fail(folder, WEIGHTS_FILE, f"{label} {problem}")
+    return is_lora
+
+
+def _check_pairs(folder: Path, lora_names: list[str]) -> None:
+    """Every lora_A has the lora_B of the same module, and the other way round (PEFT
+    always saves both; a server would be handed half a module)."""
+    present = set(lora_names)
+    for name in lora_names:
+        for kind, other in (("lora_A", "lora_B"), ("lora_B", "lora_A")):
+            partner = name.replace(kind, other)
+            if kind in name and partner not in present:
+                problem = f"has no matching {other} tensor {short_repr(partner, 160)}"
+                raise _fail(folder, WEIGHTS_FILE, f"tensor {short_repr(name, 160)} {problem}")
+
+
+def _check_safetensors(folder: Path, size: int, rank: int) -> None:
+    """Check the header entry by entry, and that the tensors' data covers the file exactly."""
+    header, data_len = _read_header(folder, size)
+    spans: list[tuple[int, int, str]] = []
+    lora_names: list[str] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            _check_metadata(folder, entry)
+            continue
+        label = f"tensor {short_repr(name, 160)}"
+        shape, begin, end = _check_tensor(folder, label, entry, data_len)
+        if _check_lora_shape(folder, label, name, shape, rank):
+            lora_names.append(name)
+        spans.append((begin, end, label))
+    if not lora_names:
         raise _fail(folder, WEIGHTS_FILE, "holds no lora_A/lora_B tensors")
-    position = 0
-    for start, end in sorted(spans):
-        if start != position:
-            raise _fail(folder, WEIGHTS_FILE, "tensor data overlaps or leaves gaps")
-        position = end
+    _check_pairs(folder, lora_names)
+    position, previous = 0, ""
+    for begin, end, label in sorted(spans):
+        if begin < position:
+            raise _fail(folder, WEIGHTS_FILE, f"{label} overlaps the data of {previous}")
+        if begin > position:
+            raise _fail(
+                folder, WEIGHTS_FILE, f"bytes {position}..{begin} before {label} belong to no tensor (a gap)"
+            )
+        position, previous = end, label
     if position != data_len:
-        raise _fail(folder, WEIGHTS_FILE, "tensor data does not cover the file exactly")
+        raise _fail(
+            folder, WEIGHTS_FILE, f"{data_len - position} bytes after the last tensor belong to no tensor"
+        )
 
 
 def inspect_adapter(folder: Path, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> AdapterInfo:

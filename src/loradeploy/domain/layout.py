@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-_VERSION_DIR = re.compile(r"(?P<model>[A-Za-z0-9][A-Za-z0-9._-]*)-v(?P<version>[1-9]\d*)")
+# ASCII only: \d would also match other scripts' digits ("1\u0663").
+_VERSION_DIR = re.compile(r"(?P<model>[A-Za-z0-9][A-Za-z0-9._-]*)-v(?P<version>[1-9][0-9]*)")
 
 
 @dataclass(frozen=True)

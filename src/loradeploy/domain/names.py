@@ -11,6 +11,12 @@ from loradeploy.errors import UsageError
 # Model and slot names become folder names and Kubernetes-side paths: keep them to a
 # conservative set (no separators, no shell characters, no leading dot or dash).
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A slot is a folder directly in the adapters root, next to loradeploy's own files: the
+# manifest vLLM starts from (``clients.files.MANIFEST``) and hidden staging and temporary
+# names (``.staging``, ``.lora-modules.json.tmp``, ``.<name>.tmp-<hex>``, all refused by
+# the leading-dot rule). Compared case-insensitively, as the volume may be.
+MANIFEST_FILE = "lora-modules.json"
+_RESERVED_SLOTS = frozenset({MANIFEST_FILE})
 # MLflow's own alias rule: letters, digits, '_' and '-', up to 255 characters;
 # 'latest' and 'v<digits>' are reserved by MLflow.
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -36,8 +42,16 @@ def model_name(value: str) -> str:
 
 
 def slot_name(value: str) -> str:
-    """A served adapter name (the slot), safe for paths and the vLLM API."""
-    return _check_safe("slot name", value)
+    """A served adapter name (the slot), safe for paths and the vLLM API, and not the
+    name of a file loradeploy keeps in the adapters root."""
+    _check_safe("slot name", value)
+    if value.lower() in _RESERVED_SLOTS:
+        raise UsageError(
+            f"slot name {value!r} is reserved: the adapters folder keeps {MANIFEST_FILE} "
+            "(the adapters vLLM starts with) under that name",
+            hint="choose a slot name such as 'aws-rag-qa-candidate'",
+        )
+    return value
 
 
 def alias_name(value: str) -> str:
