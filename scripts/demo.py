@@ -112,7 +112,6 @@ def gate1(adapter: str, expect: tuple[int, ...] = (0,)) -> dict[str, object]:
         f"--model-name={MODEL}",
         f"--candidate-slot={CANDIDATE_SLOT}",
         f"--live-slot={LIVE_SLOT}",
-        "--min-win-rate=0.25",
         f"--output-dir={OUT / adapter / 'gate1'}",
         expect=expect,
     )

@@ -943,6 +943,8 @@ def _gate_report(
             "Greedy decoding with a fixed seed; CPU floating-point order can still change a token "
             "now and then, and thread scheduling moves latencies (see README, 'What stays random').",
         ]
+        for check in result.details.get("inconclusive_checks", []):
+            notes.append(f"Inconclusive, not counted: {check['name']}: {check['detail']}")
         write_report(output_dir, result, title=title, notes=notes, plot_svg=plot(result))
 
 

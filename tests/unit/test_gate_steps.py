@@ -120,7 +120,8 @@ def test_the_judge_sees_the_candidate_first_for_half_the_questions(
     shown_first = [q["candidate_shown_first"] for q in result.details["questions"]]  # type: ignore[attr-defined]
     assert sorted(shown_first) == [False, False, True, True]
     judge_calls = [c for c in served.calls if c.body and c.body.get("model") == BASE_ID]
-    assert len(judge_calls) == len(EXAMPLES)
+    assert len(judge_calls) == len(EXAMPLES) + 2 * len(EXAMPLES)  # the verdicts, then calibration
+    assert len(result.details["judge_calibration"]) == 2 * len(EXAMPLES)  # type: ignore[attr-defined]
     assert all(
         c.body and c.body["temperature"] == 0.0 and c.body["seed"] == 0 for c in served.calls if c.body
     )
@@ -261,3 +262,38 @@ def test_perf_against_an_unreachable_server_is_transient(
     with unreachable() as vllm, pytest.raises(ServerUnavailableError):
         perf(registry, vllm, clock)
     assert registry.aliases == before
+
+
+def _knowing_judge(model: str, messages: list[dict[str, str]]) -> str:
+    """Names the answer that equals the reference: a judge that passes calibration."""
+    text = messages[-1]["content"]
+    if model == BASE_ID and "Answer A:" in text:
+        reference = text.split("Reference answer: ", 1)[1].split("\n", 1)[0]
+        answer_a = text.split("Answer A: ", 1)[1].split("\n", 1)[0]
+        return "A" if answer_a == reference else "B"
+    return ANSWERS[text] if model == CANDIDATE else "purple elephants"
+
+
+def test_a_position_biased_judge_is_inconclusive_and_the_f1_checks_decide(
+    served: FakeVllmServer, vllm: VllmClient, registry: FakeGateRegistry
+) -> None:
+    served.chat_reply = answering({CANDIDATE, LIVE}, judge_says="A")  # type: ignore[assignment]
+    result = compare(registry, vllm, min_win_rate=0.9)  # a threshold the judge could never meet
+    assert result.passed  # type: ignore[attr-defined]
+    assert {c.name for c in result.checks} == {"quality-floor", "non-inferiority"}  # type: ignore[attr-defined]
+    inconclusive = {c["name"]: c for c in result.details["inconclusive_checks"]}  # type: ignore[attr-defined]
+    assert inconclusive["judge-calibration"]["value"] == 0.5
+    assert "inconclusive" in inconclusive["judge-win-rate"]["detail"]
+    assert result.details["figures"]["judge_accuracy"] == 0.5  # type: ignore[attr-defined]
+
+
+def test_a_calibrated_judge_is_counted_in_the_gate(
+    served: FakeVllmServer, vllm: VllmClient, registry: FakeGateRegistry
+) -> None:
+    served.chat_reply = _knowing_judge  # type: ignore[assignment]
+    result = compare(registry, vllm, min_score=0.0, margin=1.0)  # only the judge can fail
+    checks = {c.name: c.passed for c in result.checks}  # type: ignore[attr-defined]
+    assert checks["judge-calibration"] is True
+    assert result.details["figures"]["judge_accuracy"] == 1.0  # type: ignore[attr-defined]
+    assert checks["judge-win-rate"] is True  # the candidate answers the reference: it wins
+    assert result.passed  # type: ignore[attr-defined]

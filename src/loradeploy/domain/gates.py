@@ -32,6 +32,9 @@ class GateDecision(BaseModel):
     gate: str
     checks: list[Check]
     figures: dict[str, float | int | None] = Field(default_factory=dict)
+    # Checks that ran but do not count (an uncalibrated judge's win rate): reported,
+    # never passed.
+    inconclusive: list[Check] = Field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -82,6 +85,10 @@ class EvalThresholds(BaseModel):
     confidence: float = 0.95  # of the bootstrap interval
     bootstrap_samples: int = 2000
     min_win_rate: float = 0.4  # judge: candidate wins + ties/2, over all questions
+    # The judge's verdict counts only when it named the right answer on at least this
+    # share of the calibration pairs (a judge naming one position always scores 0.5).
+    min_judge_accuracy: float = 0.75
+    calibration_questions: int = 8  # each asked in both orders
     seed: int = 0
 
 
@@ -90,7 +97,13 @@ def decide_eval(
     live_f1: Sequence[float],
     judgements: Sequence[Judgement],
     thresholds: EvalThresholds,
+    *,
+    judge_accuracy: float,
+    calibration_asked: int,
 ) -> GateDecision:
+    """The checks of Gate 1. The judge's win rate counts only when the judge passed its
+    calibration (``judge_accuracy`` on ``calibration_asked`` known pairs); otherwise
+    it is reported as inconclusive and the gate decides on the other checks."""
     candidate_mean = mean(candidate_f1)
     interval = paired_bootstrap(
         candidate_f1,
@@ -119,14 +132,33 @@ def decide_eval(
             f"[{interval.low:+.3f}, {interval.high:+.3f}] ({interval.samples} paired resamples); "
             f"lower bound must be >= -{thresholds.margin:g}",
         ),
-        floor_check(
-            "judge-win-rate",
-            rate,
-            thresholds.min_win_rate,
-            f"{wins} wins, {ties} ties ({unreadable} unreadable), "
-            f"{len(judgements) - wins - ties} losses of {len(judgements)}",
-        ),
     ]
+    calibration = floor_check(
+        "judge-calibration",
+        judge_accuracy,
+        thresholds.min_judge_accuracy,
+        f"the judge named the right answer in {round(judge_accuracy * calibration_asked)} of "
+        f"{calibration_asked} known pairs",
+    )
+    judge = floor_check(
+        "judge-win-rate",
+        rate,
+        thresholds.min_win_rate,
+        f"{wins} wins, {ties} ties ({unreadable} unreadable), "
+        f"{len(judgements) - wins - ties} losses of {len(judgements)}",
+    )
+    inconclusive: list[Check] = []
+    if calibration.passed:
+        checks += [calibration, judge]
+    else:
+        judge = judge.model_copy(
+            update={
+                "passed": False,
+                "detail": f"inconclusive, not counted: the judge is uncalibrated ({calibration.detail}, "
+                f"below {thresholds.min_judge_accuracy:g}); {judge.detail}",
+            }
+        )
+        inconclusive = [calibration, judge]
     figures: dict[str, float | int | None] = {
         "questions": len(candidate_f1),
         "candidate_f1": _round(candidate_mean),
@@ -136,8 +168,10 @@ def decide_eval(
         "f1_diff_ci_high": _round(interval.high),
         "win_rate": _round(rate),
         "judge_unreadable": unreadable,
+        "judge_accuracy": _round(judge_accuracy),
+        "judge_calibration_pairs": calibration_asked,
     }
-    return GateDecision(gate="evaluation", checks=checks, figures=figures)
+    return GateDecision(gate="evaluation", checks=checks, figures=figures, inconclusive=inconclusive)
 
 
 # -- Gate 2: performance ---------------------------------------------------------------------

@@ -4,6 +4,12 @@ Judges prefer the first (or the second) answer for no good reason. To cancel tha
 position bias the candidate is shown first for exactly half of the questions (one more
 or less when the count is odd), and which half is drawn with a seeded RNG. A judge
 that always names the same position then scores a win rate of exactly one half.
+
+A judge is trusted only once it has shown it can tell a right answer from a wrong one:
+before its verdicts count, it is asked about calibration pairs whose answer is known
+(the reference answer against the reference answer of another question, in both
+orders). A judge that always names one position scores exactly one half there; below the
+gate's ``min_judge_accuracy`` its win-rate check is inconclusive and does not count.
 """
 
 from __future__ import annotations
@@ -72,6 +78,55 @@ def parse_verdict(text: str) -> Verdict | None:
     if re.search(r"\bTIE\b", upper):
         return "TIE"
     return None
+
+
+@dataclass(frozen=True)
+class CalibrationPair:
+    """A question with a known better answer: ``good`` is right, ``bad`` is not."""
+
+    example: QaExample
+    good: str
+    bad: str
+    good_first: bool
+
+    @property
+    def expected(self) -> Verdict:
+        return "A" if self.good_first else "B"
+
+    def messages(self) -> list[dict[str, str]]:
+        first, second = (self.good, self.bad) if self.good_first else (self.bad, self.good)
+        return judge_messages(self.example, first, second)
+
+
+def calibration_pairs(examples: Sequence[QaExample], count: int, seed: int) -> list[CalibrationPair]:
+    """Up to ``count`` questions (seeded choice), each asked twice: the reference answer
+    against another question's reference answer, once in each order."""
+    usable = [e for e in examples if e.answer.strip()]
+    if len(usable) < 2 or count <= 0:
+        return []
+    rng = random.Random(seed)
+    chosen = rng.sample(usable, min(count, len(usable)))
+    pairs = []
+    for index, example in enumerate(chosen):
+        # A different question's answer: the next distinct one in a seeded order.
+        others = [e.answer for e in usable if e.answer.strip().lower() != example.answer.strip().lower()]
+        if not others:
+            continue
+        bad = others[(index + rng.randrange(len(others))) % len(others)]
+        pairs += [
+            CalibrationPair(example, example.answer, bad, True),
+            CalibrationPair(example, example.answer, bad, False),
+        ]
+    return pairs
+
+
+def calibration_accuracy(pairs: Sequence[CalibrationPair], verdicts: Sequence[Verdict | None]) -> float:
+    """The share of pairs where the judge named the right answer (a tie or an unreadable
+    reply is wrong); 0.0 with no pairs: an unasked judge is not calibrated."""
+    if not pairs:
+        return 0.0
+    right = sum(v == p.expected for p, v in zip(pairs, verdicts, strict=True))
+    return right / len(pairs)
 
 
 def win_rate(judgements: Sequence[Judgement]) -> float:
