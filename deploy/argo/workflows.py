@@ -29,9 +29,13 @@ from loradeploy.results import StepResult
 HERE = Path(__file__).resolve().parent
 HEADER = "# Rendered from deploy/argo/workflows.py by 'make workflows'. Do not edit by hand.\n"
 
-NAMESPACE = "ml-models"
 SERVICE_ACCOUNT = "loradeploy-workflow"
-IMAGE = "loradeploy:0.1.0"  # the steps image (Dockerfile); change here, then make workflows
+# The steps image as the base names it. Never changed here: an overlay's `images:` entry
+# rewrites it in every template (deploy/k8s/base/kustomizeconfig.yaml), as it does for
+# the vLLM pod's init container and sidecar. No namespace either: kustomize sets it, and
+# the steps read theirs from {{workflow.namespace}}.
+IMAGE = "loradeploy:0.1.0"
+NAMESPACE = "{{workflow.namespace}}"
 OUT = "/tmp/out"  # every step's --output-dir
 TRANSIENT = int(ExitCode.TRANSIENT)
 RETRY_EXPRESSION = f"asInt(lastRetry.exitCode) == {TRANSIENT}"
@@ -40,7 +44,7 @@ OUTPUT_FILES = tuple(StepResult(step="x", model="m", version="1", slot="s", sour
 
 # The specification's defaults (seed: vllm-deployment-scripts.md).
 MODEL = "mistral-7b-lora"
-VLLM_URL = "http://vllm-service.ml-models:8000"
+VLLM_URL = "http://vllm-service:8000"  # the Service in the workflow's namespace
 LIVE_SLOT = "aws-rag-qa-live"
 CANDIDATE_SLOT = "aws-rag-qa-candidate"
 
@@ -142,7 +146,6 @@ def report(kind: str) -> Container:
 def template(name: str, description: str, parameters: dict[str, str]) -> WorkflowTemplate:
     return WorkflowTemplate(
         name=name,
-        namespace=NAMESPACE,
         annotations={"workflows.argoproj.io/description": description},
         labels={"app.kubernetes.io/part-of": "loradeploy"},
         entrypoint="main",
@@ -177,6 +180,7 @@ def deploy() -> WorkflowTemplate:
                 f"--source={p('source')}",
                 f"--slot-name={p('candidate-slot')}",
                 "--transport=kubectl",
+                f"--namespace={NAMESPACE}",
             ],
         )
         smoke = step(
@@ -234,6 +238,7 @@ def promote_step(source_alias: str, reason: str) -> Container:
             f"--source-alias={source_alias}",
             f"--live-slot={p('live-slot')}",
             "--transport=kubectl",
+            f"--namespace={NAMESPACE}",
             f"--reason={reason}",
         ],
     )

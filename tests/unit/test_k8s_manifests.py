@@ -20,6 +20,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from hera.workflows import WorkflowTemplate
 
 from loradeploy.clients import kube
 from support.fake_cluster import CONTAINER, NS, SELECTOR, FakeCluster, fake_deployment, fake_pod
@@ -52,13 +53,29 @@ def container(name: str, folder: Path = BASE) -> dict[str, Any]:
 # -- schema --------------------------------------------------------------------------------
 
 
+def is_argo(doc: dict[str, Any]) -> bool:
+    return str(doc["apiVersion"]).startswith("argoproj.io/")
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
 def test_every_rendered_manifest_passes_strict_validation(folder: Path, version: str) -> None:
+    """Every built-in object; Argo's custom resources have no schema here and are checked
+    by the Hera round trip below instead."""
     docs = render(folder)
-    assert len(docs) >= 7
+    assert len([d for d in docs if not is_argo(d)]) >= 7
     for doc in docs:
-        kubernetes_validate.validate(doc, version, strict=True)
+        if not is_argo(doc):
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_rendered_workflow_templates_survive_a_hera_round_trip(folder: Path) -> None:
+    argo = [d for d in render(folder) if is_argo(d)]
+    assert sorted(d["metadata"]["name"] for d in argo) == ["vllm-deploy", "vllm-promote", "vllm-rollback"]
+    for doc in argo:
+        assert doc["kind"] == "WorkflowTemplate"
+        assert WorkflowTemplate.from_dict(doc).to_dict() == doc
 
 
 def test_strict_validation_rejects_an_unknown_field() -> None:
@@ -73,7 +90,8 @@ def test_every_manifest_file_is_part_of_a_kustomization() -> None:
     listed = set()
     for kustomization in K8S.rglob("kustomization.yaml"):
         spec = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
-        listed |= {(kustomization.parent / entry).resolve() for entry in spec.get("resources", [])}
+        entries = [*spec.get("resources", []), *spec.get("configurations", [])]
+        listed |= {(kustomization.parent / entry).resolve() for entry in entries}
     files = {p.resolve() for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"}
     assert files - listed == set()
 
@@ -175,12 +193,70 @@ def test_the_service_selects_the_vllm_pods() -> None:
     assert service["metadata"]["namespace"] == "ml-models"
 
 
+def images(node: Any) -> list[str]:
+    """Every ``image`` value anywhere in an object (containers, workflow steps, ...)."""
+    if isinstance(node, dict):
+        own = [node["image"]] if isinstance(node.get("image"), str) else []
+        return own + [i for value in node.values() for i in images(value)]
+    if isinstance(node, list):
+        return [i for item in node for i in images(item)]
+    return []
+
+
+def overlay_image(name: str) -> str:
+    spec = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text(encoding="utf-8"))
+    [entry] = [i for i in spec["images"] if i["name"] == name]
+    if entry.get("digest"):
+        return f"{entry.get('newName', name)}@{entry['digest']}"
+    return f"{entry.get('newName', name)}:{entry['newTag']}"
+
+
+def test_one_images_entry_sets_the_steps_image_everywhere() -> None:
+    """Issue 11.1: the overlay's loradeploy image reaches the init container, the sidecar
+    and every WorkflowTemplate step; no object keeps the base's unpublished name."""
+    docs = render(OVERLAY)
+    steps_image, vllm_image = overlay_image("loradeploy"), container("vllm", OVERLAY)["image"]
+    assert set().union(*(images(doc) for doc in docs)) == {steps_image, vllm_image}
+    for name in ("init-load-adapters", "reconcile"):
+        assert container(name, OVERLAY)["image"] == steps_image
+    templates = [t for d in docs if d["kind"] == "WorkflowTemplate" for t in d["spec"]["templates"]]
+    with_container = [t for t in templates if "container" in t]
+    assert len(with_container) >= 7
+    assert {t["container"]["image"] for t in with_container} == {steps_image}
+
+
+def test_the_image_check_sees_a_template_the_overlay_misses(tmp_path: Path) -> None:
+    """The check above can fail: without the field spec, workflow steps keep the base image."""
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    config = tmp_path / "deploy" / "k8s" / "base" / "kustomizeconfig.yaml"
+    config.write_text("images: []\n", encoding="utf-8")
+    docs = render(tmp_path / "deploy" / "k8s" / "overlays" / "example")
+    workflow_images = {
+        t["container"]["image"]
+        for d in docs
+        if d["kind"] == "WorkflowTemplate"
+        for t in d["spec"]["templates"]
+        if "container" in t
+    }
+    assert workflow_images == {"loradeploy:0.1.0"}
+
+
 def test_the_overlay_changes_image_and_replicas_only_where_told() -> None:
     base, overlay = objects(BASE), objects(OVERLAY)
     assert overlay[("Deployment", "vllm")]["spec"]["replicas"] == 2
-    assert container("reconcile", OVERLAY)["image"] == "registry.example.com/ml/loradeploy:0.1.0"
-    assert container("vllm", OVERLAY)["image"] == container("vllm", BASE)["image"]
+    assert container("reconcile", OVERLAY)["image"] == overlay_image("loradeploy")
     assert set(base) == set(overlay)
+
+
+def test_every_object_is_in_one_namespace() -> None:
+    """Namespaced objects (workflow templates included) take the kustomization's namespace,
+    and the RoleBinding names the service account there."""
+    for folder in (BASE, OVERLAY):
+        found = objects(folder)
+        namespaces = {d["metadata"].get("namespace") for k, d in found.items() if k[0] != "Namespace"}
+        assert namespaces == {found[("Namespace", "ml-models")]["metadata"]["name"]}
+        [subject] = found[("RoleBinding", "loradeploy-workflow")]["subjects"]
+        assert subject["namespace"] in namespaces
 
 
 # -- RBAC ----------------------------------------------------------------------------------
