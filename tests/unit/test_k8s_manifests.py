@@ -378,3 +378,69 @@ def test_the_needs_match_the_kubectl_commands_each_call_runs(
         assert made, name
         assert made <= set(kube.RBAC_NEEDS[name]), name
         assert set(kube.RBAC_NEEDS[name]) - made <= {("", "pods/exec", "get")}, name
+
+
+# -- base-model aliases (issue 11.2) -------------------------------------------------------
+
+
+def loradeploy_containers(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every container running the steps image: init, sidecar, each workflow template."""
+    found = {}
+    for doc in render(folder):
+        if doc["kind"] == "Deployment":
+            spec = doc["spec"]["template"]["spec"]
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                found[f"{doc['metadata']['name']}/{c['name']}"] = c
+        if doc["kind"] == "WorkflowTemplate":
+            for t in doc["spec"]["templates"]:
+                if "container" in t:
+                    found[f"{doc['metadata']['name']}/{t['name']}"] = t["container"]
+    return {k: c for k, c in found.items() if "loradeploy" in c["image"]}
+
+
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_every_loradeploy_container_reads_the_config_map(folder: Path) -> None:
+    found = loradeploy_containers(folder)
+    assert {"vllm/init-load-adapters", "vllm/reconcile", "vllm-deploy/load-adapter"} <= set(found)
+    for name, c in found.items():
+        sources = [e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])]
+        assert "loradeploy-config" in sources, name
+
+
+def test_an_fp16_mistral_adapter_is_accepted_against_the_served_awq_base(tmp_path: Path) -> None:
+    """Issue 11.2: the overlay's ConfigMap, read as the environment by load_settings, maps
+    the usual training base to the base vLLM serves, so check_compatible accepts it."""
+    from loradeploy.domain.adapter import AdapterInfo, check_compatible
+    from loradeploy.errors import IncompatibleAdapterError
+    from loradeploy.settings import load_settings
+
+    data = objects(OVERLAY)[("ConfigMap", "loradeploy-config")]["data"]
+    settings = load_settings({}, {"LORADEPLOY_HOME": str(tmp_path), **data}, tmp_path)
+    served = container("vllm", OVERLAY)["args"][2]
+    assert f"--base-model-name={served}" in container("init-load-adapters", OVERLAY)["args"]
+    assert settings.base_model_aliases == {"mistralai/Mistral-7B-v0.1": served}
+    info = AdapterInfo(
+        peft_type="LORA",
+        base_model="mistralai/Mistral-7B-v0.1",
+        rank=16,
+        alpha=32,
+        target_modules=["q_proj"],
+        files={},
+        total_bytes=0,
+    )
+    check = {"served_names": [served], "max_lora_rank": settings.max_lora_rank, "label": "adapter"}
+    check_compatible(info, base_aliases=settings.base_model_aliases, **check)
+    with pytest.raises(IncompatibleAdapterError):  # the check can fail: no alias, refused
+        check_compatible(info, base_aliases={}, **check)
+
+
+def test_a_flag_wins_over_the_config_map_and_bad_pairs_name_the_setting(tmp_path: Path) -> None:
+    from loradeploy.errors import UsageError
+    from loradeploy.settings import load_settings
+
+    env = {"LORADEPLOY_HOME": str(tmp_path), "LORADEPLOY_BASE_MODEL_ALIASES": "a=b, c=d"}
+    assert load_settings({}, env, tmp_path).base_model_aliases == {"a": "b", "c": "d"}
+    flags = {"base_model_alias": ["x=y"]}
+    assert load_settings(flags, env, tmp_path).base_model_aliases == {"x": "y"}
+    with pytest.raises(UsageError, match="LORADEPLOY_BASE_MODEL_ALIASES"):
+        load_settings({}, {**env, "LORADEPLOY_BASE_MODEL_ALIASES": "broken"}, tmp_path)
