@@ -842,6 +842,16 @@ def reconcile(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    write_manifest: Annotated[
+        bool, typer.Option("--write-manifest", help="Keep lora-modules.json equal to what is served.")
+    ] = False,
+    base_model_name: Annotated[
+        str | None, typer.Option("--base-model-name", help="Served base model, for lora-modules.json.")
+    ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option("--ready-file", help="Exists while every slot serves what its alias names (--watch)."),
+    ] = None,
 ) -> None:
     """Serve what the aliases name: live -> live slot, staged -> candidate slot, on every
     replica. Repairs missing or wrong slots; never changes aliases, never unloads."""
@@ -871,7 +881,11 @@ def reconcile(
             max_lora_rank=settings.max_lora_rank,
             base_model_aliases=settings.base_model_aliases,
             max_adapter_bytes=settings.max_adapter_bytes,
+            write_manifest=write_manifest,
+            base_model_name=base_model_name,
         )
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # not ready until a round has said so
 
         def once() -> StepResult:  # pods and clients are found again every round
             with _targets(
@@ -903,6 +917,14 @@ def reconcile(
         )
 
     def report(result: StepResult | None, error: LoraDeployError | None, delay: float) -> None:
+        if ready_file is not None:
+            from loradeploy.steps.reconcile import ready
+
+            answer = ready(result, error)
+            if answer is True:
+                ready_file.write_text(f"{time.time():.0f}\n", encoding="utf-8")
+            elif answer is False:
+                ready_file.unlink(missing_ok=True)
         if output_dir and result is not None:
             from loradeploy.results import write_outputs
 

@@ -125,26 +125,31 @@ def test_vllm_serves_the_base_model_with_runtime_lora() -> None:
     assert vllm["ports"][0] == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
 
 
-def test_the_launcher_adds_the_restored_lora_modules(tmp_path: Path) -> None:
-    """Run the vLLM container's launcher script with a fake manifest (execvp replaced)."""
+def launch(manifest: Path) -> list[str]:
+    """Run the vLLM container's launcher script on ``manifest`` (execvp replaced): the argv
+    vLLM would start with."""
     script = container("vllm")["command"][2]
-    restored = tmp_path / "slot" / "m-v1"
-    restored.mkdir(parents=True)
-    modules = [{"name": "aws-rag-qa-live", "path": str(restored)}, {"name": "gone", "path": "/nope"}]
-    manifest = tmp_path / "lora-modules.json"
-    manifest.write_text(json.dumps({"modules": modules}), encoding="utf-8")
     calls: list[list[str]] = []
-    namespace = {"__name__": "launcher"}
     patched = script.replace("/mnt/adapters/lora-modules.json", str(manifest)).replace(
         "os.execvp(argv[0], argv)", "calls.append(argv)"
     )
     saved = sys.argv
     sys.argv = ["-c", "vllm", "serve", "base"]
     try:
-        exec(compile(patched, "launcher", "exec"), {**namespace, "calls": calls})
+        exec(compile(patched, "launcher", "exec"), {"__name__": "launcher", "calls": calls})
     finally:
         sys.argv = saved
     [argv] = calls
+    return argv
+
+
+def test_the_launcher_adds_the_restored_lora_modules(tmp_path: Path) -> None:
+    restored = tmp_path / "slot" / "m-v1"
+    restored.mkdir(parents=True)
+    modules = [{"name": "aws-rag-qa-live", "path": str(restored)}, {"name": "gone", "path": "/nope"}]
+    manifest = tmp_path / "lora-modules.json"
+    manifest.write_text(json.dumps({"modules": modules}), encoding="utf-8")
+    argv = launch(manifest)
     assert argv[:3] == ["vllm", "serve", "base"]
     assert argv[3] == "--lora-modules"
     assert [json.loads(m)["name"] for m in argv[4:]] == ["aws-rag-qa-live"]
@@ -444,3 +449,115 @@ def test_a_flag_wins_over_the_config_map_and_bad_pairs_name_the_setting(tmp_path
     assert load_settings(flags, env, tmp_path).base_model_aliases == {"x": "y"}
     with pytest.raises(UsageError, match="LORADEPLOY_BASE_MODEL_ALIASES"):
         load_settings({}, {**env, "LORADEPLOY_BASE_MODEL_ALIASES": "broken"}, tmp_path)
+
+
+# -- after a vLLM restart inside the pod (issue 11.3) --------------------------------------
+
+
+def flag(args: list[str], name: str) -> str:
+    [value] = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    return value
+
+
+def test_the_sidecar_keeps_the_manifest_and_answers_readiness() -> None:
+    sidecar = container("reconcile")
+    assert "--write-manifest" in sidecar["args"]
+    assert flag(sidecar["args"], "--base-model-name") == container("vllm")["args"][2]
+    assert flag(sidecar["args"], "--adapters-root") == "/mnt/adapters"
+    marker = flag(sidecar["args"], "--ready-file")
+    assert sidecar["readinessProbe"]["exec"]["command"] == ["test", "-f", marker]
+    tmp = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    assert tmp[str(Path(marker).parent)] == "loradeploy-tmp"  # writable with a read-only root
+    # A sidecar that waits minutes between failed rounds keeps a restarted pod out of the
+    # Service that long: the backoff stays short.
+    assert float(flag(sidecar["args"], "--max-backoff")) <= 120
+
+
+def sidecar_round(registry: Any, vllm: Any, transport: Any) -> Any:
+    from loradeploy.steps.aliases import Actor
+    from loradeploy.steps.reconcile import ReconcileRequest, reconcile
+
+    args = container("reconcile")["args"]
+    request = ReconcileRequest(
+        model="aws-rag-qa",
+        slot_for_alias={"live": flag(args, "--live-slot"), "staged": flag(args, "--candidate-slot")},
+        write_manifest="--write-manifest" in args,
+        base_model_name=flag(args, "--base-model-name"),
+        max_lora_rank=64,
+    )
+    return reconcile(
+        request,
+        registry=registry,
+        replicas=[vllm],
+        transport=transport,
+        actor=Actor(who="test", step="reconcile", run_id="r"),
+    )
+
+
+def test_a_vllm_restart_starts_from_what_the_aliases_name_now(tmp_path: Path) -> None:
+    """Issue 11.3: the pod was created with live=1; live moves to 2 (promote), then back
+    to 1 (rollback). After each sidecar round the manifest names the served version, so
+    vLLM restarting inside the pod (the launcher re-reads it) starts with that version,
+    not with the one of pod creation."""
+    from loradeploy.clients.files import LocalFolderTransport
+    from loradeploy.clients.vllm import VllmClient
+    from support.fake_registry import FakeRegistry
+    from support.fakes import FakeClock, FakeVllmServer
+    from support.synthetic import write_adapter
+
+    clock = FakeClock()
+    registry = FakeRegistry(model="aws-rag-qa")
+    for version in ("1", "2"):
+        registry.add_version(version, write_adapter(tmp_path / "src" / f"v{version}", fill=int(version)))
+    transport = LocalFolderTransport(tmp_path / "adapters")
+    manifest = tmp_path / "adapters" / "lora-modules.json"
+    server = FakeVllmServer(clock=clock)
+    live = flag(container("reconcile")["args"], "--live-slot")
+    served_base = container("vllm")["args"][2]
+    local = "http://127.0.0.1:8000"
+    with VllmClient(local, transport=server.transport(), clock=clock, sleep=clock.sleep) as vllm:
+        for version in ("1", "2", "1"):
+            registry.aliases = {"live": version}
+            result = sidecar_round(registry, vllm, transport)
+            assert result.passed, result.checks
+            [module] = [json.loads(m) for m in launch(manifest)[4:]]
+            assert module == {
+                "name": live,
+                "path": server.adapters[live],
+                "base_model_name": served_base,
+            }
+            assert module["path"].endswith(f"-v{version}")
+
+
+def test_readiness_follows_the_last_round_that_could_look() -> None:
+    from loradeploy.errors import ServerUnavailableError
+    from loradeploy.results import Check, StepResult
+    from loradeploy.steps.reconcile import ready
+
+    in_sync = StepResult(step="reconcile", checks=[Check(name="live", passed=True)])
+    drift = StepResult(step="reconcile", checks=[Check(name="live", passed=False)])
+    assert ready(in_sync, None) is True
+    assert ready(drift, None) is False
+    assert ready(None, ServerUnavailableError("MLflow unreachable")) is None  # keep the last answer
+
+
+def test_a_manifest_that_cannot_be_written_makes_the_round_fail(tmp_path: Path) -> None:
+    from loradeploy.clients.vllm import VllmClient
+    from loradeploy.errors import PermanentError
+    from support.fake_registry import FakeRegistry
+    from support.fakes import FakeClock, FakeVllmServer
+
+    class Unwritable:
+        root = "/mnt/adapters"
+
+        def write_manifest(self, modules: list[dict[str, str]]) -> None:
+            raise PermanentError("adapters folder is read-only")
+
+    clock = FakeClock()
+    registry = FakeRegistry(model="aws-rag-qa")  # no alias: nothing to repair
+    server = FakeVllmServer(clock=clock)
+    local = "http://127.0.0.1:8000"
+    with VllmClient(local, transport=server.transport(), clock=clock, sleep=clock.sleep) as vllm:
+        result = sidecar_round(registry, vllm, Unwritable())
+    assert not result.passed
+    assert [c.name for c in result.checks if not c.passed] == ["lora-modules.json"]
