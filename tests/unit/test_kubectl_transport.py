@@ -7,7 +7,9 @@ sharing one volume (the fake's default identity mapping onto ``tmp_path``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -268,3 +270,27 @@ def test_staging_is_a_fresh_local_path_removed_afterwards(cluster: FakeCluster) 
         assert area.parent.is_dir()
         write_adapter(area)
     assert not area.parent.exists()
+
+
+def test_placed_folders_and_files_are_managed_by_the_pods_group(cluster: FakeCluster, tmp_path: Path) -> None:
+    """Issue 11.5: whatever user kubectl exec runs as in the vLLM container, what it
+    writes is group-writable (slot folders setgid), so the reconcile sidecar, in the pod's
+    fsGroup, can replace and delete it. The fake runs the commands here under the usual
+    umask 022, as a container does."""
+    old_umask = os.umask(0o022)
+    try:
+        kube = transport(cluster)
+        local, digests = staged_adapter(tmp_path)
+        assert kube.place(local, DEST, digests) is True
+        kube.write_manifest([{"name": "aws-rag-qa-live", "path": DEST}])
+    finally:
+        os.umask(old_umask)
+    for pod in ("pod-a", "pod-b"):
+        version = on_pod(tmp_path, pod, DEST)
+        slot = version.parent
+        assert stat.S_IMODE(slot.stat().st_mode) & 0o2070 == 0o2070, oct(slot.stat().st_mode)
+        for path in [version, *version.rglob("*"), on_pod(tmp_path, pod, f"{ROOT}/{MANIFEST}")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            wanted = 0o070 if path.is_dir() else 0o060
+            assert mode & wanted == wanted, (path, oct(mode))
+            assert mode & 0o002 == 0, (path, oct(mode))
