@@ -36,6 +36,9 @@ SERVICE_ACCOUNT = "loradeploy-workflow"
 # the steps read theirs from {{workflow.namespace}}.
 IMAGE = "loradeploy:0.1.0"
 NAMESPACE = "{{workflow.namespace}}"
+# Steps that only talk to vLLM address every Ready pod of this selector (found with
+# kubectl, like load-adapter's transport), never one random pod behind the Service.
+PODS = f"--pods={NAMESPACE}/app=vllm"
 OUT = "/tmp/out"  # every step's --output-dir
 TRANSIENT = int(ExitCode.TRANSIENT)
 RETRY_EXPRESSION = f"asInt(lastRetry.exitCode) == {TRANSIENT}"
@@ -122,7 +125,7 @@ def report(kind: str) -> Container:
         'echo "$KIND of model $MODEL: $STATUS"\n'
         'if [ "$STATUS" != "Succeeded" ]; then echo "failures: $FAILURES"; fi\n'
         'loradeploy status --model-name="$MODEL" --vllm-url="$VLLM_URL" '
-        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" || true\n'
+        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" --pods="$PODS" || true\n'
     )
     return Container(
         name="report",
@@ -136,6 +139,7 @@ def report(kind: str) -> Container:
             Env(name="VLLM_URL", value=p("vllm-url")),
             Env(name="LIVE_SLOT", value=p("live-slot")),
             Env(name="CANDIDATE_SLOT", value=p("candidate-slot")),
+            Env(name="PODS", value=PODS.split("=", 1)[1]),
             *env(),
         ],
         env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
@@ -193,6 +197,7 @@ def deploy() -> WorkflowTemplate:
                 f"--max-latency={p('max-latency')}",
                 f"--model-name={p('model-name')}",
                 "--expected-version={{inputs.parameters.version}}",
+                PODS,
             ],
             inputs=("version",),
         )
@@ -204,6 +209,7 @@ def deploy() -> WorkflowTemplate:
                 "--source=version:{{inputs.parameters.version}}",
                 f"--slot-name={p('candidate-slot')}",
                 f"--vllm-url={p('vllm-url')}",
+                PODS,
             ],
             inputs=("version",),
         )
@@ -225,6 +231,7 @@ def gate(name: str) -> Container:
             f"--candidate-slot={p('candidate-slot')}",
             f"--live-slot={p('live-slot')}",
             f"--vllm-url={p('vllm-url')}",
+            PODS,  # measures the first Ready pod and names it in its result
         ],
     )
 

@@ -154,7 +154,14 @@ def test_promote_gates_run_one_after_the_other_before_promoting() -> None:
         args = templates("vllm-promote")[gate]["container"]["args"]
         assert args[0] == gate
         flags = {a.split("=", 1)[0] for a in args[1:]}
-        assert flags == {"--model-name", "--candidate-slot", "--live-slot", "--vllm-url", "--output-dir"}
+        assert flags == {
+            "--model-name",
+            "--candidate-slot",
+            "--live-slot",
+            "--vllm-url",
+            "--output-dir",
+            "--pods",
+        }
 
 
 def test_rollback_promotes_previous() -> None:
@@ -204,3 +211,24 @@ def test_every_command_and_flag_exists_in_the_cli(name: str) -> None:
     report = templates(name)["report"]["container"]["command"][2]
     used = set(re.findall(r"(--[a-z-]+)=", report))
     assert used <= options["status"]
+
+
+VLLM_ONLY = {"smoke-test", "set-staged-alias", *GATES}  # talk to vLLM, copy no files
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_address_every_ready_pod_not_the_service(name: str) -> None:
+    """Issue 11.4: steps that copy files use the kubectl transport; the others, and the
+    exit handler's status, address every Ready pod found with kubectl in the workflow's
+    own namespace."""
+    pods = "--pods={{workflow.namespace}}/app=vllm"
+    for t in loradeploy_templates(name):
+        command, *args = t["container"]["args"]
+        if command in VLLM_ONLY:
+            assert pods in args, command
+        else:
+            assert "--transport=kubectl" in args, command
+            assert "--namespace={{workflow.namespace}}" in args, command
+    report = templates(name)["report"]["container"]
+    assert '--pods="$PODS"' in report["command"][2]
+    assert {"name": "PODS", "value": pods.split("=", 1)[1]} in report["env"]
