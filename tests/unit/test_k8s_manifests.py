@@ -561,3 +561,107 @@ def test_a_manifest_that_cannot_be_written_makes_the_round_fail(tmp_path: Path) 
         result = sidecar_round(registry, vllm, Unwritable())
     assert not result.passed
     assert [c.name for c in result.checks if not c.passed] == ["lora-modules.json"]
+
+
+# -- Pod Security Standard "restricted" (issue 11.6) ---------------------------------------
+
+ALLOWED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir",
+    "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+
+
+def restricted_violations(pod: dict[str, Any], containers: list[dict[str, Any]]) -> list[str]:
+    """What the "restricted" Pod Security Standard refuses in a pod (its admission rules,
+    as documented for Kubernetes 1.33+), plus a writable root filesystem, which this
+    project refuses too. Empty: the pod is admitted in a restricted namespace."""
+    found = []
+    context = pod.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key) is True:
+            found.append(f"pod {key}")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+
+        def effective(key: str) -> Any:
+            return sc.get(key, context.get(key))  # noqa: B023
+
+        if sc.get("privileged"):
+            found.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation not false")
+        if effective("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot not true")
+        if effective("runAsUser") == 0 or effective("runAsUser") is None:
+            found.append(f"{name}: no numeric non-zero runAsUser")
+        seccomp = (effective("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile {seccomp}")
+        capabilities = sc.get("capabilities") or {}
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: adds capabilities")
+        if any(port.get("hostPort") for port in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{name}: writable root filesystem")
+    return found
+
+
+def every_pod(folder: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Pod spec and containers of every pod the manifests create: the Deployment's, and
+    one per WorkflowTemplate template (its own pod-level context, else the workflow's)."""
+    pods = {}
+    for doc in render(folder):
+        if doc["kind"] == "Deployment":
+            spec = doc["spec"]["template"]["spec"]
+            pods[doc["metadata"]["name"]] = (spec, spec.get("initContainers", []) + spec["containers"])
+        if doc["kind"] == "WorkflowTemplate":
+            for t in doc["spec"]["templates"]:
+                if "container" in t:
+                    pod = {
+                        "securityContext": t.get("securityContext", doc["spec"].get("securityContext")),
+                        "volumes": doc["spec"].get("volumes", []),
+                    }
+                    pods[f"{doc['metadata']['name']}/{t['name']}"] = (
+                        pod,
+                        [{"name": t["name"], **t["container"]}],
+                    )
+    return pods
+
+
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_every_pod_meets_the_restricted_pod_security_standard(folder: Path) -> None:
+    pods = every_pod(folder)
+    assert "vllm" in pods and len(pods) >= 8
+    assert {
+        pod: restricted_violations(*spec) for pod, spec in pods.items() if restricted_violations(*spec)
+    } == {}
+
+
+def test_the_restricted_check_can_fail() -> None:
+    spec, containers = copy.deepcopy(every_pod(BASE)["vllm"])
+    vllm = next(c for c in containers if c["name"] == "vllm")
+    vllm["securityContext"] = {"allowPrivilegeEscalation": False}  # as it was before issue 11
+    del spec["securityContext"]["runAsNonRoot"]
+    found = restricted_violations(spec, containers)
+    assert "vllm: capabilities not dropped" in found
+    assert "vllm: runAsNonRoot not true" in found
+    assert "vllm: writable root filesystem" in found
+
+
+def test_vllm_writes_only_to_its_volumes() -> None:
+    """A read-only root filesystem: HOME and every cache vLLM, torch, Triton and Hugging
+    Face write lie on a mounted volume."""
+    vllm = container("vllm")
+    mounts = [m["mountPath"] for m in vllm["volumeMounts"]]
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    for key in ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert any(env[key] == m or env[key].startswith(m.rstrip("/") + "/") for m in mounts), key
+    assert env["USER"]  # getpass.getuser() without a passwd entry for uid 10001
