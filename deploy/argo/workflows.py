@@ -41,7 +41,16 @@ NAMESPACE = "{{workflow.namespace}}"
 PODS = f"--pods={NAMESPACE}/app=vllm"
 OUT = "/tmp/out"  # every step's --output-dir
 TRANSIENT = int(ExitCode.TRANSIENT)
-RETRY_EXPRESSION = f"asInt(lastRetry.exitCode) == {TRANSIENT}"
+# Retried: loradeploy's transient failures (exit 75), and failures of the infrastructure
+# (eviction, preemption, node loss: status Error, no exit code of ours). Argo retries only
+# when retryPolicy and expression both agree, so the policy is Always. Every step is
+# idempotent (a retry finds the work done and verifies it).
+RETRY_EXPRESSION = f'lastRetry.status == "Error" || asInt(lastRetry.exitCode) == {TRANSIENT}'
+USER = 10001  # the steps image's numeric user (deploy/docker/Dockerfile)
+WORKFLOW_DEADLINE_S = 3 * 3600  # a hung workflow fails, and releases the model's mutex
+STEP_DEADLINE_S = 3600  # one attempt of one step
+KEEP_SUCCEEDED_S = 24 * 3600
+KEEP_FAILED_S = 7 * 24 * 3600
 # The per-value files write_outputs() creates (StepResult.outputs), plus result.json.
 OUTPUT_FILES = tuple(StepResult(step="x", model="m", version="1", slot="s", source="alias:a").outputs())
 
@@ -62,13 +71,50 @@ def mutex() -> m.Synchronization:
 
 
 def retry() -> RetryStrategy:
-    """Retry only what loradeploy calls transient (exit 75), with a growing pause."""
+    """Retry transient failures (exit 75) and infrastructure errors, with a growing pause."""
     return RetryStrategy(
         limit="3",
-        retry_policy="OnFailure",
+        retry_policy="Always",
         expression=RETRY_EXPRESSION,
         backoff=m.Backoff(duration="30s", factor=m.IntOrString(2), max_duration="10m"),
     )
+
+
+def pod_security() -> m.PodSecurityContext:
+    """Pod Security Standard "restricted" for every workflow pod."""
+    return m.PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=USER,
+        run_as_group=USER,
+        fs_group=USER,
+        seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security() -> m.SecurityContext:
+    return m.SecurityContext(
+        run_as_non_root=True,
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        capabilities=m.Capabilities(drop=["ALL"]),
+    )
+
+
+def resources(memory_limit: str) -> m.ResourceRequirements:
+    return m.ResourceRequirements(
+        requests={
+            "cpu": m.Quantity("100m"),
+            "memory": m.Quantity("256Mi"),
+            "ephemeral-storage": m.Quantity("1Gi"),
+        },
+        limits={"memory": m.Quantity(memory_limit), "ephemeral-storage": m.Quantity("8Gi")},
+    )
+
+
+# The root filesystem is read-only: /tmp (downloads, the results folder, kubectl's cache
+# under HOME) is an emptyDir. Adapters of several GB are staged here: raise its limit.
+TMP = m.VolumeMount(name="tmp", mount_path="/tmp")
+TMP_VOLUME = m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource(size_limit=m.Quantity("8Gi")))
 
 
 def env() -> list[Env | m.EnvVar]:
@@ -81,7 +127,11 @@ def env() -> list[Env | m.EnvVar]:
         )
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     ]
-    return [Env(name="LORADEPLOY_ACTOR", value="argo:{{workflow.name}}"), *secret]
+    return [
+        Env(name="LORADEPLOY_ACTOR", value="argo:{{workflow.name}}"),
+        Env(name="HOME", value="/tmp"),
+        *secret,
+    ]
 
 
 def outputs() -> list[Parameter]:
@@ -104,15 +154,11 @@ def step(name: str, args: list[str], inputs: tuple[str, ...] = ()) -> Container:
         inputs=[Parameter(name=i) for i in inputs] or None,
         outputs=outputs(),
         retry_strategy=retry(),
-        security_context=m.SecurityContext(
-            run_as_non_root=True,
-            allow_privilege_escalation=False,
-            capabilities=m.Capabilities(drop=["ALL"]),
-        ),
-        resources=m.ResourceRequirements(
-            requests={"cpu": m.Quantity("100m"), "memory": m.Quantity("256Mi")},
-            limits={"memory": m.Quantity("2Gi")},
-        ),
+        active_deadline_seconds=STEP_DEADLINE_S,
+        pod_security_context=pod_security(),
+        security_context=container_security(),
+        resources=resources("2Gi"),
+        volume_mounts=[TMP],
     )
 
 
@@ -143,7 +189,11 @@ def report(kind: str) -> Container:
             *env(),
         ],
         env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
-        security_context=m.SecurityContext(run_as_non_root=True, allow_privilege_escalation=False),
+        active_deadline_seconds=600,
+        pod_security_context=pod_security(),
+        security_context=container_security(),
+        resources=resources("1Gi"),
+        volume_mounts=[TMP],
     )
 
 
@@ -157,6 +207,13 @@ def template(name: str, description: str, parameters: dict[str, str]) -> Workflo
         service_account_name=SERVICE_ACCOUNT,
         synchronization=mutex(),
         arguments=[Parameter(name=k, value=v) for k, v in parameters.items()],
+        security_context=pod_security(),
+        volumes=[TMP_VOLUME],
+        active_deadline_seconds=WORKFLOW_DEADLINE_S,
+        ttl_strategy=m.TTLStrategy(
+            seconds_after_success=KEEP_SUCCEEDED_S, seconds_after_failure=KEEP_FAILED_S
+        ),
+        pod_gc=m.PodGC(strategy="OnPodSuccess"),
     )
 
 

@@ -105,14 +105,33 @@ def test_one_mutex_per_model_in_the_v4_form(name: str) -> None:
     assert not re.search(r"^\s*(mutex|semaphore):", text, re.MULTILINE)  # removed in Argo v4
 
 
+def retried(expression: str, status: str, exit_code: str) -> bool:
+    """Evaluate a retry expression of the form the templates use (``||``, ``==``,
+    ``asInt``, ``lastRetry.status``/``exitCode``) for one failed attempt."""
+    python = expression.replace("||", " or ").replace("&&", " and ").replace("asInt(", "int(")
+    names = set(re.findall(r"[A-Za-z_.]+", re.sub(r'"[^"]*"', "", python)))
+    assert names <= {"or", "and", "int", "lastRetry.status", "lastRetry.exitCode"}, names
+    python = python.replace("lastRetry.status", "status").replace("lastRetry.exitCode", "exit_code")
+    return bool(eval(python, {"int": int}, {"status": status, "exit_code": exit_code}))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_steps_retry_only_the_transient_exit_code(name: str) -> None:
+def test_steps_retry_transient_failures_and_infrastructure_errors(name: str) -> None:
+    """Issue 11.9: exit 75 and infrastructure errors (evicted, preempted, node lost: status
+    Error) are retried; a failed check (1), a usage error (2) or a permanent one (3) is not.
+    Argo retries only when policy and expression agree, hence Always."""
     steps = loradeploy_templates(name)
     assert steps
+    transient = str(int(ExitCode.TRANSIENT))
     for t in steps:
         strategy = t["retryStrategy"]
-        assert strategy["expression"] == f"asInt(lastRetry.exitCode) == {int(ExitCode.TRANSIENT)}"
+        assert strategy["retryPolicy"] == "Always"
         assert int(strategy["limit"]) >= 1
+        expression = strategy["expression"]
+        assert retried(expression, "Failed", transient)
+        assert retried(expression, "Error", "-1")
+        for code in ("1", "2", "3"):
+            assert not retried(expression, "Failed", code), code
     assert "retryStrategy" not in templates(name)["report"]
 
 
@@ -232,3 +251,38 @@ def test_steps_address_every_ready_pod_not_the_service(name: str) -> None:
     report = templates(name)["report"]["container"]
     assert '--pods="$PODS"' in report["command"][2]
     assert {"name": "PODS", "value": pods.split("=", 1)[1]} in report["env"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_hung_workflow_cannot_hold_the_mutex_forever(name: str) -> None:
+    """Issue 11.9: a deadline for the workflow and for each attempt of a step, and the
+    finished workflow and its pods cleaned up."""
+    spec = committed(name)["spec"]
+    assert 0 < int(spec["activeDeadlineSeconds"]) <= 6 * 3600
+    assert spec["ttlStrategy"]["secondsAfterSuccess"] > 0
+    assert spec["ttlStrategy"]["secondsAfterFailure"] >= spec["ttlStrategy"]["secondsAfterSuccess"]
+    assert spec["podGC"]["strategy"] in ("OnPodSuccess", "OnPodCompletion", "OnWorkflowSuccess")
+    for t in templates(name).values():
+        if "container" in t:
+            assert 0 < int(t["activeDeadlineSeconds"]) <= int(spec["activeDeadlineSeconds"]), t["name"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_template_has_a_pod_security_context_and_resources(name: str) -> None:
+    """A namespace with a ResourceQuota or the restricted Pod Security Standard admits
+    every pod, the exit handler's included."""
+    spec = committed(name)["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for t in templates(name).values():
+        if "container" not in t:
+            continue
+        context = t["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0, t["name"]
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, t["name"]
+        resources = t["container"]["resources"]
+        assert {"cpu", "memory", "ephemeral-storage"} <= set(resources["requests"]), t["name"]
+        assert {"memory", "ephemeral-storage"} <= set(resources["limits"]), t["name"]
+        # Outputs on the emptyDir (read-only root filesystem, as Argo's empty-dir docs advise).
+        mounts = {m["mountPath"]: m["name"] for m in t["container"].get("volumeMounts", [])}
+        assert mounts.get("/tmp") == "tmp", t["name"]
+    assert [v["name"] for v in spec["volumes"]] == ["tmp"]
