@@ -97,7 +97,11 @@ def test_every_manifest_file_is_part_of_a_kustomization() -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
-@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+@pytest.mark.parametrize(
+    "folder",
+    [BASE, OVERLAY, K8S / "optional" / "restart-deployment"],
+    ids=["base", "overlay", "restart-deployment"],
+)
 def test_the_python_renderer_agrees_with_kubectl_kustomize(folder: Path) -> None:
     done = subprocess.run(
         ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=True
@@ -282,15 +286,42 @@ def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
-def test_the_workflow_role_grants_exactly_what_the_code_needs() -> None:
+RESTART = K8S / "optional" / "restart-deployment"
+
+
+def test_the_workflow_role_grants_exactly_what_the_workflows_need() -> None:
+    """Issue 11.7: the always-applied Role holds what every call but restart-deployment's
+    needs; nothing about Deployments, no Lease (the lock lives in the registry)."""
     rules = role_rules("loradeploy-workflow")
     cluster = granted([r for r in rules if r["apiGroups"] != ["argoproj.io"]])
-    assert cluster == kube.rbac_rules()
+    assert cluster == kube.rbac_rules(set(kube.RBAC_NEEDS) - kube.RESTART_CALLS)
     argo = granted([r for r in rules if r["apiGroups"] == ["argoproj.io"]])
     assert argo == {("argoproj.io", "workflowtaskresults", v) for v in ("create", "patch")}
     assert all("*" not in str(rule) for rule in rules)
-    [deployments] = [r for r in rules if r["resources"] == ["deployments"]]
-    assert deployments["resourceNames"] == ["vllm"]
+    assert not [r for r in rules if "deployments" in r["resources"] or "leases" in r["resources"]]
+
+
+def test_the_opt_in_restart_role_grants_exactly_what_restart_deployment_needs() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render(RESTART)}
+    rules = docs[("Role", "loradeploy-restart")]["rules"]
+    assert granted(rules) == kube.rbac_rules(kube.RESTART_CALLS)
+    assert [r["resourceNames"] for r in rules] == [["vllm"]]
+    assert docs[("RoleBinding", "loradeploy-restart")]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "loradeploy-workflow", "namespace": "ml-models"}
+    ]
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {"ml-models"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+    # Together the two Roles grant exactly what the code declares.
+    base = granted([r for r in role_rules("loradeploy-workflow") if r["apiGroups"] != ["argoproj.io"]])
+    assert base | granted(rules) == kube.rbac_rules()
+
+
+def test_the_workflows_never_run_restart_deployment() -> None:
+    """The restart Role is opt-in because no WorkflowTemplate needs it."""
+    for doc in render(BASE):
+        if doc["kind"] == "WorkflowTemplate":
+            assert "restart-deployment" not in json.dumps(doc)
 
 
 def test_every_kube_api_call_has_its_rbac_needs_listed() -> None:
