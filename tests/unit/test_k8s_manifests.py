@@ -254,7 +254,8 @@ def test_the_overlay_changes_image_and_replicas_only_where_told() -> None:
     base, overlay = objects(BASE), objects(OVERLAY)
     assert overlay[("Deployment", "vllm")]["spec"]["replicas"] == 2
     assert container("reconcile", OVERLAY)["image"] == overlay_image("loradeploy")
-    assert set(base) == set(overlay)
+    assert set(overlay) - set(base) == {("PersistentVolumeClaim", "vllm-model-cache")}
+    assert set(base) <= set(overlay)
 
 
 def test_every_object_is_in_one_namespace() -> None:
@@ -696,3 +697,64 @@ def test_vllm_writes_only_to_its_volumes() -> None:
     for key in ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         assert any(env[key] == m or env[key].startswith(m.rstrip("/") + "/") for m in mounts), key
     assert env["USER"]  # getpass.getuser() without a passwd entry for uid 10001
+
+
+# -- availability (issue 11.8) -------------------------------------------------------------
+
+
+def gibibytes(quantity: str) -> float:
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "Ti": 2**10}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    raise AssertionError(f"quantity {quantity!r}: use Ki, Mi, Gi or Ti")
+
+
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_a_disruption_takes_at_most_one_pod_and_replicas_spread_over_nodes(folder: Path) -> None:
+    found = objects(folder)
+    labels = found[("Deployment", "vllm")]["spec"]["template"]["metadata"]["labels"]
+    pdb = found[("PodDisruptionBudget", "vllm")]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [spread] = pod_spec(folder)["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_in_flight_requests_finish_before_vllm_stops() -> None:
+    spec, vllm = pod_spec(), container("vllm")
+    pause = vllm["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 5 <= pause < spec["terminationGracePeriodSeconds"] - 30  # and time left to drain
+
+
+@pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_the_scheduler_accounts_for_every_emptydir(folder: Path) -> None:
+    """The disk the pod's emptyDirs may fill is requested (ephemeral-storage), so the
+    scheduler places the pod where that disk is."""
+    spec = pod_spec(folder)
+    on_disk = sum(
+        gibibytes(v["emptyDir"]["sizeLimit"])
+        for v in spec["volumes"]
+        if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+    )
+    requested = sum(
+        gibibytes(c["resources"]["requests"].get("ephemeral-storage", "0Gi"))
+        for c in spec["containers"]  # init containers run before, and reuse the same disk
+    )
+    assert on_disk > 0 and requested >= on_disk, (requested, on_disk)
+
+
+def test_the_overlay_keeps_the_model_cache_across_pods_and_schedules_on_gpu_nodes() -> None:
+    found = objects(OVERLAY)
+    spec = pod_spec(OVERLAY)
+    [cache] = [v for v in spec["volumes"] if v["name"] == "model-cache"]
+    claim = found[("PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every replica mounts it
+    assert {"model-cache": "/cache"}.items() <= {
+        m["name"]: m["mountPath"] for m in container("vllm", OVERLAY)["volumeMounts"]
+    }.items()
+    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["nodeSelector"] and spec["runtimeClassName"]
