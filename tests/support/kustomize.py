@@ -11,6 +11,7 @@ kustomize must render the same objects (tests/unit/test_k8s_manifests.py).
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,13 @@ import yaml
 
 SUPPORTED = {"apiVersion", "kind", "namespace", "resources", "images", "patches", "configurations"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+@functools.cache
+def _documents(path: Path, mtime_ns: int) -> list[dict[str, Any]]:
+    """The YAML documents of one file, parsed once per version of it (C loader if built)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [d for d in yaml.load_all(path.read_text(encoding="utf-8"), Loader=loader) if d]
 
 
 def _spec(folder: Path) -> dict[str, Any]:
@@ -51,7 +59,7 @@ def render(folder: Path) -> list[dict[str, Any]]:
         if path.is_dir():
             docs += render(path)
         else:
-            docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+            docs += copy.deepcopy(_documents(path, path.stat().st_mtime_ns))
     if spec.get("namespace"):
         _set_namespace(docs, spec["namespace"])
     field_specs = image_field_specs(folder)
