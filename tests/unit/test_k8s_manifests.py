@@ -11,6 +11,7 @@ import ast
 import copy
 import inspect
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def test_vllm_serves_the_base_model_with_runtime_lora() -> None:
     assert args[:3] == ["vllm", "serve", "TheBloke/Mistral-7B-v0.1-AWQ"]
     assert "--enable-lora" in args
     flags = {a.split("=", 1)[0] for a in args}
-    assert {"--max-loras", "--max-lora-rank", "--max-cpu-loras", "--quantization"} <= flags
+    assert {"--max-loras", "--max-lora-rank", "--max-cpu-loras"} <= flags
+    # Issue 11.10: the AWQ kernel is vLLM's choice (awq_marlin where it can), never forced.
+    assert [a for a in args if a.startswith("--quantization")] in ([], ["--quantization=awq_marlin"])
     env = {e["name"]: e.get("value") for e in vllm["env"]}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -758,3 +761,14 @@ def test_the_overlay_keeps_the_model_cache_across_pods_and_schedules_on_gpu_node
     assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["nodeSelector"] and spec["runtimeClassName"]
+
+
+# -- hardening (issue 11.10) ---------------------------------------------------------------
+
+
+def test_every_image_of_the_overlay_is_pinned_by_digest() -> None:
+    pinned = re.compile(r"[a-z0-9./-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}")
+    found = set().union(*(images(doc) for doc in render(OVERLAY)))
+    assert len(found) == 2
+    for image in found:
+        assert pinned.fullmatch(image), image
