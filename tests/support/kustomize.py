@@ -72,6 +72,8 @@ def render(folder: Path) -> list[dict[str, Any]]:
 
 def _set_namespace(docs: list[dict[str, Any]], namespace: str) -> None:
     for doc in docs:
+        if doc["kind"] == "Namespace":
+            doc["metadata"]["name"] = namespace  # as kustomize does
         if doc["kind"] not in CLUSTER_SCOPED:
             doc["metadata"]["namespace"] = namespace
         if doc["kind"] in ("RoleBinding", "ClusterRoleBinding"):

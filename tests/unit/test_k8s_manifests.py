@@ -862,3 +862,24 @@ def test_only_this_namespace_and_labelled_clients_reach_vllm() -> None:
     [rule] = policy["ingress"]
     assert {"podSelector": {}} in rule["from"]  # the workflow steps, addressing each pod
     assert rule["ports"] == [{"port": container("vllm")["ports"][0]["name"], "protocol": "TCP"}]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
+def test_an_overlay_moves_every_object_to_its_namespace(tmp_path: Path) -> None:
+    """Issue 11.9: nothing hard-codes ml-models: kubectl kustomize of an overlay with
+    another namespace puts every object, the workflows and the RoleBinding's subject there."""
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    overlay = tmp_path / "deploy" / "k8s" / "overlays" / "example"
+    spec = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
+    spec["namespace"] = "team-llm"
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=True
+    )
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert namespaces == {"team-llm"}
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"] == ["team-llm"]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["subjects"][0]["namespace"] == "team-llm"
+    assert "ml-models" not in done.stdout
