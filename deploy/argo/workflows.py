@@ -29,18 +29,34 @@ from loradeploy.results import StepResult
 HERE = Path(__file__).resolve().parent
 HEADER = "# Rendered from deploy/argo/workflows.py by 'make workflows'. Do not edit by hand.\n"
 
-NAMESPACE = "ml-models"
 SERVICE_ACCOUNT = "loradeploy-workflow"
-IMAGE = "loradeploy:0.1.0"  # the steps image (Dockerfile); change here, then make workflows
+# The steps image as the base names it. Never changed here: an overlay's `images:` entry
+# rewrites it in every template (deploy/k8s/base/kustomizeconfig.yaml), as it does for
+# the vLLM pod's init container and sidecar. No namespace either: kustomize sets it, and
+# the steps read theirs from {{workflow.namespace}}.
+IMAGE = "loradeploy:0.1.0"
+NAMESPACE = "{{workflow.namespace}}"
+# Steps that only talk to vLLM address every Ready pod of this selector (found with
+# kubectl, like load-adapter's transport), never one random pod behind the Service.
+PODS = f"--pods={NAMESPACE}/app=vllm"
 OUT = "/tmp/out"  # every step's --output-dir
 TRANSIENT = int(ExitCode.TRANSIENT)
-RETRY_EXPRESSION = f"asInt(lastRetry.exitCode) == {TRANSIENT}"
+# Retried: loradeploy's transient failures (exit 75), and failures of the infrastructure
+# (eviction, preemption, node loss: status Error, no exit code of ours). Argo retries only
+# when retryPolicy and expression both agree, so the policy is Always. Every step is
+# idempotent (a retry finds the work done and verifies it).
+RETRY_EXPRESSION = f'lastRetry.status == "Error" || asInt(lastRetry.exitCode) == {TRANSIENT}'
+USER = 10001  # the steps image's numeric user (deploy/docker/Dockerfile)
+WORKFLOW_DEADLINE_S = 3 * 3600  # a hung workflow fails, and releases the model's mutex
+STEP_DEADLINE_S = 3600  # one attempt of one step
+KEEP_SUCCEEDED_S = 24 * 3600
+KEEP_FAILED_S = 7 * 24 * 3600
 # The per-value files write_outputs() creates (StepResult.outputs), plus result.json.
 OUTPUT_FILES = tuple(StepResult(step="x", model="m", version="1", slot="s", source="alias:a").outputs())
 
 # The specification's defaults (seed: vllm-deployment-scripts.md).
 MODEL = "mistral-7b-lora"
-VLLM_URL = "http://vllm-service.ml-models:8000"
+VLLM_URL = "http://vllm-service:8000"  # the Service in the workflow's namespace
 LIVE_SLOT = "aws-rag-qa-live"
 CANDIDATE_SLOT = "aws-rag-qa-candidate"
 
@@ -55,13 +71,50 @@ def mutex() -> m.Synchronization:
 
 
 def retry() -> RetryStrategy:
-    """Retry only what loradeploy calls transient (exit 75), with a growing pause."""
+    """Retry transient failures (exit 75) and infrastructure errors, with a growing pause."""
     return RetryStrategy(
         limit="3",
-        retry_policy="OnFailure",
+        retry_policy="Always",
         expression=RETRY_EXPRESSION,
         backoff=m.Backoff(duration="30s", factor=m.IntOrString(2), max_duration="10m"),
     )
+
+
+def pod_security() -> m.PodSecurityContext:
+    """Pod Security Standard "restricted" for every workflow pod."""
+    return m.PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=USER,
+        run_as_group=USER,
+        fs_group=USER,
+        seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security() -> m.SecurityContext:
+    return m.SecurityContext(
+        run_as_non_root=True,
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        capabilities=m.Capabilities(drop=["ALL"]),
+    )
+
+
+def resources(memory_limit: str) -> m.ResourceRequirements:
+    return m.ResourceRequirements(
+        requests={
+            "cpu": m.Quantity("100m"),
+            "memory": m.Quantity("256Mi"),
+            "ephemeral-storage": m.Quantity("1Gi"),
+        },
+        limits={"memory": m.Quantity(memory_limit), "ephemeral-storage": m.Quantity("8Gi")},
+    )
+
+
+# The root filesystem is read-only: /tmp (downloads, the results folder, kubectl's cache
+# under HOME) is an emptyDir. Adapters of several GB are staged here: raise its limit.
+TMP = m.VolumeMount(name="tmp", mount_path="/tmp")
+TMP_VOLUME = m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource(size_limit=m.Quantity("8Gi")))
 
 
 def env() -> list[Env | m.EnvVar]:
@@ -74,7 +127,11 @@ def env() -> list[Env | m.EnvVar]:
         )
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     ]
-    return [Env(name="LORADEPLOY_ACTOR", value="argo:{{workflow.name}}"), *secret]
+    return [
+        Env(name="LORADEPLOY_ACTOR", value="argo:{{workflow.name}}"),
+        Env(name="HOME", value="/tmp"),
+        *secret,
+    ]
 
 
 def outputs() -> list[Parameter]:
@@ -97,15 +154,11 @@ def step(name: str, args: list[str], inputs: tuple[str, ...] = ()) -> Container:
         inputs=[Parameter(name=i) for i in inputs] or None,
         outputs=outputs(),
         retry_strategy=retry(),
-        security_context=m.SecurityContext(
-            run_as_non_root=True,
-            allow_privilege_escalation=False,
-            capabilities=m.Capabilities(drop=["ALL"]),
-        ),
-        resources=m.ResourceRequirements(
-            requests={"cpu": m.Quantity("100m"), "memory": m.Quantity("256Mi")},
-            limits={"memory": m.Quantity("2Gi")},
-        ),
+        active_deadline_seconds=STEP_DEADLINE_S,
+        pod_security_context=pod_security(),
+        security_context=container_security(),
+        resources=resources("2Gi"),
+        volume_mounts=[TMP],
     )
 
 
@@ -118,7 +171,7 @@ def report(kind: str) -> Container:
         'echo "$KIND of model $MODEL: $STATUS"\n'
         'if [ "$STATUS" != "Succeeded" ]; then echo "failures: $FAILURES"; fi\n'
         'loradeploy status --model-name="$MODEL" --vllm-url="$VLLM_URL" '
-        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" || true\n'
+        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" --pods="$PODS" || true\n'
     )
     return Container(
         name="report",
@@ -132,17 +185,21 @@ def report(kind: str) -> Container:
             Env(name="VLLM_URL", value=p("vllm-url")),
             Env(name="LIVE_SLOT", value=p("live-slot")),
             Env(name="CANDIDATE_SLOT", value=p("candidate-slot")),
+            Env(name="PODS", value=PODS.split("=", 1)[1]),
             *env(),
         ],
         env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
-        security_context=m.SecurityContext(run_as_non_root=True, allow_privilege_escalation=False),
+        active_deadline_seconds=600,
+        pod_security_context=pod_security(),
+        security_context=container_security(),
+        resources=resources("1Gi"),
+        volume_mounts=[TMP],
     )
 
 
 def template(name: str, description: str, parameters: dict[str, str]) -> WorkflowTemplate:
     return WorkflowTemplate(
         name=name,
-        namespace=NAMESPACE,
         annotations={"workflows.argoproj.io/description": description},
         labels={"app.kubernetes.io/part-of": "loradeploy"},
         entrypoint="main",
@@ -150,6 +207,13 @@ def template(name: str, description: str, parameters: dict[str, str]) -> Workflo
         service_account_name=SERVICE_ACCOUNT,
         synchronization=mutex(),
         arguments=[Parameter(name=k, value=v) for k, v in parameters.items()],
+        security_context=pod_security(),
+        volumes=[TMP_VOLUME],
+        active_deadline_seconds=WORKFLOW_DEADLINE_S,
+        ttl_strategy=m.TTLStrategy(
+            seconds_after_success=KEEP_SUCCEEDED_S, seconds_after_failure=KEEP_FAILED_S
+        ),
+        pod_gc=m.PodGC(strategy="OnPodSuccess"),
     )
 
 
@@ -177,6 +241,7 @@ def deploy() -> WorkflowTemplate:
                 f"--source={p('source')}",
                 f"--slot-name={p('candidate-slot')}",
                 "--transport=kubectl",
+                f"--namespace={NAMESPACE}",
             ],
         )
         smoke = step(
@@ -189,6 +254,7 @@ def deploy() -> WorkflowTemplate:
                 f"--max-latency={p('max-latency')}",
                 f"--model-name={p('model-name')}",
                 "--expected-version={{inputs.parameters.version}}",
+                PODS,
             ],
             inputs=("version",),
         )
@@ -200,6 +266,7 @@ def deploy() -> WorkflowTemplate:
                 "--source=version:{{inputs.parameters.version}}",
                 f"--slot-name={p('candidate-slot')}",
                 f"--vllm-url={p('vllm-url')}",
+                PODS,
             ],
             inputs=("version",),
         )
@@ -221,6 +288,7 @@ def gate(name: str) -> Container:
             f"--candidate-slot={p('candidate-slot')}",
             f"--live-slot={p('live-slot')}",
             f"--vllm-url={p('vllm-url')}",
+            PODS,  # measures the first Ready pod and names it in its result
         ],
     )
 
@@ -234,6 +302,7 @@ def promote_step(source_alias: str, reason: str) -> Container:
             f"--source-alias={source_alias}",
             f"--live-slot={p('live-slot')}",
             "--transport=kubectl",
+            f"--namespace={NAMESPACE}",
             f"--reason={reason}",
         ],
     )

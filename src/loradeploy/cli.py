@@ -254,6 +254,47 @@ def _targets(settings: Settings, where: _Where) -> Iterator[tuple[Any, list[Any]
         yield chosen, [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
 
 
+PodsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pods",
+        help="NAMESPACE/SELECTOR: address every Ready pod directly (found with kubectl), "
+        "not the --vllm-url Service.",
+    ),
+]
+
+
+def _pod_urls(pods: str | None, container: str, kubectl: str) -> list[str]:
+    """One URL per Ready pod for ``--pods NAMESPACE/SELECTOR``, found as load-adapter's
+    kubectl transport finds them; empty without ``--pods``."""
+    if not pods:
+        return []
+    namespace, sep, selector = pods.partition("/")
+    if not sep or not namespace or not selector:
+        raise UsageError(
+            f"--pods {pods!r} is not NAMESPACE/SELECTOR", hint="pass e.g. --pods ml-models/app=vllm"
+        )
+    from loradeploy.clients.files import KubectlTransport
+    from loradeploy.clients.kube import KubectlApi
+
+    urls: list[str] = KubectlTransport(
+        KubectlApi(kubectl=kubectl), namespace, selector, container
+    ).replica_urls()
+    return urls
+
+
+def _on_every_pod(urls: list[str], run: Callable[[str], StepResult]) -> StepResult:
+    """``run`` once per pod URL, as one result: each check named after its pod."""
+    by_pod = {url: run(url) for url in urls}
+    merged = by_pod[urls[0]].model_copy(deep=True)
+    merged.checks = [
+        c.model_copy(update={"name": f"{c.name}@{url}"}) for url, r in by_pod.items() for c in r.checks
+    ]
+    merged.details = {"pods": urls, "per_pod": {url: r.details for url, r in by_pod.items()}}
+    merged.timings_s = {f"{k}@{url}": v for url, r in by_pod.items() for k, v in r.timings_s.items()}
+    return merged
+
+
 @app.command()
 def version() -> None:
     """Print the loradeploy version."""
@@ -394,6 +435,9 @@ def smoke_test(
     output_dir: OutputDir = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    pods: PodsOpt = None,
+    container: Container = "vllm",
+    kubectl: Kubectl = "kubectl",
 ) -> None:
     """Step 2: send test prompts to the adapter; check answers, latency, that it is active."""
 
@@ -408,19 +452,24 @@ def smoke_test(
             names.parse_source(f"version:{expected_version}")
         probes = read_probes(prompts_file) if prompts_file else default_probes()
         settings = _settings(vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle)
-        with _vllm(settings) as vllm, err.status(f"smoke-testing {adapter_name}"):
-            return step(
-                vllm,
-                adapter=adapter_name,
-                num_requests=num_requests,
-                max_latency_s=max_latency,
-                probes=probes,
-                max_tokens=max_tokens,
-                compare_base=compare_base,
-                min_different=min_different,
-                expected_model=model_name,
-                expected_version=expected_version,
-            )
+
+        def run(url: str | None) -> StepResult:
+            with _vllm(settings, url) as vllm, err.status(f"smoke-testing {adapter_name} at {url or 'vLLM'}"):
+                return step(
+                    vllm,
+                    adapter=adapter_name,
+                    num_requests=num_requests,
+                    max_latency_s=max_latency,
+                    probes=probes,
+                    max_tokens=max_tokens,
+                    compare_base=compare_base,
+                    min_different=min_different,
+                    expected_model=model_name,
+                    expected_version=expected_version,
+                )
+
+        urls = _pod_urls(pods, container, kubectl)
+        return _on_every_pod(urls, run) if urls else run(None)
 
     _run("smoke-test", output_dir, action)
 
@@ -437,6 +486,9 @@ def set_staged_alias(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    pods: PodsOpt = None,
+    container: Container = "vllm",
+    kubectl: Kubectl = "kubectl",
 ) -> None:
     """Step 3: set 'staged' on the deployed version (refused if the slot serves another)."""
 
@@ -452,7 +504,7 @@ def set_staged_alias(
             api_key=api_key,
             ca_bundle=ca_bundle,
         )
-        urls = _replica_urls(settings, vllm_url)
+        urls = _pod_urls(pods, container, kubectl) or _replica_urls(settings, vllm_url)
         with ExitStack() as stack:
             replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
             return step(
@@ -702,6 +754,9 @@ def status(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    pods: PodsOpt = None,
+    container: Container = "vllm",
+    kubectl: Kubectl = "kubectl",
 ) -> None:
     """Aliases next to what every replica serves; drift is marked and exits 1."""
 
@@ -712,9 +767,8 @@ def status(
         slots = {"live": names.slot_name(live_slot), "staged": names.slot_name(candidate_slot)}
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
         with ExitStack() as stack:
-            replicas = [
-                stack.enter_context(_vllm(settings, url)) for url in _replica_urls(settings, vllm_url)
-            ]
+            urls = _pod_urls(pods, container, kubectl) or _replica_urls(settings, vllm_url)
+            replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
             return step(_registry(settings), replicas, model=model_name, slot_for_alias=slots)
 
     _run("status", output_dir, action, _render_status)
@@ -848,6 +902,16 @@ def reconcile(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    write_manifest: Annotated[
+        bool, typer.Option("--write-manifest", help="Keep lora-modules.json equal to what is served.")
+    ] = False,
+    base_model_name: Annotated[
+        str | None, typer.Option("--base-model-name", help="Served base model, for lora-modules.json.")
+    ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option("--ready-file", help="Exists while every slot serves what its alias names (--watch)."),
+    ] = None,
 ) -> None:
     """Serve what the aliases name: live -> live slot, staged -> candidate slot, on every
     replica. Repairs missing or wrong slots; never changes aliases, never unloads."""
@@ -877,7 +941,11 @@ def reconcile(
             max_lora_rank=settings.max_lora_rank,
             base_model_aliases=settings.base_model_aliases,
             max_adapter_bytes=settings.max_adapter_bytes,
+            write_manifest=write_manifest,
+            base_model_name=base_model_name,
         )
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # not ready until a round has said so
 
         def once() -> StepResult:  # pods and clients are found again every round
             with _targets(
@@ -909,6 +977,14 @@ def reconcile(
         )
 
     def report(result: StepResult | None, error: LoraDeployError | None, delay: float) -> None:
+        if ready_file is not None:
+            from loradeploy.steps.reconcile import ready
+
+            answer = ready(result, error)
+            if answer is True:
+                ready_file.write_text(f"{time.time():.0f}\n", encoding="utf-8")
+            elif answer is False:
+                ready_file.unlink(missing_ok=True)
         if output_dir and result is not None:
             from loradeploy.results import write_outputs
 
@@ -1024,6 +1100,9 @@ def compare_decision(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    pods: PodsOpt = None,
+    container: Container = "vllm",
+    kubectl: Kubectl = "kubectl",
 ) -> None:
     """Gate 1: candidate slot vs live slot on the eval set (F1 floor, non-inferiority, judge);
     sets eval-passed or eval-failed on the version the candidate slot serves."""
@@ -1051,8 +1130,12 @@ def compare_decision(
             judge_model=judge_model,
             max_tokens=max_tokens,
         )
+        measured = _pod_urls(pods, container, kubectl)[:1]  # one named pod, never a random one
         settings = _settings(
-            tracking_uri=tracking_uri, vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle
+            tracking_uri=tracking_uri,
+            vllm_url=measured[0] if measured else vllm_url,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
         )
         key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
         with (
@@ -1071,6 +1154,7 @@ def compare_decision(
                 judge=judge,
                 actor=_actor(settings, "compare-decision"),
             )
+        result.details["measured"] = [settings.vllm_url]
         _gate_report(
             output_dir, result, f"Gate 1 (evaluation) for {model_name} version {result.version}", eval_plot
         )
@@ -1103,6 +1187,9 @@ def perf_decision(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    pods: PodsOpt = None,
+    container: Container = "vllm",
+    kubectl: Kubectl = "kubectl",
 ) -> None:
     """Gate 2: the same concurrent load at both slots, interleaved; latency ratios,
     throughput ratio, error rate; sets perf-passed or perf-failed."""
@@ -1132,8 +1219,12 @@ def perf_decision(
             max_tokens=max_tokens,
             seed=seed,
         )
+        measured = _pod_urls(pods, container, kubectl)[:1]  # one named pod, never a random one
         settings = _settings(
-            tracking_uri=tracking_uri, vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle
+            tracking_uri=tracking_uri,
+            vllm_url=measured[0] if measured else vllm_url,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
         )
         with (
             VllmClient(
@@ -1147,6 +1238,7 @@ def perf_decision(
             result = step(
                 request, registry=_registry(settings), vllm=vllm, actor=_actor(settings, "perf-decision")
             )
+        result.details["measured"] = [settings.vllm_url]
         _gate_report(
             output_dir, result, f"Gate 2 (performance) for {model_name} version {result.version}", perf_plot
         )

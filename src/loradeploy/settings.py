@@ -4,7 +4,9 @@ Lookup order for every connection value (first found wins):
 1. the command-line flag;
 2. the environment (``MLFLOW_TRACKING_URI``, ``LORADEPLOY_VLLM_URL``,
    ``LORADEPLOY_ADAPTERS_ROOT``, ``VLLM_API_KEY``, ``LORADEPLOY_CA_BUNDLE``,
-   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``);
+   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``,
+   ``LORADEPLOY_BASE_MODEL_ALIASES``: ``ADAPTER_BASE=SERVED_BASE`` pairs separated by
+   commas or spaces, used when no ``--base-model-alias`` flag is given);
 3. the local stack file written by ``loradeploy stack up``
    (``$LORADEPLOY_HOME/stack.json``, else ``.loradeploy/stack.json`` in the current
    folder or the nearest parent).
@@ -13,6 +15,7 @@ Lookup order for every connection value (first found wins):
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -144,13 +147,26 @@ def read_stack(path: Path) -> StackInfo:
         ) from exc
 
 
-def parse_base_aliases(pairs: list[str]) -> dict[str, str]:
+BASE_MODEL_ALIASES_ENV = "LORADEPLOY_BASE_MODEL_ALIASES"
+
+
+def base_alias_pairs(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[list[str], str]:
+    """The ``ADAPTER_BASE=SERVED_BASE`` pairs and where they came from: the flags, else
+    the environment (comma- or space-separated, as a ConfigMap value holds them)."""
+    given = list(flags.get("base_model_alias") or [])
+    if given:
+        return given, "--base-model-alias"
+    text = env.get(BASE_MODEL_ALIASES_ENV, "")
+    return [pair for pair in re.split(r"[\s,]+", text) if pair], BASE_MODEL_ALIASES_ENV
+
+
+def parse_base_aliases(pairs: list[str], setting: str = "--base-model-alias") -> dict[str, str]:
     mapping: dict[str, str] = {}
     for pair in pairs:
         adapter_base, sep, served = pair.partition("=")
         if not sep or not adapter_base or not served:
             raise UsageError(
-                f"--base-model-alias {pair!r} is not ADAPTER_BASE=SERVED_BASE",
+                f"{setting} {pair!r} is not ADAPTER_BASE=SERVED_BASE",
                 hint="pass for example --base-model-alias mistralai/Mistral-7B-v0.1=mistral-awq",
             )
         mapping[adapter_base] = served
@@ -191,7 +207,7 @@ def load_settings(
             ca_bundle=pick("ca_bundle", "LORADEPLOY_CA_BUNDLE", None),
             max_lora_rank=int(rank),
             max_adapter_bytes=int(env.get("LORADEPLOY_MAX_ADAPTER_BYTES") or 4 << 30),
-            base_model_aliases=parse_base_aliases(list(flags.get("base_model_alias") or [])),
+            base_model_aliases=parse_base_aliases(*base_alias_pairs(flags, env)),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
             run_key=env.get("LORADEPLOY_RUN_KEY", ""),
             stack=stack,

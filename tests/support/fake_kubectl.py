@@ -8,7 +8,7 @@ understands exactly the calls that class makes (after an optional ``--context X`
     get deployment NAME -n NS -o json        a deployment from the state file
     patch deployment NAME -n NS -p JSON      records the annotation, bumps generation
     cp LOCAL NS/POD:REMOTE -c C              copies on this machine
-    exec -n NS POD -c C -- ARGV...           runs ARGV here (test mkdir mv rm find sha256sum cat)
+    exec -n NS POD -c C -- ARGV...           runs ARGV here (test mkdir chmod mv rm find sha256sum cat)
 
 Environment:
     FAKE_KUBECTL_STATE  JSON state file (read, and rewritten by patch/get deployment):
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXEC_ALLOWED = {"test", "mkdir", "mv", "rm", "find", "sha256sum", "cat"}
+EXEC_ALLOWED = {"test", "mkdir", "chmod", "mv", "rm", "find", "sha256sum", "cat"}
 RBAC = {  # verb -> (RBAC verb, resource) the real API server would name
     "get pods": ("list", "pods"),
     "get deployment": ("get", "deployments"),

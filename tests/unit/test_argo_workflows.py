@@ -72,7 +72,13 @@ def test_committed_yaml_is_what_the_python_renders() -> None:
 
 
 def test_no_other_yaml_in_the_folder() -> None:
-    assert sorted(p.stem for p in ARGO.glob("*.yaml")) == NAMES
+    assert sorted(p.stem for p in ARGO.glob("*.yaml") if p.name != "kustomization.yaml") == NAMES
+
+
+def test_the_kustomization_lists_exactly_the_rendered_templates() -> None:
+    """deploy/k8s/base includes this folder: a template missing here is never applied."""
+    spec = yaml.safe_load((ARGO / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert spec["resources"] == [f"{name}.yaml" for name in NAMES]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -99,14 +105,33 @@ def test_one_mutex_per_model_in_the_v4_form(name: str) -> None:
     assert not re.search(r"^\s*(mutex|semaphore):", text, re.MULTILINE)  # removed in Argo v4
 
 
+def retried(expression: str, status: str, exit_code: str) -> bool:
+    """Evaluate a retry expression of the form the templates use (``||``, ``==``,
+    ``asInt``, ``lastRetry.status``/``exitCode``) for one failed attempt."""
+    python = expression.replace("||", " or ").replace("&&", " and ").replace("asInt(", "int(")
+    names = set(re.findall(r"[A-Za-z_.]+", re.sub(r'"[^"]*"', "", python)))
+    assert names <= {"or", "and", "int", "lastRetry.status", "lastRetry.exitCode"}, names
+    python = python.replace("lastRetry.status", "status").replace("lastRetry.exitCode", "exit_code")
+    return bool(eval(python, {"int": int}, {"status": status, "exit_code": exit_code}))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_steps_retry_only_the_transient_exit_code(name: str) -> None:
+def test_steps_retry_transient_failures_and_infrastructure_errors(name: str) -> None:
+    """Issue 11.9: exit 75 and infrastructure errors (evicted, preempted, node lost: status
+    Error) are retried; a failed check (1), a usage error (2) or a permanent one (3) is not.
+    Argo retries only when policy and expression agree, hence Always."""
     steps = loradeploy_templates(name)
     assert steps
+    transient = str(int(ExitCode.TRANSIENT))
     for t in steps:
         strategy = t["retryStrategy"]
-        assert strategy["expression"] == f"asInt(lastRetry.exitCode) == {int(ExitCode.TRANSIENT)}"
+        assert strategy["retryPolicy"] == "Always"
         assert int(strategy["limit"]) >= 1
+        expression = strategy["expression"]
+        assert retried(expression, "Failed", transient)
+        assert retried(expression, "Error", "-1")
+        for code in ("1", "2", "3"):
+            assert not retried(expression, "Failed", code), code
     assert "retryStrategy" not in templates(name)["report"]
 
 
@@ -128,7 +153,8 @@ def test_exit_handler_and_service_account(name: str) -> None:
     accounts = {(d["kind"], d["metadata"]["name"]) for d in render(REPO / "deploy" / "k8s" / "base")}
     assert ("ServiceAccount", spec["serviceAccountName"]) in accounts
     assert ("RoleBinding", spec["serviceAccountName"]) in accounts
-    assert committed(name)["metadata"]["namespace"] == "ml-models"
+    assert "namespace" not in committed(name)["metadata"]  # set by kustomize, never hard-coded
+    assert "ml-models" not in (ARGO / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def test_deploy_runs_the_three_steps_in_order_and_passes_the_version() -> None:
@@ -147,7 +173,14 @@ def test_promote_gates_run_one_after_the_other_before_promoting() -> None:
         args = templates("vllm-promote")[gate]["container"]["args"]
         assert args[0] == gate
         flags = {a.split("=", 1)[0] for a in args[1:]}
-        assert flags == {"--model-name", "--candidate-slot", "--live-slot", "--vllm-url", "--output-dir"}
+        assert flags == {
+            "--model-name",
+            "--candidate-slot",
+            "--live-slot",
+            "--vllm-url",
+            "--output-dir",
+            "--pods",
+        }
 
 
 def test_rollback_promotes_previous() -> None:
@@ -160,7 +193,7 @@ def test_parameters_default_to_the_specification() -> None:
     assert deploy == {
         "model-name": "mistral-7b-lora",
         "source": "alias:candidate",
-        "vllm-url": "http://vllm-service.ml-models:8000",
+        "vllm-url": "http://vllm-service:8000",
         "live-slot": "aws-rag-qa-live",
         "candidate-slot": "aws-rag-qa-candidate",
         "num-requests": "3",
@@ -197,3 +230,59 @@ def test_every_command_and_flag_exists_in_the_cli(name: str) -> None:
     report = templates(name)["report"]["container"]["command"][2]
     used = set(re.findall(r"(--[a-z-]+)=", report))
     assert used <= options["status"]
+
+
+VLLM_ONLY = {"smoke-test", "set-staged-alias", *GATES}  # talk to vLLM, copy no files
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_address_every_ready_pod_not_the_service(name: str) -> None:
+    """Issue 11.4: steps that copy files use the kubectl transport; the others, and the
+    exit handler's status, address every Ready pod found with kubectl in the workflow's
+    own namespace."""
+    pods = "--pods={{workflow.namespace}}/app=vllm"
+    for t in loradeploy_templates(name):
+        command, *args = t["container"]["args"]
+        if command in VLLM_ONLY:
+            assert pods in args, command
+        else:
+            assert "--transport=kubectl" in args, command
+            assert "--namespace={{workflow.namespace}}" in args, command
+    report = templates(name)["report"]["container"]
+    assert '--pods="$PODS"' in report["command"][2]
+    assert {"name": "PODS", "value": pods.split("=", 1)[1]} in report["env"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_hung_workflow_cannot_hold_the_mutex_forever(name: str) -> None:
+    """Issue 11.9: a deadline for the workflow and for each attempt of a step, and the
+    finished workflow and its pods cleaned up."""
+    spec = committed(name)["spec"]
+    assert 0 < int(spec["activeDeadlineSeconds"]) <= 6 * 3600
+    assert spec["ttlStrategy"]["secondsAfterSuccess"] > 0
+    assert spec["ttlStrategy"]["secondsAfterFailure"] >= spec["ttlStrategy"]["secondsAfterSuccess"]
+    assert spec["podGC"]["strategy"] in ("OnPodSuccess", "OnPodCompletion", "OnWorkflowSuccess")
+    for t in templates(name).values():
+        if "container" in t:
+            assert 0 < int(t["activeDeadlineSeconds"]) <= int(spec["activeDeadlineSeconds"]), t["name"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_template_has_a_pod_security_context_and_resources(name: str) -> None:
+    """A namespace with a ResourceQuota or the restricted Pod Security Standard admits
+    every pod, the exit handler's included."""
+    spec = committed(name)["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for t in templates(name).values():
+        if "container" not in t:
+            continue
+        context = t["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0, t["name"]
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, t["name"]
+        resources = t["container"]["resources"]
+        assert {"cpu", "memory", "ephemeral-storage"} <= set(resources["requests"]), t["name"]
+        assert {"memory", "ephemeral-storage"} <= set(resources["limits"]), t["name"]
+        # Outputs on the emptyDir (read-only root filesystem, as Argo's empty-dir docs advise).
+        mounts = {m["mountPath"]: m["name"] for m in t["container"].get("volumeMounts", [])}
+        assert mounts.get("/tmp") == "tmp", t["name"]
+    assert [v["name"] for v in spec["volumes"]] == ["tmp"]

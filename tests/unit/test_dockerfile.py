@@ -72,7 +72,7 @@ def test_every_stage_starts_from_python_3_11_slim() -> None:
     args = build_args()
     assert args["PYTHON_IMAGE"] == "python:3.11-slim"
     for stage in stages(TEXT):
-        image = stage[0][1].split()[0]
+        image = next(word for word in stage[0][1].split() if not word.startswith("--"))
         assert image in ("${PYTHON_IMAGE}", "python:3.11-slim"), image
 
 
@@ -96,14 +96,49 @@ def test_the_package_is_installed_without_dev_extras_or_vllm() -> None:
     assert "vllm" not in dependencies
 
 
-def test_kubectl_is_pinned_and_its_checksum_verified() -> None:
+def test_kubectl_is_pinned_and_its_checksum_verified_for_each_architecture() -> None:
+    """Issue 11.10: one checksum per architecture, chosen by BuildKit's TARGETARCH, which
+    has no default of its own (a default would override BuildKit's value)."""
     args = build_args()
     assert re.fullmatch(r"v1\.\d+\.\d+", args["KUBECTL_VERSION"])
-    assert re.fullmatch(r"[0-9a-f]{64}", args["KUBECTL_SHA256"])
+    for arch in ("AMD64", "ARM64"):
+        assert re.fullmatch(r"[0-9a-f]{64}", args[f"KUBECTL_SHA256_{arch}"]), arch
+    assert args["KUBECTL_SHA256_AMD64"] != args["KUBECTL_SHA256_ARM64"]
+    assert "TARGETARCH" not in args
+    assert ("ARG", "TARGETARCH") in [(k, r) for k, r in instructions(TEXT)]
     runs = " ".join(rest for keyword, rest in instructions(TEXT) if keyword == "RUN")
     assert "${KUBECTL_VERSION}" in runs
-    assert 'echo "${KUBECTL_SHA256}  /kubectl" | sha256sum --check' in runs
+    assert 'amd64) sum="${KUBECTL_SHA256_AMD64}"' in runs and 'arm64) sum="${KUBECTL_SHA256_ARM64}"' in runs
+    assert "/bin/linux/${arch}/kubectl" in runs
+    assert 'echo "${sum}  /kubectl" | sha256sum --check --strict' in runs
     assert ("COPY", "--from=kubectl /kubectl /usr/local/bin/kubectl") in FINAL
+
+
+def test_the_kubectl_selection_picks_each_architectures_checksum(tmp_path: Path) -> None:
+    """Run the stage's shell selection (the download replaced) for each TARGETARCH."""
+    [run] = [
+        rest for stage in stages(TEXT) for k, rest in stage if k == "RUN" and "KUBECTL_SHA256_ARM64" in rest
+    ]
+    selection = run.split("&& python -c", 1)[0].strip().removesuffix("&&") + ' && echo "$arch $sum"'
+    args = build_args()
+    for arch, expected in (("amd64", "AMD64"), ("arm64", "ARM64"), ("", "AMD64")):
+        env = {"TARGETARCH": arch, **{k: v for k, v in args.items() if k.startswith("KUBECTL_SHA256_")}}
+        done = subprocess.run(["bash", "-c", selection], env=env, capture_output=True, text=True, check=True)
+        assert done.stdout.split() == [arch or "amd64", args[f"KUBECTL_SHA256_{expected}"]]
+    done = subprocess.run(
+        ["bash", "-c", selection], env={"TARGETARCH": "s390x"}, capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "s390x" in done.stderr
+
+
+def test_bytecode_is_compiled_at_build_time() -> None:
+    """The root filesystem is read-only at run time: bytecode is compiled into the image,
+    never deleted from it."""
+    runs = " ".join(rest for keyword, rest in instructions(TEXT) if keyword == "RUN")
+    assert "-m compileall" in runs and "/opt/loradeploy" in runs
+    assert "__pycache__" not in runs
+    env = " ".join(rest for keyword, rest in FINAL if keyword == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
 
 
 def test_the_final_stage_ends_as_a_non_root_user() -> None:

@@ -7,15 +7,23 @@ sharing one volume (the fake's default identity mapping onto ``tmp_path``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from loradeploy.clients.files import MANIFEST, KubectlTransport, LocalFolderTransport
+from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.adapter import inspect_adapter
 from loradeploy.errors import InvalidAdapterError, NotFoundError, PermanentError, UsageError
-from support.fake_cluster import CONTAINER, NS, SELECTOR, FakeCluster, exec_argvs, fake_pod
+from support.fake_cluster import CONTAINER, FAKE_KUBECTL, NS, SELECTOR, FakeCluster, exec_argvs, fake_pod
+from support.fakes import FakeVllmServer
 from support.synthetic import write_adapter
 
 ROOT = "/mnt/adapters"
@@ -268,3 +276,130 @@ def test_staging_is_a_fresh_local_path_removed_afterwards(cluster: FakeCluster) 
         assert area.parent.is_dir()
         write_adapter(area)
     assert not area.parent.exists()
+
+
+def test_placed_folders_and_files_are_managed_by_the_pods_group(cluster: FakeCluster, tmp_path: Path) -> None:
+    """Issue 11.5: whatever user kubectl exec runs as in the vLLM container, what it
+    writes is group-writable (slot folders setgid), so the reconcile sidecar, in the pod's
+    fsGroup, can replace and delete it. The fake runs the commands here under the usual
+    umask 022, as a container does."""
+    old_umask = os.umask(0o022)
+    try:
+        kube = transport(cluster)
+        local, digests = staged_adapter(tmp_path)
+        assert kube.place(local, DEST, digests) is True
+        kube.write_manifest([{"name": "aws-rag-qa-live", "path": DEST}])
+    finally:
+        os.umask(old_umask)
+    for pod in ("pod-a", "pod-b"):
+        version = on_pod(tmp_path, pod, DEST)
+        slot = version.parent
+        assert stat.S_IMODE(slot.stat().st_mode) & 0o2070 == 0o2070, oct(slot.stat().st_mode)
+        for path in [version, *version.rglob("*"), on_pod(tmp_path, pod, f"{ROOT}/{MANIFEST}")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            wanted = 0o070 if path.is_dir() else 0o060
+            assert mode & wanted == wanted, (path, oct(mode))
+            assert mode & 0o002 == 0, (path, oct(mode))
+
+
+# -- every Ready pod, for the commands that only talk to vLLM (issue 11.4) -----------------
+
+
+@pytest.fixture
+def pod_servers(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """In-memory vLLM servers at the Ready pods' URLs; the CLI's clients reach them, and
+    nothing else (no traffic leaves the test)."""
+    from loradeploy import cli
+
+    cluster.save()
+    servers = {url: FakeVllmServer() for url in ("http://10.0.0.1:8000", "http://10.0.0.2:8000")}
+
+    @contextmanager
+    def fake_vllm(settings: Any, url: str | None = None) -> Iterator[VllmClient]:
+        assert url in servers, f"addressed {url}, not a Ready pod"
+        with VllmClient(url, transport=servers[url].transport()) as client:
+            yield client
+
+    monkeypatch.setattr(cli, "_vllm", fake_vllm)
+    return servers
+
+
+def pods_flags() -> list[str]:
+    return [f"--pods={NS}/{SELECTOR}", f"--kubectl={FAKE_KUBECTL}"]
+
+
+def test_smoke_test_checks_every_ready_pod_and_names_them(
+    pod_servers: dict[str, Any], tmp_path: Path
+) -> None:
+    from loradeploy.cli import app
+
+    slot = "aws-rag-qa-candidate"
+    for server in pod_servers.values():
+        server.adapters = {slot: "/mnt/adapters/aws-rag-qa-candidate/aws-rag-qa-v3"}
+    args = ["smoke-test", f"--adapter-name={slot}", "--no-compare-base", f"--output-dir={tmp_path / 'out'}"]
+    done = CliRunner().invoke(app, [*args, *pods_flags()])
+    assert done.exit_code == 0, done.output
+    written = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert written["details"]["pods"] == list(pod_servers)
+    for url in pod_servers:
+        assert any(check["name"].endswith(f"@{url}") for check in written["checks"])
+        assert pod_servers[url].calls, url
+    # One pod does not serve the slot: the smoke test stops, naming that pod.
+    pod_servers["http://10.0.0.2:8000"].adapters = {}
+    done = CliRunner().invoke(app, [*args, *pods_flags()])
+    assert done.exit_code != 0, done.output
+    error = json.loads((tmp_path / "out" / "result.json").read_text())["error"]
+    assert "http://10.0.0.2:8000" in error and slot in error
+
+
+def test_status_and_set_staged_alias_address_every_ready_pod(
+    pod_servers: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loradeploy import cli
+    from support.fake_registry import FakeRegistry
+
+    registry = FakeRegistry(model="aws-rag-qa")  # set_alias would fail the test: never reached
+    registry.add_version("3", write_adapter(tmp_path / "v3", fill=3))
+    monkeypatch.setattr(cli, "_registry", lambda settings: registry)
+    slot = "aws-rag-qa-candidate"
+    served = "/mnt/adapters/aws-rag-qa-candidate/aws-rag-qa-v3"
+    pod_servers["http://10.0.0.1:8000"].adapters = {slot: served}  # pod b does not serve it
+    staged = ["set-staged-alias", "--model-name=aws-rag-qa", "--source=version:3", f"--slot-name={slot}"]
+    done = CliRunner().invoke(cli.app, [*staged, *pods_flags()])
+    assert done.exit_code != 0, done.output  # refused: pod b does not serve version 3
+    assert "10.0.0.2:8000" in done.output
+    assert "staged" not in registry.aliases
+    assert all(server.calls for server in pod_servers.values())
+    out = tmp_path / "status"
+    done = CliRunner().invoke(
+        cli.app, ["status", "--model-name=aws-rag-qa", f"--output-dir={out}", *pods_flags()]
+    )
+    written = json.loads((out / "result.json").read_text())
+    names = " ".join(check["name"] for check in written["checks"])
+    assert all(url in names for url in pod_servers), names
+
+
+def test_a_gate_measures_the_first_ready_pod_not_the_service(cluster: FakeCluster, tmp_path: Path) -> None:
+    """The gate's vLLM is a discovered pod (here one where nothing listens, so the gate
+    stops transient and its error names the pod), never the --vllm-url Service."""
+    from loradeploy.cli import app
+
+    cluster.state["pods"] = [fake_pod("pod-a", "127.0.0.1", port=9), fake_pod("pod-b", "127.0.0.1", port=10)]
+    cluster.save()
+    eval_data = Path(__file__).resolve().parents[2] / "data" / "aws-rag-qa" / "eval.jsonl"
+    out = tmp_path / "out"
+    done = CliRunner().invoke(
+        app,
+        [
+            "perf-decision",
+            "--model-name=aws-rag-qa",
+            "--vllm-url=http://127.0.0.1:11",
+            "--tracking-uri=http://127.0.0.1:12",
+            f"--eval-data={eval_data}",
+            f"--output-dir={out}",
+            *pods_flags(),
+        ],
+    )
+    assert done.exit_code == 75, done.output
+    error = json.loads((out / "result.json").read_text())["error"]
+    assert "127.0.0.1:9" in error and "127.0.0.1:11" not in error, error

@@ -142,6 +142,10 @@ class LocalFolderTransport:
         tmp.replace(self.root_path / MANIFEST)
 
 
+SHARED_DIR_MODE = "2775"  # new folders keep the group (setgid) and let it write
+SHARED_TREE_MODE = "u+rwX,g+rwX,o-w"  # copied files and folders: the group may manage them
+
+
 class KubectlTransport:
     """Adapter folders on every Ready pod of a selector, copied with ``kubectl cp``.
 
@@ -150,8 +154,12 @@ class KubectlTransport:
     having its own filesystem; when they share a volume, the first pod's copy is found
     and verified on the others, and nothing is written twice.
 
-    Remote commands used in the vLLM container: ``test``, ``mkdir``, ``mv``, ``rm``,
-    ``find``, ``sha256sum`` (coreutils/findutils) and ``tar`` (for ``kubectl cp``).
+    Remote commands used in the vLLM container: ``test``, ``mkdir``, ``chmod``, ``mv``,
+    ``rm``, ``find``, ``sha256sum`` (coreutils/findutils) and ``tar`` (for ``kubectl cp``).
+
+    Everything written is group-writable, slot folders setgid (``2775``): whichever user
+    the vLLM container runs as, the reconcile sidecar, in the pod's ``fsGroup``, can
+    replace and delete what the workflows placed.
     """
 
     def __init__(
@@ -203,9 +211,10 @@ class KubectlTransport:
         """``kubectl cp`` to a hidden sibling, then rename: the final path never holds half a copy."""
         target = PurePosixPath(dest)
         tmp = str(target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
-        self._exec(pod, ["mkdir", "-p", str(target.parent)])
+        self._exec(pod, ["mkdir", "-p", "-m", SHARED_DIR_MODE, str(target.parent)])
         try:
             self.api.copy_to_pod(self.namespace, pod.name, self.container, local, tmp)
+            self._exec(pod, ["chmod", "-R", SHARED_TREE_MODE, tmp])
             self._exec(pod, ["mv", "-T", tmp, dest])
         except LoraDeployError:
             with suppress(LoraDeployError):  # best effort; the copy's error is the one to report

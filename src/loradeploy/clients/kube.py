@@ -19,7 +19,9 @@ and kubectl's failures become the project's errors:
     anything else                         PermanentError
 
 RBAC the service account needs: ``pods`` get/list, ``pods/exec`` get and create (copying
-and remote commands go through exec), ``deployments`` get and patch (restart only).
+and remote commands go through exec); ``deployments`` get and patch only for
+``restart-deployment``, in a separate, opt-in Role (``RESTART_CALLS``). Coordination
+between runs is the registry's lock (MLflow model tags): no Lease, no other permission.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +44,7 @@ from loradeploy.errors import (
     short,
 )
 
-__all__ = ["RBAC_NEEDS", "KubeApi", "KubectlApi", "Pod", "RemoteCommandError", "rbac_rules"]
+__all__ = ["RBAC_NEEDS", "RESTART_CALLS", "KubeApi", "KubectlApi", "Pod", "RemoteCommandError", "rbac_rules"]
 
 # What each ``KubeApi`` call needs from RBAC: (API group, resource, verb). kubectl reads
 # the pod before ``cp`` and ``exec``; exec is ``create`` on pods/exec (1.35+ checks it
@@ -56,9 +59,15 @@ RBAC_NEEDS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
-def rbac_rules() -> set[tuple[str, str, str]]:
-    """Every (API group, resource, verb) some ``KubeApi`` call needs."""
-    return {need for needs in RBAC_NEEDS.values() for need in needs}
+# Used only by ``restart-deployment``: their permissions are a separate Role, granted
+# only where that legacy fallback is wanted (deploy/k8s/optional/restart-deployment).
+RESTART_CALLS = frozenset({"patch_restart", "deployment_status"})
+
+
+def rbac_rules(calls: Iterable[str] | None = None) -> set[tuple[str, str, str]]:
+    """Every (API group, resource, verb) the given ``KubeApi`` calls need (default: all)."""
+    names = RBAC_NEEDS if calls is None else calls
+    return {need for name in names for need in RBAC_NEEDS[name]}
 
 
 class KubeApi(Protocol):

@@ -13,6 +13,11 @@ One round:
 
 Aliases are never changed and nothing is unloaded. ``watch`` repeats rounds: every
 ``interval_s``, backing off exponentially (up to a cap) after failed rounds.
+
+As the vLLM pod's sidecar (``ReconcileRequest.write_manifest``), a round that ends in
+sync also rewrites ``lora-modules.json`` from what the slots serve, so a vLLM restart
+inside the pod starts with the versions the aliases name now, not those of pod
+creation; and ``ready`` is its readiness answer (the pod's readiness probe reads it).
 """
 
 from __future__ import annotations
@@ -41,6 +46,36 @@ class ReconcileRequest:
     max_lora_rank: int = 16
     base_model_aliases: Mapping[str, str] | None = None
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    # Sidecar: keep lora-modules.json equal to what is served, with this base model name.
+    write_manifest: bool = False
+    base_model_name: str | None = None
+
+
+MANIFEST_CHECK = "lora-modules.json"
+
+
+def served_modules(plan: Plan, base_model_name: str | None) -> list[dict[str, str]]:
+    """``lora-modules.json`` entries for what the slots serve now: one per slot, in sync
+    with its alias or left alone (a deployment in progress, a slot without alias)."""
+    modules: dict[str, dict[str, str]] = {}
+    rows = [*plan.in_sync, *(row for row, _ in plan.left_alone)]
+    for row in rows:
+        if row.served_root is not None and row.slot not in modules:
+            modules[row.slot] = {"name": row.slot, "path": row.served_root} | (
+                {"base_model_name": base_model_name} if base_model_name else {}
+            )
+    return [modules[slot] for slot in sorted(modules)]
+
+
+def ready(result: StepResult | None, error: LoraDeployError | None) -> bool | None:
+    """The sidecar's readiness answer after a round: True when every slot serves what its
+    alias names (and the manifest says so), False when a finished round found drift it
+    could not repair, None (keep the previous answer) when the round could not look,
+    e.g. MLflow unreachable: an outage of the registry must not take every pod out of
+    the Service; vLLM's own /health probe covers vLLM being down."""
+    if error is not None or result is None:
+        return None
+    return result.passed
 
 
 def _observe(
@@ -151,7 +186,23 @@ def reconcile(
         "repaired": repaired,
         "left_alone": [f"{row.slot}@{row.replica}: {why}" for row, why in after.left_alone],
     }
+    if request.write_manifest and result.passed:
+        _write_manifest(result, after, request, transport)
     return result
+
+
+def _write_manifest(
+    result: StepResult, plan: Plan, request: ReconcileRequest, transport: AdapterTransport
+) -> None:
+    modules = served_modules(plan, request.base_model_name)
+    try:
+        transport.write_manifest(modules)
+    except (OSError, LoraDeployError) as exc:
+        detail = exc.one_line() if isinstance(exc, LoraDeployError) else f"{exc.strerror} ({exc.filename})"
+        result.checks.append(Check(name=MANIFEST_CHECK, passed=False, detail=f"not written: {detail}"))
+        return
+    result.checks.append(Check(name=MANIFEST_CHECK, passed=True, detail=f"{len(modules)} module(s)"))
+    result.details["lora_modules"] = modules
 
 
 Round = Callable[[], StepResult]
