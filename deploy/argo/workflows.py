@@ -117,7 +117,10 @@ TMP = m.VolumeMount(name="tmp", mount_path="/tmp")
 TMP_VOLUME = m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource(size_limit=m.Quantity("8Gi")))
 
 
-def env() -> list[Env | m.EnvVar]:
+def env(step_name: str) -> list[Env | m.EnvVar]:
+    """The environment of a step. ``LORADEPLOY_RUN_KEY`` is the same for every retry of
+    this step in this workflow run (the workflow's uid and the step), so a retry
+    recognises an alias plan its interrupted attempt left (see coordination/plans.py)."""
     secret = [
         m.EnvVar(
             name=key,
@@ -129,6 +132,7 @@ def env() -> list[Env | m.EnvVar]:
     ]
     return [
         Env(name="LORADEPLOY_ACTOR", value="argo:{{workflow.name}}"),
+        Env(name="LORADEPLOY_RUN_KEY", value=f"{{{{workflow.uid}}}}/{step_name}"),
         Env(name="HOME", value="/tmp"),
         *secret,
     ]
@@ -149,7 +153,7 @@ def step(name: str, args: list[str], inputs: tuple[str, ...] = ()) -> Container:
         image=IMAGE,
         command=["loradeploy"],
         args=[*args, f"--output-dir={OUT}"],
-        env=env(),
+        env=env(name),
         env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
         inputs=[Parameter(name=i) for i in inputs] or None,
         outputs=outputs(),
@@ -186,7 +190,7 @@ def report(kind: str) -> Container:
             Env(name="LIVE_SLOT", value=p("live-slot")),
             Env(name="CANDIDATE_SLOT", value=p("candidate-slot")),
             Env(name="PODS", value=PODS.split("=", 1)[1]),
-            *env(),
+            *env("report"),
         ],
         env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
         active_deadline_seconds=600,

@@ -146,6 +146,18 @@ def test_step_results_are_output_parameters(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_each_step_has_a_run_key_that_survives_its_retries(name: str) -> None:
+    """A retry of a step recognises the alias plan its interrupted attempt left only by
+    this key (coordination/plans.py): the workflow's uid and the step, never the pod."""
+    keys = []
+    for t in loradeploy_templates(name):
+        env = {e["name"]: e.get("value") for e in t["container"]["env"]}
+        assert env["LORADEPLOY_RUN_KEY"] == "{{workflow.uid}}/" + t["name"]
+        keys.append(env["LORADEPLOY_RUN_KEY"])
+    assert keys and len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_exit_handler_and_service_account(name: str) -> None:
     spec = committed(name)["spec"]
     assert spec["onExit"] == "report"

@@ -510,7 +510,7 @@ def test_the_sidecar_keeps_the_manifest_and_answers_readiness() -> None:
 
 
 def sidecar_round(registry: Any, vllm: Any, transport: Any) -> Any:
-    from loradeploy.steps.aliases import Actor
+    from loradeploy.coordination import Actor
     from loradeploy.steps.reconcile import ReconcileRequest, reconcile
 
     args = container("reconcile")["args"]

@@ -178,6 +178,7 @@ def test_a_file_name_is_plain_or_refused_with_invalid_adapter_error(name: str) -
         st.builds("{}://{}".format, st.sampled_from(["http", "https", "ftp", "file"]), hostile_text),
     )
 )
+@example("HTTP://0")
 @example("http://[::1")
 @example("http://h:99999")
 def test_check_url_accepts_only_http_urls_without_credentials(url: str) -> None:
@@ -186,7 +187,7 @@ def test_check_url_accepts_only_http_urls_without_credentials(url: str) -> None:
     except UsageError as exc:
         assert "\n" not in exc.one_line()
         return
-    assert url.startswith(("http://", "https://"))
+    assert url.lower().startswith(("http://", "https://"))  # schemes are case-insensitive
     assert "@" not in url.split("/")[2]
 
 
