@@ -25,7 +25,7 @@ from loradeploy.domain.adapter import (
 from loradeploy.domain.layout import version_dir
 from loradeploy.errors import InvalidAdapterError, PermanentError
 from loradeploy.results import Check, StepResult, Timer
-from loradeploy.steps.rollout import Replica, roll_out
+from loradeploy.steps.rollout import Replica, roll_out, strategy_warnings
 
 
 def required_digests(version: VersionInfo) -> dict[str, str]:
@@ -106,7 +106,10 @@ def deploy_version(
     result: StepResult,
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
 ) -> str:
-    """Serve ``version`` under ``slot`` on every replica; returns the served folder."""
+    """Serve ``version`` under ``slot`` on every replica; returns the served folder.
+
+    Strategy warnings go to ``result.details["warnings"]`` (appended, before the swap).
+    """
     timer = Timer(result.timings_s)
     new_root, info, written = fetch_and_place(
         version,
@@ -119,6 +122,8 @@ def deploy_version(
         timer=timer,
         max_adapter_bytes=max_adapter_bytes,
     )
+    if warnings := strategy_warnings(replicas):
+        result.details.setdefault("warnings", []).extend(warnings)
     with timer("load"):
         swapped = roll_out(replicas, slot, new_root)
     with timer("verify"):

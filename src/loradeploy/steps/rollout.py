@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from loradeploy.clients.vllm import ModelCard, VllmClient
-from loradeploy.domain.swap import SwapStrategy, choose_strategy, needs_swap
+from loradeploy.domain.swap import SwapStrategy, asks_server_version, choose_strategy, needs_swap
 from loradeploy.errors import LoraDeployError
 from loradeploy.steps.swap import restore, swap_adapter
 
@@ -27,6 +27,7 @@ class Replica:
     base: ModelCard
     current_root: str | None
     strategy: SwapStrategy
+    warning: str | None = None  # about the strategy on this server's version
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -41,11 +42,17 @@ def inspect_replicas(clients: Sequence[VllmClient], slot: str, requested: SwapSt
         vllm.ensure_healthy()
         base = vllm.base_model()
         current = vllm.adapters().get(slot)
-        strategy = choose_strategy(requested, vllm.server_version())
-        return Replica(vllm, base, current.root if current else None, strategy)
+        version = vllm.server_version() if asks_server_version(requested) else None
+        choice = choose_strategy(requested, version)
+        return Replica(vllm, base, current.root if current else None, choice.strategy, choice.warning)
 
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(len(clients), 1))) as pool:
         return list(pool.map(one, clients))
+
+
+def strategy_warnings(replicas: Sequence[Replica]) -> list[str]:
+    """The strategy warnings, once each, in replica order."""
+    return list(dict.fromkeys(r.warning for r in replicas if r.warning))
 
 
 def roll_out(replicas: Sequence[Replica], slot: str, new_root: str) -> list[dict[str, object]]:
