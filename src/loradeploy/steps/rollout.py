@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 from loradeploy.clients.vllm import ModelCard, VllmClient
-from loradeploy.domain.swap import SwapStrategy, asks_server_version, choose_strategy
+from loradeploy.domain.swap import SwapStrategy, asks_server_version, choose_strategy, needs_swap
 from loradeploy.errors import LeftReplica, LoraDeployError, PartialRolloutError, PermanentError, short
 from loradeploy.results import Timer
 from loradeploy.steps.swap import DEFAULT_PATIENCE, Patience, left_behind, restore, swap_adapter
@@ -101,7 +101,7 @@ def roll_out(
 
 
 def _swap(replica: Replica, slot: str, new_root: str, patience: Patience) -> str:
-    if replica.current_root == new_root:
+    if not needs_swap(replica.current_root, new_root):
         return "none"
     swap_adapter(
         replica.vllm,
