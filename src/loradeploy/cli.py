@@ -137,7 +137,9 @@ def _run(
         if output_dir:
             from loradeploy.results import StepResult, write_outputs
 
-            failed = StepResult(step=step, status="error", exit_code=int(exc.exit_code), error=line)
+            failed = StepResult(
+                step=step, status="error", exit_code=int(exc.exit_code), error=line, details=exc.details
+            )
             write_outputs(output_dir, failed)
         _print_error(line)
         raise typer.Exit(int(exc.exit_code)) from None

@@ -19,7 +19,8 @@ and remote bodies are cut short by :func:`short`.
      │    ├── ServerUnavailableError         unreachable, 5xx, engine down
      │    ├── DeadlineExceededError          a wait ran out of time
      │    ├── LockHeldError                  another deployment of this model is running
-     │    └── LockLostError                  our lease expired or was taken: nothing more moved
+     │    ├── LockLostError                  our lease expired or was taken: nothing more moved
+     │    └── PartialRolloutError            replicas left on another folder than before
      └── CheckFailedError           exit 1   a check ran and said no (smoke test, gate)
 
 Exit codes are the contract with Argo (``retryStrategy`` retries only 75); they are
@@ -29,8 +30,10 @@ mapped here and nowhere else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -53,6 +56,11 @@ class LoraDeployError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint or self.default_hint
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """Facts for ``result.json`` beyond the message (none for most errors)."""
+        return {}
 
     def one_line(self) -> str:
         """The single line shown to a person: what happened, then what to do."""
@@ -116,6 +124,43 @@ class LockHeldError(TransientError):
 
 class LockLostError(TransientError):
     default_hint = "nothing more was moved; check 'loradeploy status' and 'loradeploy history', then rerun"
+
+
+@dataclass(frozen=True)
+class LeftReplica:
+    """A replica a failed rollout could not put back.
+
+    ``serves`` is the folder its slot serves now (None: nothing), ``wanted`` the one it
+    served before; ``known`` is False when the replica could not even be asked.
+    """
+
+    replica: str
+    slot: str
+    serves: str | None
+    wanted: str | None
+    known: bool = True
+
+    def describe(self) -> str:
+        now = (self.serves or "nothing") if self.known else "unknown (unreachable)"
+        return f"{self.replica} serves {self.slot!r} from {now} instead of {self.wanted or 'nothing'}"
+
+
+class PartialRolloutError(TransientError):
+    """A rollout failed and some replicas could not be put back: they differ from the rest.
+
+    Transient on purpose: rerunning the same command (Argo's retry) or ``reconcile``
+    converges every replica, and ``left`` says which ones need it.
+    """
+
+    default_hint = "run the same command again (or 'loradeploy reconcile') to bring these replicas in line"
+
+    def __init__(self, message: str, *, left: Sequence[LeftReplica], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.left = tuple(left)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"replicas_left": [asdict(replica) for replica in self.left]}
 
 
 class CheckFailedError(LoraDeployError):

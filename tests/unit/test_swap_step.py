@@ -1,4 +1,5 @@
-"""steps/swap.py: replace the adapter behind a slot, and put the old one back on failure."""
+"""steps/swap.py: replace the adapter behind a slot, and put the old one back on failure
+(or say, with the replica named, that it could not)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ import pytest
 
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.swap import SwapStrategy
-from loradeploy.errors import AdapterRejectedError, NotFoundError, ServerUnavailableError
-from loradeploy.steps.swap import swap_adapter
-from support.fakes import BASE_ID, FakeVllmServer
+from loradeploy.errors import (
+    AdapterRejectedError,
+    LeftReplica,
+    NotFoundError,
+    PartialRolloutError,
+    ServerUnavailableError,
+)
+from loradeploy.steps.swap import Patience, restore, swap_adapter
+from support.fakes import BASE_ID, FakeClock, FakeVllmServer
 
 SLOT = "aws-rag-qa-live"
 V1 = f"/srv/adapters/{SLOT}/aws-rag-qa-v1"
@@ -96,3 +103,30 @@ def test_swap_to_the_root_already_served_calls_nothing(
     swap(vllm, V1, V1, strategy)
     assert server.adapters == {SLOT: V1}
     assert server.lora_calls() == []
+
+
+def test_a_put_back_that_keeps_failing_is_not_silent(
+    server: FakeVllmServer, vllm: VllmClient, clock: FakeClock
+) -> None:
+    server.adapters = {SLOT: V1}
+    server.die_on_load.add(V2)  # the swap fails after the load ...
+    server.rejected_paths.add(V1)  # ... and the old folder is refused back
+    patience = Patience(restore_s=10.0, retry_every_s=1.0, clock=clock, sleep=clock.sleep)
+
+    with pytest.raises(PartialRolloutError) as caught:
+        swap_adapter(
+            vllm, SLOT, V2, current_root=V1, strategy=SwapStrategy.INPLACE, base_id=BASE_ID, patience=patience
+        )
+
+    error = caught.value
+    assert isinstance(error.__cause__, ServerUnavailableError)  # the swap's own failure
+    assert error.left == (LeftReplica("http://vllm.test:8000", SLOT, V2, V1),)
+    assert "/health" in error.message and V2 in error.message
+    assert sum(clock.slept) >= 10.0
+    assert server.adapters == {SLOT: V2}
+
+
+def test_restore_empties_a_slot_that_was_empty(server: FakeVllmServer, vllm: VllmClient) -> None:
+    server.adapters = {SLOT: V2}
+    assert restore(vllm, SLOT, None) is None
+    assert server.adapters == {}

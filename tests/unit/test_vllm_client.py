@@ -334,3 +334,101 @@ def test_wait_until_model_available_reports_nothing_served(vllm: VllmClient) -> 
     with pytest.raises(DeadlineExceededError) as caught:
         vllm.wait_until_model_available("live", timeout=1)
     assert "it serves nothing" in caught.value.message
+
+
+# -- answers that are not vLLM's (a proxy, a login page, a broken body) -------------------------
+
+HTML = b"<html><body>Please sign in</body></html>"
+
+
+def _answering(content: bytes, headers: dict[str, str] | None = None) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: httpx.Response(200, content=content, headers=headers))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        HTML,  # a login page or an ingress's error page, with 200
+        b'{"object": "list", "data": [{"id": "live", "root": ',  # cut short
+        b'["not", "an", "object"]',
+        b'{"data": "nothing"}',
+        b'{"data": [{"root": "/srv/adapters/live/aws-rag-qa-v1"}]}',  # a card without an id
+        b"\xff\xfe\x00garbage",
+    ],
+)
+@pytest.mark.parametrize("call", ["list_models", "adapters", "base_model"])
+def test_a_body_that_is_not_vllms_is_a_translated_error(body: bytes, call: str) -> None:
+    with (
+        VllmClient(URL, transport=_answering(body)) as client,
+        pytest.raises(ServerUnavailableError) as caught,
+    ):
+        getattr(client, call)()
+    error = caught.value
+    assert URL in error.message
+    assert "not vLLM's" in error.message
+    assert error.exit_code == 75
+    assert len(error.one_line()) < 500
+
+
+@pytest.mark.parametrize("body", [HTML, b'["0.32.0"]', b'{"version": ["0.32.0"]}'])
+def test_a_version_answer_that_is_not_vllms_is_a_translated_error(body: bytes) -> None:
+    with (
+        VllmClient(URL, transport=_answering(body)) as client,
+        pytest.raises(ServerUnavailableError) as caught,
+    ):
+        client.server_version()
+    assert URL in caught.value.message
+    assert "/version" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [HTML, b'{"choices": []}', b'{"choices": [{"index": 0}], "usage": {"completion_tokens": "many"}}', b"{}"],
+)
+@pytest.mark.parametrize("call", ["completion", "chat_completion"])
+def test_an_inference_answer_that_is_not_vllms_is_a_translated_error(body: bytes, call: str) -> None:
+    with (
+        VllmClient(URL, transport=_answering(body)) as client,
+        pytest.raises(ServerUnavailableError) as caught,
+    ):
+        if call == "completion":
+            client.completion("live", "hi")
+        else:
+            client.chat_completion("live", [{"role": "user", "content": "hi"}])
+    assert URL in caught.value.message
+
+
+def test_completion_accepts_a_null_usage_and_text() -> None:
+    body = b'{"choices": [{"index": 0, "text": null}], "usage": null}'
+    with VllmClient(URL, transport=_answering(body)) as client:
+        done = client.completion("live", "hi")
+    assert (done.text, done.completion_tokens) == ("", 0)
+
+
+def test_a_body_that_cannot_be_decoded_is_a_translated_error() -> None:
+    transport = _answering(b"this is not gzip", headers={"Content-Encoding": "gzip"})
+    with (
+        VllmClient(URL, transport=transport) as client,
+        pytest.raises(ServerUnavailableError) as caught,
+    ):
+        client.list_models()
+    assert URL in caught.value.message
+    assert "decoded" in caught.value.message
+
+
+def test_a_redirect_loop_is_a_translated_error() -> None:
+    def loop(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": str(request.url)})
+
+    with VllmClient(URL, transport=httpx.MockTransport(loop)) as client:
+        client._http.follow_redirects = True  # a client configured to follow them
+        with pytest.raises(PermanentError) as caught:
+            client.list_models()
+    assert URL in caught.value.message
+    assert "redirect" in caught.value.message
+
+
+def test_a_load_answer_without_a_body_is_still_a_success(vllm: VllmClient, server: FakeVllmServer) -> None:
+    # vLLM answers a load with plain text; nothing parses it, so no "not vLLM's" error.
+    vllm.load_lora_adapter("live", V1)
+    assert server.adapters == {"live": V1}

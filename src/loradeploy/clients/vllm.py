@@ -1,7 +1,10 @@
 """Client for vLLM's OpenAI-compatible API, including the runtime LoRA routes.
 
 All I/O goes through one ``httpx.Client``; tests pass ``httpx.MockTransport``.
-vLLM's error bodies become the project's errors (see ``_raise_for``).
+Every failure leaves this module as one of the project's errors naming the server:
+httpx's exceptions through ``_NO_ANSWER`` (``_request``), vLLM's error bodies through
+``_raise_for``, and a success whose body is not what vLLM sends (a login page with 200,
+JSON cut short, a field missing) through ``_parse``.
 """
 
 from __future__ import annotations
@@ -9,16 +12,17 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
 from loradeploy.errors import (
     AdapterAlreadyLoadedError,
     AdapterRejectedError,
     AuthenticationError,
     DeadlineExceededError,
+    LoraDeployError,
     NotFoundError,
     PermanentError,
     ServerUnavailableError,
@@ -43,6 +47,76 @@ class Completion(BaseModel):
     text: str
     latency_s: float
     completion_tokens: int
+
+
+# The parts of vLLM's answers this client reads; anything else in them is ignored.
+
+
+class _ModelList(BaseModel):
+    data: list[ModelCard] = []
+
+
+class _Version(BaseModel):
+    version: str = "unknown"
+
+
+class _Usage(BaseModel):
+    completion_tokens: int = 0
+
+
+class _TextChoice(BaseModel):
+    text: str | None = None
+
+
+class _CompletionAnswer(BaseModel):
+    choices: list[_TextChoice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+class _Message(BaseModel):
+    content: str | None = None
+
+
+class _ChatChoice(BaseModel):
+    message: _Message
+
+
+class _ChatAnswer(BaseModel):
+    choices: list[_ChatChoice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+_Answer = TypeVar("_Answer", bound=BaseModel)
+
+# httpx's exceptions when no usable answer arrived, most specific first: (class, what
+# the message says, the error it becomes, the hint). Timeouts and dropped connections
+# leave the request's effect unknown: a load may still complete on the server.
+_NO_ANSWER: tuple[tuple[type[httpx.HTTPError], str, type[LoraDeployError], str], ...] = (
+    (
+        httpx.TimeoutException,
+        "did not answer {request} in time",
+        ServerUnavailableError,
+        "check that the server is up and not overloaded, then retry",
+    ),
+    (
+        httpx.TransportError,
+        "is unreachable",
+        ServerUnavailableError,
+        "start the server (loradeploy stack up) or fix --vllm-url",
+    ),
+    (
+        httpx.DecodingError,
+        "sent an answer to {request} that cannot be decoded",
+        ServerUnavailableError,
+        "check that --vllm-url reaches vLLM itself, not a proxy that rewrites answers; retry",
+    ),
+    (
+        httpx.TooManyRedirects,
+        "redirected {request} too many times",
+        PermanentError,
+        "fix --vllm-url: it should be the server's base URL, without redirects",
+    ),
+)
 
 
 class VllmClient:
@@ -89,15 +163,30 @@ class VllmClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ServerUnavailableError(
-                f"vLLM at {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})",
-                hint="check that the server is up and not overloaded, then retry",
+        except httpx.RequestError as exc:
+            for kind, says, error, hint in _NO_ANSWER:
+                if isinstance(exc, kind):
+                    what = says.format(request=f"{method} {path}")
+                    raise error(
+                        f"vLLM at {self.base_url} {what} ({type(exc).__name__}: {short(str(exc), 80)})",
+                        hint=hint,
+                    ) from exc
+            raise ServerUnavailableError(  # an httpx error newer than the table
+                f"vLLM at {self.base_url}: {method} {path} failed ({type(exc).__name__})",
+                hint="check the server and --vllm-url, then retry",
             ) from exc
-        except httpx.TransportError as exc:
+
+    def _parse(self, response: httpx.Response, shape: type[_Answer], what: str) -> _Answer:
+        """The answer's body as ``shape``; anything else (HTML, JSON cut short, fields
+        missing or of the wrong type) is the server's fault, named with its URL."""
+        try:
+            return shape.model_validate_json(response.content)
+        except ValidationError as exc:
+            kind = response.headers.get("content-type") or "no content type"
             raise ServerUnavailableError(
-                f"vLLM at {self.base_url} is unreachable ({type(exc).__name__}: {short(str(exc), 80)})",
-                hint="start the server (loradeploy stack up) or fix --vllm-url",
+                f"vLLM at {self.base_url} answered {what} with a body that is not vLLM's "
+                f"(HTTP {response.status_code}, {short(kind, 60)}: {short(response.text, 80)})",
+                hint="check that --vllm-url reaches vLLM itself, not a proxy or login page; retry",
             ) from exc
 
     def _raise_for(self, response: httpx.Response, what: str) -> None:
@@ -152,12 +241,12 @@ class VllmClient:
     def server_version(self) -> str:
         response = self._request("GET", "/version")
         self._raise_for(response, "version")
-        return str(response.json().get("version", "unknown"))
+        return self._parse(response, _Version, "GET /version").version
 
     def list_models(self) -> list[ModelCard]:
         response = self._request("GET", "/v1/models")
         self._raise_for(response, "list models")
-        return [ModelCard.model_validate(card) for card in response.json().get("data", [])]
+        return self._parse(response, _ModelList, "GET /v1/models").data
 
     def base_model(self) -> ModelCard:
         """The served base model (the card without a parent)."""
@@ -194,12 +283,12 @@ class VllmClient:
         response = self._request("POST", "/v1/completions", json=body)
         latency = self._clock() - started
         self._raise_for(response, f"completion for {model!r}")
-        data = response.json()
+        answer = self._parse(response, _CompletionAnswer, f"POST /v1/completions for {model!r}")
         return Completion(
             model=model,
-            text=str(data["choices"][0].get("text") or ""),
+            text=answer.choices[0].text or "",
             latency_s=latency,
-            completion_tokens=int(data.get("usage", {}).get("completion_tokens", 0)),
+            completion_tokens=answer.usage.completion_tokens if answer.usage else 0,
         )
 
     def chat_completion(
@@ -229,19 +318,24 @@ class VllmClient:
         response = self._request("POST", "/v1/chat/completions", json=body)
         latency = self._clock() - started
         self._raise_for(response, f"chat completion for {model!r}")
-        data = response.json()
+        answer = self._parse(response, _ChatAnswer, f"POST /v1/chat/completions for {model!r}")
         return Completion(
             model=model,
-            text=str(data["choices"][0]["message"].get("content") or ""),
+            text=answer.choices[0].message.content or "",
             latency_s=latency,
-            completion_tokens=int(data.get("usage", {}).get("completion_tokens", 0)),
+            completion_tokens=answer.usage.completion_tokens if answer.usage else 0,
         )
 
     # -- runtime LoRA --------------------------------------------------------------------
 
     def load_lora_adapter(self, name: str, path: str, *, load_inplace: bool = False) -> None:
         """``POST /v1/load_lora_adapter``. With ``load_inplace`` the weights under ``name``
-        are replaced without a window where the name is missing."""
+        are replaced without a window where the name is missing.
+
+        ``ServerUnavailableError`` here means no usable answer came back (timeout, dropped
+        connection): the server may still complete the load. Every answer vLLM gives to a
+        load, 5xx included, is another error (the adapter was not loaded).
+        """
         body = {"lora_name": name, "lora_path": path, "load_inplace": load_inplace}
         response = self._request("POST", "/v1/load_lora_adapter", json=body)
         self._raise_for(response, f"load adapter {name!r} from {path}")

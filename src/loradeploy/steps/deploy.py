@@ -23,9 +23,10 @@ from loradeploy.domain.adapter import (
     inspect_adapter,
 )
 from loradeploy.domain.layout import version_dir
-from loradeploy.errors import InvalidAdapterError, PermanentError
+from loradeploy.errors import InvalidAdapterError
 from loradeploy.results import Check, StepResult, Timer
-from loradeploy.steps.rollout import Replica, roll_out
+from loradeploy.steps.rollout import Replica, roll_out, strategy_warnings
+from loradeploy.steps.swap import DEFAULT_PATIENCE, Patience
 
 
 def required_digests(version: VersionInfo) -> dict[str, str]:
@@ -105,8 +106,12 @@ def deploy_version(
     max_lora_rank: int,
     result: StepResult,
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    patience: Patience = DEFAULT_PATIENCE,
 ) -> str:
-    """Serve ``version`` under ``slot`` on every replica; returns the served folder."""
+    """Serve ``version`` under ``slot`` on every replica; returns the served folder.
+
+    Strategy warnings go to ``result.details["warnings"]`` (appended, before the swap).
+    """
     timer = Timer(result.timings_s)
     new_root, info, written = fetch_and_place(
         version,
@@ -119,19 +124,14 @@ def deploy_version(
         timer=timer,
         max_adapter_bytes=max_adapter_bytes,
     )
-    with timer("load"):
-        swapped = roll_out(replicas, slot, new_root)
-    with timer("verify"):
-        for replica in replicas:
-            card = replica.vllm.adapters().get(slot)
-            if card is None or card.root != new_root:
-                raise PermanentError(
-                    f"vLLM at {replica.vllm.base_url} does not serve {slot!r} from {new_root}",
-                    hint="run the step again; check the vLLM log if it repeats",
-                )
-            result.checks.append(
-                Check(name=f"served:{replica.vllm.base_url}", passed=True, detail=f"root={card.root}")
-            )
+    if warnings := strategy_warnings(replicas):
+        result.details.setdefault("warnings", []).extend(warnings)
+    # Swap, verify every replica again, and on any failure put every replica back.
+    swapped = roll_out(replicas, slot, new_root, patience=patience, timer=timer)
+    for row in swapped:
+        result.checks.append(
+            Check(name=f"served:{row['replica']}", passed=True, detail=f"root={row['root']}")
+        )
     result.details.update(
         {
             "adapter_path": new_root,

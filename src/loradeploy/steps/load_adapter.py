@@ -64,5 +64,5 @@ def load_adapter(
             result=result,
         )
     if lease.release_error:
-        result.details["warnings"] = [f"lock not released: {lease.release_error}"]
+        result.details.setdefault("warnings", []).append(f"lock not released: {lease.release_error}")
     return result

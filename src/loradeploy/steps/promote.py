@@ -126,7 +126,7 @@ def promote_adapter(
             "retry_of_interrupted_run": bool(retried),
             "removed_folders": removed,
             "aliases_after": _after(aliases, moves),
-            "warnings": warnings,
+            "warnings": [*result.details.get("warnings", []), *warnings],
         }
     )
     return result
