@@ -8,11 +8,13 @@ Alias writes are refused: a test that reaches them has found a step changing ali
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
+from loradeploy.domain.listing import ListedFile
 from loradeploy.domain.names import Source
 from loradeploy.errors import NotFoundError, ServerUnavailableError
 
@@ -62,10 +64,18 @@ class FakeRegistry:
             raise NotFoundError(f"alias {source.value!r} of model {name!r}: not found")
         return self.get_version(name, self.aliases[source.value], via=str(source))
 
-    def download_adapter(self, name: str, version: str, output_dir: Path) -> Path:
+    def list_adapter_files(self, name: str, version: str) -> list[ListedFile]:
         self._check(name)
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.versions[version], output_dir)
+        folder = self.versions[version]
+        return [ListedFile(p.name, p.stat().st_size) for p in sorted(folder.iterdir())]
+
+    def download_adapter(
+        self, name: str, version: str, output_dir: Path, *, files: Mapping[str, int], max_bytes: int
+    ) -> Path:
+        self._check(name)
+        output_dir.mkdir(parents=True)
+        for file_name in sorted(files):
+            shutil.copyfile(self.versions[version] / file_name, output_dir / file_name)
         self.downloads.append(version)
         return output_dir
 

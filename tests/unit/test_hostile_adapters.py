@@ -17,6 +17,7 @@ counts them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -48,6 +49,7 @@ from loradeploy.errors import (
     IncompatibleAdapterError,
     InvalidAdapterError,
     LoraDeployError,
+    PermanentError,
     UsageError,
 )
 from loradeploy.results import StepResult
@@ -120,6 +122,9 @@ class FakeModelsArtifactRepository(ArtifactRepository):
 
     served: ClassVar[Artefacts | None] = None
     downloads: ClassVar[list[str]] = []
+    unsized: ClassVar[set[str]] = set()  # listed without a size
+    served_extra: ClassVar[dict[str, bytes]] = {}  # served after the listed bytes
+    write_error: ClassVar[OSError | None] = None  # raised by every file download
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
         assert self.served is not None
@@ -127,16 +132,19 @@ class FakeModelsArtifactRepository(ArtifactRepository):
             return []  # a flat version: nothing below the root
         listing = [FileInfo(name, False, len(data)) for name, data in self.served.files.items()]
         listing += [FileInfo(name, False, size) for name, size in self.served.sparse.items()]
-        return listing
+        return [FileInfo(f.path, False, None) if f.path in self.unsized else f for f in listing]
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         assert self.served is not None
         type(self).downloads.append(remote_file_path)
+        if self.write_error is not None:
+            raise self.write_error
         if remote_file_path in self.served.sparse:
             with Path(local_path).open("wb") as handle:
                 handle.truncate(self.served.sparse[remote_file_path])
             return
-        Path(local_path).write_bytes(self.served.files[remote_file_path])
+        extra = self.served_extra.get(remote_file_path, b"")
+        Path(local_path).write_bytes(self.served.files[remote_file_path] + extra)
 
     def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
         raise NotImplementedError("read-only fake")
@@ -153,6 +161,9 @@ class FakeMlflowClient:
 def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeModelsArtifactRepository]]:
     monkeypatch.setitem(_artifact_repository_registry._registry, "models", FakeModelsArtifactRepository)
     monkeypatch.setattr(FakeModelsArtifactRepository, "downloads", [])
+    monkeypatch.setattr(FakeModelsArtifactRepository, "unsized", set())
+    monkeypatch.setattr(FakeModelsArtifactRepository, "served_extra", {})
+    monkeypatch.setattr(FakeModelsArtifactRepository, "write_error", None)
     # MLflowHelper sets MLflow's HTTP settings in the environment; put them back afterwards.
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.delenv(name, raising=False)
@@ -540,15 +551,84 @@ def test_a_recorded_size_above_the_cap_is_refused_before_the_download(deployer: 
     assert deployer.store.downloads == []
 
 
-def test_a_size_tag_that_lies_is_caught_after_the_download_before_hashing(deployer: Deployer) -> None:
+def test_a_size_tag_that_lies_is_caught_by_the_listing_before_the_download(deployer: Deployer) -> None:
     artefacts = Artefacts.valid()
     artefacts.sparse["shard.bin.safetensors"] = 5 * GIB  # default cap is 4 GiB
     artefacts.seal()
     assert artefacts.tags is not None
     artefacts.tags[f"{TAG_PREFIX}bytes"] = "1024"  # the tag says 1 KiB
     error = deployer.refuses(artefacts, InvalidAdapterError)
-    assert "total size" in error.message
-    assert str(DEFAULT_MAX_TOTAL_BYTES) in error.message
+    assert "add up to" in error.message and str(DEFAULT_MAX_TOTAL_BYTES) in error.message
+    assert deployer.store.downloads == []
+
+
+def real_bytes(size: int) -> bytes:
+    """Incompressible, non-sparse content: every byte costs disk space when written."""
+    return hashlib.shake_256(b"loradeploy").digest(size)
+
+
+def test_an_oversized_real_file_under_a_lying_tag_is_never_downloaded(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    artefacts.files["adapter_model-00002.safetensors"] = real_bytes(256 << 10)
+    artefacts.seal()
+    assert artefacts.tags is not None
+    artefacts.tags[f"{TAG_PREFIX}bytes"] = "1024"  # the tag says 1 KiB
+    error = deployer.refuses(artefacts, InvalidAdapterError, max_adapter_bytes=64 << 10)
+    assert "nothing was downloaded" in error.message
+    assert "LORADEPLOY_MAX_ADAPTER_BYTES" in error.one_line()
+    assert deployer.store.downloads == []
+
+
+def test_a_version_without_a_size_record_is_refused_before_the_download(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    tags = artefacts.seal()
+    del tags[f"{TAG_PREFIX}bytes"]
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert "model 'aws-rag-qa' version 7 has no size record" in error.message
+    assert "loradeploy register" in error.one_line()
+    assert deployer.store.downloads == []
+
+
+@pytest.mark.parametrize("recorded", ["1", "-5", "12 KiB", "١٢٣"])
+def test_a_size_tag_that_disagrees_with_the_listing_is_refused(deployer: Deployer, recorded: str) -> None:
+    artefacts = Artefacts.valid()
+    tags = artefacts.seal()
+    tags[f"{TAG_PREFIX}bytes"] = recorded
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert "nothing was downloaded" in error.message
+    assert deployer.store.downloads == []
+
+
+def test_a_listing_without_sizes_is_refused_before_the_download(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    deployer.store.unsized = {WEIGHTS_FILE}
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert f"gives no size for ['{WEIGHTS_FILE}']" in error.message
+    assert deployer.store.downloads == []
+
+
+def test_a_store_serving_more_than_it_lists_is_stopped_at_that_file(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    artefacts.seal()
+    deployer.store.served_extra = {CONFIG_FILE: real_bytes(1 << 20)}  # the first file, sorted
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert "the download was stopped" in error.message
+    assert deployer.store.downloads == [CONFIG_FILE]  # the weights were never fetched
+
+
+@pytest.mark.parametrize(
+    "code",
+    [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES],
+    ids=["ENOSPC", "EDQUOT", "EROFS", "EACCES"],
+)
+def test_a_disk_error_during_the_download_is_permanent_and_names_the_folder(
+    deployer: Deployer, code: int
+) -> None:
+    deployer.store.write_error = OSError(code, os.strerror(code))
+    error = deployer.refuses(Artefacts.valid(), PermanentError)
+    assert error.exit_code == 3
+    assert "cannot write to" in error.message and "MiB free" in error.message
+    assert "MLflow" not in error.message
 
 
 def test_a_lower_configured_cap_applies(deployer: Deployer) -> None:
