@@ -233,7 +233,7 @@ def _targets(settings: Settings, where: _Where) -> Iterator[tuple[Any, list[Any]
     from loradeploy.clients.files import LocalFolderTransport
 
     if where.transport == "local":
-        chosen: Any = LocalFolderTransport(settings.require_adapters_root())
+        chosen: Any = LocalFolderTransport(settings.require_adapters_root(), settings.staging_dir)
         replica_urls = list(where.urls or (settings.stack.vllm_urls if settings.stack else []))
         replica_urls = replica_urls or [settings.require_vllm_url()]
     elif where.transport == "kubectl":
@@ -556,7 +556,7 @@ def _init_load(
             model=model,
             slot_for_alias={LIVE: live_slot, STAGED: candidate_slot},
             registry=_registry(settings),
-            transport=LocalFolderTransport(settings.require_adapters_root()),
+            transport=LocalFolderTransport(settings.require_adapters_root(), settings.staging_dir),
             base_model_name=base_model_name,
             base_model_aliases=settings.base_model_aliases,
             max_lora_rank=settings.max_lora_rank,
