@@ -254,6 +254,18 @@ def _targets(settings: Settings, where: _Where) -> Iterator[tuple[Any, list[Any]
         yield chosen, [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
 
 
+def _manifest(settings: Settings, model: str, live_slot: str, candidate_slot: str) -> Any:
+    """Which slot restores which alias in lora-modules.json (as init-load-adapters writes it)."""
+    from loradeploy.domain.aliases import LIVE, STAGED
+    from loradeploy.steps.manifest import ManifestSpec
+
+    return ManifestSpec(
+        model=model,
+        slot_for_alias={LIVE: names.slot_name(live_slot), STAGED: names.slot_name(candidate_slot)},
+        base_model_name=settings.stack.served_model if settings.stack else None,
+    )
+
+
 @app.command()
 def version() -> None:
     """Print the loradeploy version."""
@@ -301,6 +313,8 @@ def load_adapter(
     slot_name: Annotated[str, typer.Option("--slot-name", help="Served adapter name (the slot).")],
     vllm_url: VllmUrls = None,
     output_dir: OutputDir = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
     adapters_root: AdaptersRoot = None,
     swap_strategy: SwapOpt = SwapStrategy.AUTO,
     max_lora_rank: MaxRank = None,
@@ -357,6 +371,7 @@ def load_adapter(
                 replicas=replicas,
                 transport=files,
                 actor=_actor(settings, "load-adapter"),
+                manifest=_manifest(settings, model, live_slot, candidate_slot),
             )
 
     _run("load-adapter", output_dir, action)
@@ -434,6 +449,11 @@ def set_staged_alias(
     ] = DEFAULT_CANDIDATE_SLOT,
     vllm_url: VllmUrls = None,
     output_dir: OutputDir = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    adapters_root: Annotated[
+        Path | None,
+        typer.Option("--adapters-root", help="Rewrite lora-modules.json in this folder (local transport)."),
+    ] = None,
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
@@ -449,10 +469,18 @@ def set_staged_alias(
         settings = _settings(
             tracking_uri=tracking_uri,
             vllm_url=vllm_url[0] if vllm_url else None,
+            adapters_root=adapters_root,
             api_key=api_key,
             ca_bundle=ca_bundle,
         )
         urls = _replica_urls(settings, vllm_url)
+        from loradeploy.clients.files import LocalFolderTransport
+
+        files = (  # the manifest is rewritten where the adapters folder is known (local)
+            LocalFolderTransport(settings.adapters_root, settings.staging_dir)
+            if settings.adapters_root
+            else None
+        )
         with ExitStack() as stack:
             replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
             return step(
@@ -462,6 +490,8 @@ def set_staged_alias(
                 source=parsed,
                 slot=slot_name,
                 actor=_actor(settings, "set-staged-alias"),
+                manifest=_manifest(settings, model_name, live_slot, slot_name),
+                transport=files,
             )
 
     _run("set-staged-alias", output_dir, action)
@@ -475,6 +505,7 @@ def promote_adapter(
     ] = "staged",
     vllm_url: VllmUrls = None,
     live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
     output_dir: OutputDir = None,
     adapters_root: AdaptersRoot = None,
     swap_strategy: SwapOpt = SwapStrategy.AUTO,
@@ -532,6 +563,7 @@ def promote_adapter(
                 replicas=replicas,
                 transport=files,
                 actor=_actor(settings, "promote-adapter"),
+                manifest=_manifest(settings, request.model, live_slot, candidate_slot),
             )
 
     _run("promote-adapter", output_dir, action)
@@ -884,6 +916,7 @@ def reconcile(
                     replicas=replicas,
                     transport=files,
                     actor=_actor(settings, "reconcile"),
+                    manifest=_manifest(settings, request.model, live_slot, candidate_slot),
                 )
 
         if not watch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.aliases import STAGED, plan_set
@@ -16,6 +17,7 @@ from loradeploy.domain.names import Source
 from loradeploy.errors import AliasMovedError, NotFoundError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.aliases import Actor, model_lock, move_aliases
+from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 
 
 def set_staged_alias(
@@ -26,6 +28,8 @@ def set_staged_alias(
     source: Source,
     slot: str,
     actor: Actor,
+    manifest: ManifestSpec | None = None,
+    transport: AdapterTransport | None = None,
 ) -> StepResult:
     result = StepResult(step="set-staged-alias", model=model, source=str(source), slot=slot)
     timer = Timer(result.timings_s)
@@ -50,5 +54,15 @@ def set_staged_alias(
     with model_lock(registry, model, actor), timer("set-alias"):
         moves = plan_set(registry.get_aliases(model), STAGED, version.version)
         move_aliases(registry, model, moves, actor, reason=f"smoke-tested in slot {slot}")
+        # Committed. lora-modules.json: a vLLM restart serves the staged version.
+        modules, warnings = (
+            refresh_after_commit(manifest, registry=registry, transport=transport)
+            if transport is not None
+            else (None, [])
+        )
     result.details = {"alias_moves": [m.describe() for m in moves]}
+    if modules is not None:
+        result.details["lora_modules"] = modules
+    if warnings:
+        result.details["warnings"] = warnings
     return result
