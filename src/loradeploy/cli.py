@@ -266,6 +266,17 @@ def _manifest(settings: Settings, model: str, live_slot: str, candidate_slot: st
     )
 
 
+def _other_replica_urls(settings: Settings, where: _Where, files: Any, given: list[Any]) -> list[str]:
+    """Replicas of the deployment a command was not pointed at (``--vllm-url`` given for
+    some only): the local stack's servers, or every Ready pod. Cleanup keeps what they serve."""
+    if where.transport == "kubectl":
+        known = list(files.replica_urls())
+    else:
+        known = list(settings.stack.vllm_urls) if settings.stack else []
+    seen = {str(client.base_url).rstrip("/") for client in given}
+    return [url for url in known if url.rstrip("/") not in seen]
+
+
 @app.command()
 def version() -> None:
     """Print the loradeploy version."""
@@ -550,13 +561,16 @@ def promote_adapter(
             max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
         )
+        where = _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl)
         with (
-            _targets(
-                settings,
-                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
-            ) as (files, replicas),
+            _targets(settings, where) as (files, replicas),
             err.status(f"promoting {model_name}@{source_alias} to {live_slot}"),
+            ExitStack() as more,
         ):
+            others = [
+                more.enter_context(_vllm(settings, url))
+                for url in _other_replica_urls(settings, where, files, replicas)
+            ]
             return step(
                 request,
                 registry=_registry(settings),
@@ -564,6 +578,7 @@ def promote_adapter(
                 transport=files,
                 actor=_actor(settings, "promote-adapter"),
                 manifest=_manifest(settings, request.model, live_slot, candidate_slot),
+                others=others,
             )
 
     _run("promote-adapter", output_dir, action)

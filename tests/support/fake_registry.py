@@ -96,3 +96,22 @@ class FakeRegistry:
 
     def delete_alias(self, name: str, alias: str) -> None:
         raise AssertionError(f"alias {alias!r} of {name!r} deleted: this step must not")
+
+
+@dataclass
+class FakeAliasRegistry(FakeRegistry):
+    """A ``FakeRegistry`` whose aliases move, with audit records kept in a list."""
+
+    audit: list[dict[str, object]] = field(default_factory=list)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._check(name)
+        self.aliases[alias] = version
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._check(name)
+        self.aliases.pop(alias, None)
+
+    def record_action(self, **record: object) -> str:
+        self.audit.append(record)
+        return f"audit-{len(self.audit)}"

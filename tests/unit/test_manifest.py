@@ -1,8 +1,8 @@
 """lora-modules.json follows every committed change (review D6): what a vLLM restart
 starts with is what the aliases name, without waiting for reconcile.
 
-The steps run for real against the fakes: ``FakeAliasRegistry`` (a ``FakeRegistry`` that
-lets aliases move and keeps audit records), ``FakeVllmServer`` and a real
+The steps run for real against the fakes: ``FakeAliasRegistry`` (aliases move, audit
+records are kept), ``FakeVllmServer`` and a real
 ``LocalFolderTransport`` in ``tmp_path``; the test reads the manifest file itself.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from loradeploy.steps.manifest import ManifestSpec
 from loradeploy.steps.promote import PromoteRequest, promote_adapter
 from loradeploy.steps.reconcile import ReconcileRequest, reconcile
 from loradeploy.steps.set_staged_alias import set_staged_alias
-from support.fake_registry import FakeRegistry
+from support.fake_registry import FakeAliasRegistry
 from support.fakes import BASE_ID, FakeClock, FakeVllmServer
 from support.synthetic import write_adapter
 
@@ -37,25 +37,6 @@ MODEL = "aws-rag-qa"
 LIVE, CANDIDATE = "aws-rag-qa-live", "aws-rag-qa-candidate"
 SPEC = ManifestSpec(MODEL, {"live": LIVE, "staged": CANDIDATE})
 ACTOR = Actor(who="test@here", step="test", run_id="run-1")
-
-
-@dataclass
-class FakeAliasRegistry(FakeRegistry):
-    """FAKE registry whose aliases move, with audit records kept in a list."""
-
-    audit: list[dict[str, object]] = field(default_factory=list)
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self._check(name)
-        self.aliases[alias] = version
-
-    def delete_alias(self, name: str, alias: str) -> None:
-        self._check(name)
-        self.aliases.pop(alias, None)
-
-    def record_action(self, **record: object) -> str:
-        self.audit.append(record)
-        return f"audit-{len(self.audit)}"
 
 
 class FakeReadOnlyTransport(LocalFolderTransport):

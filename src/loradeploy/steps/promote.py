@@ -8,7 +8,7 @@
    aliases that pointed at the version; every move is recorded in the audit history;
 6. rewrite ``lora-modules.json`` from the moved aliases (``steps.manifest``), so a vLLM
    restart serves the promoted version;
-7. remove version folders no alias needs and no served name points to.
+7. remove version folders no alias needs and no replica of the deployment serves.
 
 A failure before step 5 leaves the aliases untouched and the previous adapter served.
 """
@@ -54,7 +54,10 @@ def promote_adapter(
     transport: AdapterTransport,
     actor: Actor,
     manifest: ManifestSpec | None = None,
+    others: Sequence[VllmClient] = (),
 ) -> StepResult:
+    """``others``: replicas of the deployment the command was not pointed at; cleanup
+    keeps every folder they serve."""
     result = StepResult(
         step="promote-adapter",
         model=request.model,
@@ -115,7 +118,9 @@ def promote_adapter(
         removed: list[str] = []
         with timer("cleanup"):
             try:
-                removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
+                removed = remove_unused_folders(
+                    registry, transport, request.model, [s.vllm for s in servers], others
+                )
             except LoraDeployError as exc:
                 warnings.append(f"unused folders kept: {exc.one_line()}")
     if lease.release_error:
