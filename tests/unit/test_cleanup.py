@@ -121,3 +121,34 @@ def test_two_promotions_through_one_of_two_replicas_keep_the_other_ones_folder(
     assert registry.aliases["live"] == "3"
     assert b.adapters == {LIVE: v1}
     assert Path(v1).is_dir(), "replica B still serves v1: its folder must stay"
+
+
+def test_a_promotion_whose_left_out_replica_cannot_answer_keeps_every_folder_and_exits_0(
+    tmp_path: Path,
+    transport: LocalFolderTransport,
+    servers: tuple[FakeVllmServer, FakeVllmServer, VllmClient, VllmClient],
+    clock: FakeClock,
+) -> None:
+    a, _, client_a, _ = servers
+    registry = FakeAliasRegistry(MODEL, aliases={"live": "1", "staged": "2"})
+    for version in ("1", "2"):
+        registry.add_version(version, write_adapter(tmp_path / "registry" / version, fill=int(version) + 2))
+    stale = place(transport, "7")  # no alias needs it; only the unreachable replica could say
+    a.adapters = {LIVE: place(transport, "1")}
+    down = VllmClient(
+        "http://vllm-down.test:8000", transport=httpx.MockTransport(refuse), clock=clock, sleep=clock.sleep
+    )
+
+    result = promote_adapter(
+        PromoteRequest(model=MODEL, source_alias="staged", live_slot=LIVE),
+        registry=registry,
+        replicas=[client_a],
+        transport=transport,
+        actor=Actor(who="test", step="promote-adapter", run_id="r"),
+        others=[down],
+    )
+
+    assert registry.aliases["live"] == "2"  # committed
+    assert result.details["removed_folders"] == []
+    assert Path(stale).is_dir()
+    assert any(w.startswith("unused folders kept") for w in result.details["warnings"])
