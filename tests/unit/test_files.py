@@ -119,9 +119,10 @@ def test_leftovers_of_killed_runs_are_removed_when_staging_starts(
     served = slot / "aws-rag-qa-v1"
     write_adapter(served)
     age(served, 7200)  # a served version folder, however old, is not a leftover
-    old_scratch = age(write_adapter(tmp_path / "staging" / "0123abcd"), 1000)
-    young_scratch = tmp_path / "staging" / "4567cdef"
+    old_scratch = age(write_adapter(tmp_path / "staging" / "loradeploy-scratch-0123abcd"), 1000)
+    young_scratch = tmp_path / "staging" / "loradeploy-scratch-4567cdef"
     young_scratch.mkdir()
+    not_ours = age(write_adapter(tmp_path / "staging" / "someone-elses"), 1000)  # a shared /tmp
     old_tmp = age(write_adapter(slot / ".aws-rag-qa-v2.tmp-0a1b2c3d4e5f"), 1000)
     young_tmp = slot / ".aws-rag-qa-v3.tmp-abcdefabcdef"
     young_tmp.mkdir()
@@ -134,6 +135,7 @@ def test_leftovers_of_killed_runs_are_removed_when_staging_starts(
 
     assert not old_scratch.exists() and not old_tmp.exists() and not legacy.exists()
     assert young_scratch.is_dir() and young_tmp.is_dir()  # a live run may still be writing them
+    assert not_ours.is_dir()
     assert inspect_adapter(served).rank == 16
 
 

@@ -71,6 +71,9 @@ MANIFEST = "lora-modules.json"
 # 900 s as the deployment lock's lease (steps.aliases.DEFAULT_LOCK_TTL_S), after which a
 # silent holder is presumed dead.
 LEFTOVER_AGE_S = 900.0
+# Scratch folders are named so; only such names are ever removed from the staging
+# folder, which may be shared (LORADEPLOY_STAGING_DIR=/tmp).
+SCRATCH_PREFIX = "loradeploy-scratch-"
 
 
 class LocalFolderTransport:
@@ -119,20 +122,23 @@ class LocalFolderTransport:
         with local_writes(area, "creating the staging folder"):
             area.mkdir(parents=True, exist_ok=True)
         self.remove_leftovers()
-        scratch = area / uuid.uuid4().hex
+        scratch = area / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
         try:
             yield scratch
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def remove_leftovers(self) -> list[Path]:
-        """Remove what killed runs left: scratch folders in the staging folder (and in the
-        ``.staging`` folder older versions kept below the root), hidden ``.<name>.tmp-*``
-        folders in slot folders and manifest temporaries, once older than the lease."""
+        """Remove what killed runs left: ``loradeploy-scratch-*`` folders in the staging
+        folder (and the ``.staging`` folder older versions kept below the root), hidden
+        ``.<name>.tmp-*`` folders in slot folders and manifest temporaries, once older
+        than the lease."""
         candidates: list[Path] = []
-        for area in (self.staging_root, self.root_path / ".staging"):
-            if area.is_dir():
-                candidates += list(area.iterdir())
+        if self.staging_root.is_dir():
+            candidates += [e for e in self.staging_root.iterdir() if e.name.startswith(SCRATCH_PREFIX)]
+        legacy = self.root_path / ".staging"  # below the root: everything in it was ours
+        if legacy.is_dir():
+            candidates += list(legacy.iterdir())
         if self.root_path.is_dir():
             for entry in self.root_path.iterdir():
                 if entry.name.startswith(f".{MANIFEST}.tmp"):
@@ -146,7 +152,6 @@ class LocalFolderTransport:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        legacy = self.root_path / ".staging"
         with suppress(OSError):
             legacy.rmdir()  # only when empty
         return removed

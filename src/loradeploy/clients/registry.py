@@ -8,6 +8,7 @@ An alias is resolved to a concrete version once; everything after goes by versio
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,7 +135,8 @@ class MLflowHelper:
             ) from exc
         except OSError as exc:  # requests' ConnectionError is an OSError
             if is_disk_error(exc):  # a local file, not the server (requests' errors carry no errno)
-                folder = Path(exc.filename).parent if exc.filename else Path.cwd()
+                # Without a file name: MLflow's own scratch files, in the temp folder.
+                folder = Path(exc.filename).parent if exc.filename else Path(tempfile.gettempdir())
                 raise disk_error(exc, folder, what) from exc
             raise ServerUnavailableError(
                 f"{where} is unreachable during {what} ({type(exc).__name__})",
