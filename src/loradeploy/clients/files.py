@@ -132,26 +132,23 @@ class LocalFolderTransport:
         """Remove what killed runs left: ``loradeploy-scratch-*`` folders in the staging
         folder (and the ``.staging`` folder older versions kept below the root), hidden
         ``.<name>.tmp-*`` folders in slot folders and manifest temporaries, once older
-        than the lease."""
-        candidates: list[Path] = []
-        if self.staging_root.is_dir():
-            candidates += [e for e in self.staging_root.iterdir() if e.name.startswith(SCRATCH_PREFIX)]
+        than the lease. Best effort: what cannot be read or removed stays."""
         legacy = self.root_path / ".staging"  # below the root: everything in it was ours
-        if legacy.is_dir():
-            candidates += list(legacy.iterdir())
-        if self.root_path.is_dir():
-            for entry in self.root_path.iterdir():
-                if entry.name.startswith(f".{MANIFEST}.tmp"):
-                    candidates.append(entry)
-                elif entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
-                    candidates += [f for f in entry.iterdir() if _is_hidden_temporary(f.name)]
+        candidates = [e for e in _entries(self.staging_root) if e.name.startswith(SCRATCH_PREFIX)]
+        candidates += _entries(legacy)
+        for entry in _entries(self.root_path):
+            if entry.name.startswith(f".{MANIFEST}.tmp"):
+                candidates.append(entry)
+            elif entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+                candidates += [f for f in _entries(entry) if _is_hidden_temporary(f.name)]
         cutoff = self._clock() - self.leftover_age_s
         removed = [path for path in candidates if _last_change(path) < cutoff]
         for path in removed:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                path.unlink(missing_ok=True)
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)
         with suppress(OSError):
             legacy.rmdir()  # only when empty
         return removed
@@ -221,6 +218,14 @@ class LocalFolderTransport:
         finally:
             with suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``; none when it is missing or unreadable."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _is_hidden_temporary(name: str) -> bool:
