@@ -3,10 +3,11 @@ deploy code (issue 6).
 
 A registered version is whatever an attacker with write access to the registry put
 there: file names, file contents and the ``loradeploy.*`` tags. Each case below builds
-such a version, serves it through MLflow's own download code
-(``mlflow.artifacts.download_artifacts`` with ``FakeModelsArtifactRepository`` standing
-in for the tracking server's artifact store), and runs ``steps.deploy.deploy_version``
-with ``LocalFolderTransport`` and ``FakeVllmServer``. Every case must end in the right
+such a version, serves it through MLflow's own artifact repository lookup (the
+``models`` scheme resolves to ``FakeModelsArtifactRepository``, standing in for the
+tracking server's artifact store; ``MLflowHelper`` lists and downloads through it), and
+runs ``steps.deploy.deploy_version`` with ``LocalFolderTransport`` and
+``FakeVllmServer``. Every case must end in the right
 typed error, leave the tree around ``tmp_path`` exactly as it was (downloads are
 staged outside it), and send nothing to the vLLM server.
 
@@ -116,8 +117,9 @@ class Artefacts:
 class FakeModelsArtifactRepository(ArtifactRepository):
     """FAKE artifact store for ``models:/`` URIs: lists and serves ``Artefacts``.
 
-    Registered under the ``models`` scheme, so MLflow's real ``download_artifacts`` (its
-    listing walk, destination checks and error collection) runs against it, no server.
+    Registered under the ``models`` scheme, so MLflow's real repository lookup returns
+    it for ``models:/NAME/VERSION`` and ``MLflowHelper`` lists and downloads through it
+    (its ``list_artifacts`` and ``_download_file``), no server.
     """
 
     served: ClassVar[Artefacts | None] = None
