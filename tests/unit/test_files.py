@@ -235,3 +235,16 @@ def test_the_root_the_server_sees_is_absolute(tmp_path: Path, monkeypatch: pytes
         digests = inspect_adapter(write_adapter(scratch)).files
         assert transport.place(scratch, dest, digests) is True
     assert (tmp_path / "adapters" / "live" / "m-v1" / "adapter_config.json").is_file()
+
+
+def test_a_staging_folder_that_cannot_be_created_is_a_permanent_error(
+    transport: LocalFolderTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", forbidden)
+    with pytest.raises(PermanentError) as caught, transport.staging():
+        pass
+    assert type(caught.value) is PermanentError
+    assert str(transport.staging_root) in caught.value.message and "free" in caught.value.message
