@@ -235,7 +235,7 @@ def _targets(settings: Settings, where: _Where) -> Iterator[tuple[Any, list[Any]
     from loradeploy.clients.files import LocalFolderTransport
 
     if where.transport == "local":
-        chosen: Any = LocalFolderTransport(settings.require_adapters_root())
+        chosen: Any = LocalFolderTransport(settings.require_adapters_root(), settings.staging_dir)
         replica_urls = list(where.urls or (settings.stack.vllm_urls if settings.stack else []))
         replica_urls = replica_urls or [settings.require_vllm_url()]
     elif where.transport == "kubectl":
@@ -297,6 +297,29 @@ def _on_every_pod(urls: list[str], run: Callable[[str], StepResult]) -> StepResu
     return merged
 
 
+def _manifest(settings: Settings, model: str, live_slot: str, candidate_slot: str) -> Any:
+    """Which slot restores which alias in lora-modules.json (as init-load-adapters writes it)."""
+    from loradeploy.domain.aliases import LIVE, STAGED
+    from loradeploy.steps.manifest import ManifestSpec
+
+    return ManifestSpec(
+        model=model,
+        slot_for_alias={LIVE: names.slot_name(live_slot), STAGED: names.slot_name(candidate_slot)},
+        base_model_name=settings.stack.served_model if settings.stack else None,
+    )
+
+
+def _other_replica_urls(settings: Settings, where: _Where, files: Any, given: list[Any]) -> list[str]:
+    """Replicas of the deployment a command was not pointed at (``--vllm-url`` given for
+    some only): the local stack's servers, or every Ready pod. Cleanup keeps what they serve."""
+    if where.transport == "kubectl":
+        known = list(files.replica_urls())
+    else:
+        known = list(settings.stack.vllm_urls) if settings.stack else []
+    seen = {str(client.base_url).rstrip("/") for client in given}
+    return [url for url in known if url.rstrip("/") not in seen]
+
+
 @app.command()
 def version() -> None:
     """Print the loradeploy version."""
@@ -344,6 +367,8 @@ def load_adapter(
     slot_name: Annotated[str, typer.Option("--slot-name", help="Served adapter name (the slot).")],
     vllm_url: VllmUrls = None,
     output_dir: OutputDir = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
     adapters_root: AdaptersRoot = None,
     swap_strategy: SwapOpt = SwapStrategy.AUTO,
     max_lora_rank: MaxRank = None,
@@ -400,6 +425,7 @@ def load_adapter(
                 replicas=replicas,
                 transport=files,
                 actor=_actor(settings, "load-adapter"),
+                manifest=_manifest(settings, model, live_slot, candidate_slot),
             )
 
     _run("load-adapter", output_dir, action)
@@ -485,6 +511,11 @@ def set_staged_alias(
     ] = DEFAULT_CANDIDATE_SLOT,
     vllm_url: VllmUrls = None,
     output_dir: OutputDir = None,
+    live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    adapters_root: Annotated[
+        Path | None,
+        typer.Option("--adapters-root", help="Rewrite lora-modules.json in this folder (local transport)."),
+    ] = None,
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
@@ -503,10 +534,18 @@ def set_staged_alias(
         settings = _settings(
             tracking_uri=tracking_uri,
             vllm_url=vllm_url[0] if vllm_url else None,
+            adapters_root=adapters_root,
             api_key=api_key,
             ca_bundle=ca_bundle,
         )
         urls = _pod_urls(pods, container, kubectl) or _replica_urls(settings, vllm_url)
+        from loradeploy.clients.files import LocalFolderTransport
+
+        files = (  # the manifest is rewritten where the adapters folder is known (local)
+            LocalFolderTransport(settings.adapters_root, settings.staging_dir)
+            if settings.adapters_root
+            else None
+        )
         with ExitStack() as stack:
             replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
             return step(
@@ -516,6 +555,8 @@ def set_staged_alias(
                 source=parsed,
                 slot=slot_name,
                 actor=_actor(settings, "set-staged-alias"),
+                manifest=_manifest(settings, model_name, live_slot, slot_name),
+                transport=files,
             )
 
     _run("set-staged-alias", output_dir, action)
@@ -529,6 +570,7 @@ def promote_adapter(
     ] = "staged",
     vllm_url: VllmUrls = None,
     live_slot: LiveSlot = DEFAULT_LIVE_SLOT,
+    candidate_slot: CandidateSlot = DEFAULT_CANDIDATE_SLOT,
     output_dir: OutputDir = None,
     adapters_root: AdaptersRoot = None,
     swap_strategy: SwapOpt = SwapStrategy.AUTO,
@@ -573,19 +615,24 @@ def promote_adapter(
             max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
         )
+        where = _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl)
         with (
-            _targets(
-                settings,
-                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
-            ) as (files, replicas),
+            _targets(settings, where) as (files, replicas),
             err.status(f"promoting {model_name}@{source_alias} to {live_slot}"),
+            ExitStack() as more,
         ):
+            others = [
+                more.enter_context(_vllm(settings, url))
+                for url in _other_replica_urls(settings, where, files, replicas)
+            ]
             return step(
                 request,
                 registry=_registry(settings),
                 replicas=replicas,
                 transport=files,
                 actor=_actor(settings, "promote-adapter"),
+                manifest=_manifest(settings, request.model, live_slot, candidate_slot),
+                others=others,
             )
 
     _run("promote-adapter", output_dir, action)
@@ -610,7 +657,7 @@ def _init_load(
             model=model,
             slot_for_alias={LIVE: live_slot, STAGED: candidate_slot},
             registry=_registry(settings),
-            transport=LocalFolderTransport(settings.require_adapters_root()),
+            transport=LocalFolderTransport(settings.require_adapters_root(), settings.staging_dir),
             base_model_name=base_model_name,
             base_model_aliases=settings.base_model_aliases,
             max_lora_rank=settings.max_lora_rank,
@@ -960,6 +1007,7 @@ def reconcile(
                     replicas=replicas,
                     transport=files,
                     actor=_actor(settings, "reconcile"),
+                    manifest=_manifest(settings, request.model, live_slot, candidate_slot),
                 )
 
         if not watch:

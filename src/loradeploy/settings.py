@@ -6,7 +6,8 @@ Lookup order for every connection value (first found wins):
    ``LORADEPLOY_ADAPTERS_ROOT``, ``VLLM_API_KEY``, ``LORADEPLOY_CA_BUNDLE``,
    ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``,
    ``LORADEPLOY_BASE_MODEL_ALIASES``: ``ADAPTER_BASE=SERVED_BASE`` pairs separated by
-   commas or spaces, used when no ``--base-model-alias`` flag is given);
+   commas or spaces, used when no ``--base-model-alias`` flag is given;
+   ``LORADEPLOY_STAGING_DIR``);
 3. the local stack file written by ``loradeploy stack up``
    (``$LORADEPLOY_HOME/stack.json``, else ``.loradeploy/stack.json`` in the current
    folder or the nearest parent).
@@ -53,6 +54,10 @@ class Settings(BaseModel):
     tracking_uri: str | None = None
     vllm_url: str | None = None
     adapters_root: Path | None = None
+    # Where downloads are staged before placing: never below the adapters folder vLLM
+    # serves from. Env only; default ``<stack home>/staging`` for the local stack, else
+    # the transport's default (the system temp folder).
+    staging_dir: Path | None = None
     vllm_api_key: SecretStr | None = None
     ca_bundle: Path | None = None
     max_lora_rank: int = 16  # vLLM's own default for --max-lora-rank
@@ -203,6 +208,7 @@ def load_settings(
             adapters_root=pick(
                 "adapters_root", "LORADEPLOY_ADAPTERS_ROOT", stack.adapters_root if stack else None
             ),
+            staging_dir=_staging_dir(env, stack),
             vllm_api_key=pick("api_key", "VLLM_API_KEY", None),
             ca_bundle=pick("ca_bundle", "LORADEPLOY_CA_BUNDLE", None),
             max_lora_rank=int(rank),
@@ -229,6 +235,12 @@ def load_settings(
             hint="pass a PEM file with --ca-bundle or LORADEPLOY_CA_BUNDLE",
         )
     return settings
+
+
+def _staging_dir(env: Mapping[str, str], stack: StackInfo | None) -> Path | None:
+    if env.get("LORADEPLOY_STAGING_DIR"):
+        return Path(env["LORADEPLOY_STAGING_DIR"])
+    return stack.home / "staging" if stack else None
 
 
 def _default_actor(env: Mapping[str, str]) -> str:

@@ -8,11 +8,13 @@ Alias writes are refused: a test that reaches them has found a step changing ali
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
+from loradeploy.domain.listing import ListedFile
 from loradeploy.domain.names import Source
 from loradeploy.errors import NotFoundError, ServerUnavailableError
 from support.fake_leases import FakeLeaseStore
@@ -64,10 +66,18 @@ class FakeRegistry:
             raise NotFoundError(f"alias {source.value!r} of model {name!r}: not found")
         return self.get_version(name, self.aliases[source.value], via=str(source))
 
-    def download_adapter(self, name: str, version: str, output_dir: Path) -> Path:
+    def list_adapter_files(self, name: str, version: str) -> list[ListedFile]:
         self._check(name)
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.versions[version], output_dir)
+        folder = self.versions[version]
+        return [ListedFile(p.name, p.stat().st_size) for p in sorted(folder.iterdir())]
+
+    def download_adapter(
+        self, name: str, version: str, output_dir: Path, *, files: Mapping[str, int], max_bytes: int
+    ) -> Path:
+        self._check(name)
+        output_dir.mkdir(parents=True)
+        for file_name in sorted(files):
+            shutil.copyfile(self.versions[version] / file_name, output_dir / file_name)
         self.downloads.append(version)
         return output_dir
 
@@ -88,3 +98,22 @@ class FakeRegistry:
 
     def delete_alias(self, name: str, alias: str) -> None:
         raise AssertionError(f"alias {alias!r} of {name!r} deleted: this step must not")
+
+
+@dataclass
+class FakeAliasRegistry(FakeRegistry):
+    """A ``FakeRegistry`` whose aliases move, with audit records kept in a list."""
+
+    audit: list[dict[str, object]] = field(default_factory=list)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._check(name)
+        self.aliases[alias] = version
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._check(name)
+        self.aliases.pop(alias, None)
+
+    def record_action(self, **record: object) -> str:
+        self.audit.append(record)
+        return f"audit-{len(self.audit)}"

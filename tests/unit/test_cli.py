@@ -118,3 +118,24 @@ def test_an_error_that_contains_markup_is_printed_as_is() -> None:
     assert result.exit_code == 2, result.output
     [line] = error_lines(result)
     assert "source '[/]x'" in line
+
+
+def test_cleanup_also_asks_the_stack_replicas_a_command_was_not_pointed_at(tmp_path: Path) -> None:
+    from loradeploy.cli import _other_replica_urls, _Where
+    from loradeploy.clients.vllm import VllmClient
+    from loradeploy.settings import Settings, StackInfo
+
+    urls = ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]
+    stack = StackInfo(
+        home=tmp_path,
+        tracking_uri="http://127.0.0.1:5000",
+        vllm_url=urls[0],
+        vllm_urls=urls,
+        adapters_root=tmp_path / "adapters",
+        served_model="base",
+        max_lora_rank=16,
+    )
+    where = _Where([urls[1]], "local", "ns", "app=vllm", "vllm", "/mnt/adapters", "kubectl")
+    with VllmClient(urls[1] + "/") as given:
+        assert _other_replica_urls(Settings(stack=stack), where, None, [given]) == [urls[0], urls[2]]
+        assert _other_replica_urls(Settings(), where, None, [given]) == []  # no stack: none known

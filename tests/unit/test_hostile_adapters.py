@@ -3,12 +3,13 @@ deploy code (issue 6).
 
 A registered version is whatever an attacker with write access to the registry put
 there: file names, file contents and the ``loradeploy.*`` tags. Each case below builds
-such a version, serves it through MLflow's own download code
-(``mlflow.artifacts.download_artifacts`` with ``FakeModelsArtifactRepository`` standing
-in for the tracking server's artifact store), and runs ``steps.deploy.deploy_version``
-with ``LocalFolderTransport`` and ``FakeVllmServer``. Every case must end in the right
-typed error, leave the tree around ``tmp_path`` exactly as it was (the adapters folder
-may only keep its empty ``.staging`` area), and send nothing to the vLLM server.
+such a version, serves it through MLflow's own artifact repository lookup (the
+``models`` scheme resolves to ``FakeModelsArtifactRepository``, standing in for the
+tracking server's artifact store; ``MLflowHelper`` lists and downloads through it), and
+runs ``steps.deploy.deploy_version`` with ``LocalFolderTransport`` and
+``FakeVllmServer``. Every case must end in the right
+typed error, leave the tree around ``tmp_path`` exactly as it was (downloads are
+staged outside it), and send nothing to the vLLM server.
 
 The case lists (``NAME_CASES``, ``CONTENT_CASES``, ``FOLDER_CASES``) are the inventory in
 docs/hostile-inputs.md; ``pytest --collect-only -q tests/unit/test_hostile_adapters.py``
@@ -17,6 +18,7 @@ counts them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -49,6 +51,7 @@ from loradeploy.errors import (
     IncompatibleAdapterError,
     InvalidAdapterError,
     LoraDeployError,
+    PermanentError,
     UsageError,
 )
 from loradeploy.results import StepResult
@@ -114,12 +117,16 @@ class Artefacts:
 class FakeModelsArtifactRepository(ArtifactRepository):
     """FAKE artifact store for ``models:/`` URIs: lists and serves ``Artefacts``.
 
-    Registered under the ``models`` scheme, so MLflow's real ``download_artifacts`` (its
-    listing walk, destination checks and error collection) runs against it, no server.
+    Registered under the ``models`` scheme, so MLflow's real repository lookup returns
+    it for ``models:/NAME/VERSION`` and ``MLflowHelper`` lists and downloads through it
+    (its ``list_artifacts`` and ``_download_file``), no server.
     """
 
     served: ClassVar[Artefacts | None] = None
     downloads: ClassVar[list[str]] = []
+    unsized: ClassVar[set[str]] = set()  # listed without a size
+    served_extra: ClassVar[dict[str, bytes]] = {}  # served after the listed bytes
+    write_error: ClassVar[OSError | None] = None  # raised by every file download
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
         assert self.served is not None
@@ -127,16 +134,19 @@ class FakeModelsArtifactRepository(ArtifactRepository):
             return []  # a flat version: nothing below the root
         listing = [FileInfo(name, False, len(data)) for name, data in self.served.files.items()]
         listing += [FileInfo(name, False, size) for name, size in self.served.sparse.items()]
-        return listing
+        return [FileInfo(f.path, False, None) if f.path in self.unsized else f for f in listing]
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         assert self.served is not None
         type(self).downloads.append(remote_file_path)
+        if self.write_error is not None:
+            raise self.write_error
         if remote_file_path in self.served.sparse:
             with Path(local_path).open("wb") as handle:
                 handle.truncate(self.served.sparse[remote_file_path])
             return
-        Path(local_path).write_bytes(self.served.files[remote_file_path])
+        extra = self.served_extra.get(remote_file_path, b"")
+        Path(local_path).write_bytes(self.served.files[remote_file_path] + extra)
 
     def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
         raise NotImplementedError("read-only fake")
@@ -153,6 +163,9 @@ class FakeMlflowClient:
 def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeModelsArtifactRepository]]:
     monkeypatch.setitem(_artifact_repository_registry._registry, "models", FakeModelsArtifactRepository)
     monkeypatch.setattr(FakeModelsArtifactRepository, "downloads", [])
+    monkeypatch.setattr(FakeModelsArtifactRepository, "unsized", set())
+    monkeypatch.setattr(FakeModelsArtifactRepository, "served_extra", {})
+    monkeypatch.setattr(FakeModelsArtifactRepository, "write_error", None)
     # MLflowHelper sets MLflow's HTTP settings in the environment; put them back afterwards.
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.delenv(name, raising=False)
@@ -195,10 +208,7 @@ class Surroundings:
         self.parent_names = sorted(p.name for p in self.tmp_path.parent.iterdir())
 
     def assert_unchanged(self) -> None:
-        after = tree(self.tmp_path)
-        staging = str(self.adapters.relative_to(self.tmp_path) / ".staging")
-        if staging not in self.before:  # the transport's scratch area may stay, empty
-            assert after.pop(staging, ("dir", 0, b"")) == ("dir", 0, b"")
+        after = tree(self.tmp_path)  # staging is outside the adapters folder, and removed
         assert after == self.before
         assert sorted(p.name for p in self.tmp_path.parent.iterdir()) == self.parent_names
 
@@ -273,35 +283,35 @@ def test_a_valid_version_is_deployed_by_the_same_harness(deployer: Deployer, tmp
 
 # (name, what the listing-only case must be refused for). In the tags, every one of them
 # is refused as "not a plain file name" before anything is downloaded.
-OUTSIDE = "names a file outside the download folder or an impossible name"  # MLflow refused it
 NOT_PLAIN = "is not a plain file name"
 HOSTILE_NAMES = {
-    "dotdot": ("../x", OUTSIDE),
-    "dotdot-deep": ("../../../../escape.txt", OUTSIDE),
-    "dotdot-inside": ("sub/../../escape.txt", OUTSIDE),
-    "absolute": ("/tmp/loradeploy-hostile-absolute.txt", OUTSIDE),
-    "nul": ("adapter\x00config.json", OUTSIDE),
-    "backslash": ("..\\..\\escape.txt", NOT_PLAIN),
-    "subfolder": ("nested/adapter_model.safetensors", "nested is not a regular file"),
-    "newline": ("adapter_config.json\nextra", NOT_PLAIN),
-    "hidden": (".env", NOT_PLAIN),
-    "leading-dash": ("-rf", NOT_PLAIN),
+    "dotdot": "../x",
+    "dotdot-deep": "../../../../escape.txt",
+    "dotdot-inside": "sub/../../escape.txt",
+    "absolute": "/tmp/loradeploy-hostile-absolute.txt",
+    "nul": "adapter\x00config.json",
+    "backslash": "..\\..\\escape.txt",
+    "subfolder": "nested/adapter_model.safetensors",
+    "newline": "adapter_config.json\nextra",
+    "hidden": ".env",
+    "leading-dash": "-rf",
 }
 
 
-@pytest.mark.parametrize(("name", "reason"), HOSTILE_NAMES.values(), ids=HOSTILE_NAMES.keys())
-def test_a_hostile_name_in_the_artifact_listing(deployer: Deployer, name: str, reason: str) -> None:
+@pytest.mark.parametrize("name", HOSTILE_NAMES.values(), ids=HOSTILE_NAMES.keys())
+def test_a_hostile_name_in_the_artifact_listing(deployer: Deployer, name: str) -> None:
     artefacts = Artefacts.valid()
     artefacts.seal()  # the tags name only the good files: the listing alone is hostile
     artefacts.files[name] = b"owned"
     error = deployer.refuses(artefacts, InvalidAdapterError)
     assert not Path("/tmp/loradeploy-hostile-absolute.txt").exists()
-    assert reason in error.message
+    # Refused from the listing, before any byte is downloaded (no MLflow download runs).
+    assert f"the artifact listing: file name {name!r} {NOT_PLAIN}" in error.message
 
 
-@pytest.mark.parametrize(("name", "reason"), HOSTILE_NAMES.values(), ids=HOSTILE_NAMES.keys())
+@pytest.mark.parametrize("name", HOSTILE_NAMES.values(), ids=HOSTILE_NAMES.keys())
 def test_a_hostile_name_in_the_sha256_tags_is_refused_before_the_download(
-    deployer: Deployer, name: str, reason: str
+    deployer: Deployer, name: str
 ) -> None:
     artefacts = Artefacts.valid()
     artefacts.files[name] = b"owned"
@@ -710,22 +720,92 @@ def test_a_recorded_size_above_the_cap_is_refused_before_the_download(deployer: 
     assert deployer.store.downloads == []
 
 
-def test_a_size_tag_that_lies_is_caught_after_the_download_before_hashing(deployer: Deployer) -> None:
+def test_a_size_tag_that_lies_is_caught_by_the_listing_before_the_download(deployer: Deployer) -> None:
     artefacts = Artefacts.valid()
     artefacts.sparse["shard.bin.safetensors"] = 5 * GIB  # default cap is 4 GiB
     artefacts.seal()
     assert artefacts.tags is not None
     artefacts.tags[f"{TAG_PREFIX}bytes"] = "1024"  # the tag says 1 KiB
     error = deployer.refuses(artefacts, InvalidAdapterError)
-    assert "total size" in error.message
-    assert str(DEFAULT_MAX_TOTAL_BYTES) in error.message
+    assert "add up to" in error.message and str(DEFAULT_MAX_TOTAL_BYTES) in error.message
+    assert deployer.store.downloads == []
+
+
+def real_bytes(size: int) -> bytes:
+    """Incompressible, non-sparse content: every byte costs disk space when written."""
+    return hashlib.shake_256(b"loradeploy").digest(size)
+
+
+def test_an_oversized_real_file_under_a_lying_tag_is_never_downloaded(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    artefacts.files["adapter_model-00002.safetensors"] = real_bytes(256 << 10)
+    artefacts.seal()
+    assert artefacts.tags is not None
+    artefacts.tags[f"{TAG_PREFIX}bytes"] = "1024"  # the tag says 1 KiB
+    error = deployer.refuses(artefacts, InvalidAdapterError, max_adapter_bytes=64 << 10)
+    assert "nothing was downloaded" in error.message
+    assert "LORADEPLOY_MAX_ADAPTER_BYTES" in error.one_line()
+    assert deployer.store.downloads == []
+
+
+def test_a_version_without_a_size_record_is_refused_before_the_download(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    tags = artefacts.seal()
+    del tags[f"{TAG_PREFIX}bytes"]
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert "model 'aws-rag-qa' version 7 has no size record" in error.message
+    assert "loradeploy register" in error.one_line()
+    assert deployer.store.downloads == []
+
+
+@pytest.mark.parametrize("recorded", ["1", "-5", "12 KiB", "١٢٣"])
+def test_a_size_tag_that_disagrees_with_the_listing_is_refused(deployer: Deployer, recorded: str) -> None:
+    artefacts = Artefacts.valid()
+    tags = artefacts.seal()
+    tags[f"{TAG_PREFIX}bytes"] = recorded
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert "nothing was downloaded" in error.message
+    assert deployer.store.downloads == []
+
+
+def test_a_listing_without_sizes_is_refused_before_the_download(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    deployer.store.unsized = {WEIGHTS_FILE}
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert f"gives no size for ['{WEIGHTS_FILE}']" in error.message
+    assert deployer.store.downloads == []
+
+
+def test_a_store_serving_more_than_it_lists_is_stopped_at_that_file(deployer: Deployer) -> None:
+    artefacts = Artefacts.valid()
+    artefacts.seal()
+    deployer.store.served_extra = {CONFIG_FILE: real_bytes(1 << 20)}  # the first file, sorted
+    error = deployer.refuses(artefacts, InvalidAdapterError)
+    assert "the download was stopped" in error.message
+    assert deployer.store.downloads == [CONFIG_FILE]  # the weights were never fetched
+
+
+@pytest.mark.parametrize(
+    "code",
+    [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES],
+    ids=["ENOSPC", "EDQUOT", "EROFS", "EACCES"],
+)
+def test_a_disk_error_during_the_download_is_permanent_and_names_the_folder(
+    deployer: Deployer, code: int
+) -> None:
+    deployer.store.write_error = OSError(code, os.strerror(code))
+    error = deployer.refuses(Artefacts.valid(), PermanentError)
+    assert error.exit_code == 3
+    assert "cannot write to" in error.message and "MiB free" in error.message
+    assert "MLflow" not in error.message
 
 
 def test_a_lower_configured_cap_applies(deployer: Deployer) -> None:
     artefacts = Artefacts.valid()
     size = sum(len(d) for d in artefacts.files.values())
     error = deployer.refuses(artefacts, InvalidAdapterError, max_adapter_bytes=size - 1)
-    assert f"is {size} bytes, above the {size - 1}-byte limit" in error.message
+    assert f"is {size} bytes by its loradeploy.bytes tag, above the {size - 1}-byte limit" in error.message
+    assert "nothing was downloaded" in error.message
     deployer.server.adapters = {}
     deployer.run(Artefacts.valid(), max_adapter_bytes=size)  # exactly at the cap is fine
 
@@ -861,9 +941,7 @@ def test_an_existing_version_folder_with_links_is_not_reused(
         with pytest.raises(InvalidAdapterError) as caught:
             transport.place(scratch, dest, digests)
     assert "not regular files" in caught.value.message
-    after = tree(tmp_path)
-    after.pop("adapters/.staging", None)
-    assert after == before
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -884,7 +962,6 @@ def test_a_placement_outside_the_adapters_folder_is_a_usage_error(tmp_path: Path
             transport.place(scratch, target, digests)
     assert "is outside the adapters folder" in caught.value.message
     after = tree(tmp_path)
-    after.pop("adapters/.staging", None)
     after.pop("adapters", None)
     before.pop("adapters", None)
     assert after == before

@@ -166,3 +166,11 @@ def test_the_api_key_is_secret(tmp_path: Path) -> None:
     flagged = load_settings({"api_key": "sk-flag"}, {"VLLM_API_KEY": "sk-env"}, tmp_path)
     assert flagged.vllm_api_key is not None
     assert flagged.vllm_api_key.get_secret_value() == "sk-flag"
+
+
+def test_staging_is_beside_the_stack_adapters_or_from_the_environment(project: Path, tmp_path: Path) -> None:
+    stack_home = tmp_path / "project" / ".loradeploy"
+    assert load_settings({}, {}, project).staging_dir == stack_home / "staging"
+    env = {"LORADEPLOY_STAGING_DIR": "/scratch/loradeploy"}
+    assert load_settings({}, env, project).staging_dir == Path("/scratch/loradeploy")
+    assert load_settings({}, {}, tmp_path).staging_dir is None  # the transport's default: system temp

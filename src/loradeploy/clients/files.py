@@ -7,14 +7,17 @@ rewriting a folder that exists (a served name may still point to it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from loradeploy.clients.disk import local_writes
 from loradeploy.clients.kube import KubeApi, Pod, RemoteCommandError
 from loradeploy.domain.adapter import check_digests
 from loradeploy.domain.kube import (
@@ -64,15 +67,41 @@ class AdapterTransport(Protocol):
 
 
 MANIFEST = "lora-modules.json"
+# A scratch folder or hidden temporary untouched for this long was left by a killed run: a
+# download in progress keeps writing (see _last_change), and the deployment lock's lease
+# (coordination.lease.DEFAULT_LOCK_TTL_S, 300 s) has long expired by then.
+LEFTOVER_AGE_S = 900.0
+# Scratch folders are named so; only such names are ever removed from the staging
+# folder, which may be shared (LORADEPLOY_STAGING_DIR=/tmp).
+SCRATCH_PREFIX = "loradeploy-scratch-"
 
 
 class LocalFolderTransport:
-    """The server reads a folder on this machine (local stack, single VM, shared volume)."""
+    """The server reads a folder on this machine (local stack, single VM, shared volume).
 
-    def __init__(self, root: Path) -> None:
+    Downloads are staged in ``staging_root``, never below the adapters folder vLLM serves
+    from (a download that fills the disk must not fill the served volume): by default a
+    per-user folder in the system temp folder. Placing copies the staged files to a
+    hidden name inside the slot folder, then renames it to the version folder, so the
+    final path never holds half a copy. Entering ``staging`` first removes what killed
+    runs left (scratch folders and hidden temporaries older than ``leftover_age_s``).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        staging_root: Path | None = None,
+        *,
+        leftover_age_s: float = LEFTOVER_AGE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         # Absolute: vLLM resolves a relative lora_path against its own working folder.
         self.root_path = root.absolute()
         self.root = str(self.root_path)
+        default = Path(tempfile.gettempdir()) / f"loradeploy-staging-{os.getuid()}"
+        self.staging_root = (staging_root or default).absolute()
+        self.leftover_age_s = leftover_age_s
+        self._clock = clock
 
     def _inside(self, server_path: str) -> Path:
         path = Path(server_path)
@@ -83,30 +112,67 @@ class LocalFolderTransport:
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
-        # On the same filesystem as the destination, so placing is a rename, not a copy.
-        area = self.root_path / ".staging"
-        try:
+        area = self.staging_root
+        if area.resolve().is_relative_to(self.root_path.resolve()):
+            raise UsageError(
+                f"staging folder {area} is inside the adapters folder {self.root} that vLLM serves from",
+                hint="set LORADEPLOY_STAGING_DIR to a folder outside the adapters folder "
+                "(ideally on another volume)",
+            )
+        with local_writes(area, "creating the staging folder"):
             area.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PermanentError(
-                f"adapters folder {self.root} is not writable ({exc.strerror})",
-                hint="fix the folder's permissions or pass another --adapters-root",
-            ) from exc
-        scratch = area / uuid.uuid4().hex
+        self.remove_leftovers()
+        scratch = area / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
         try:
             yield scratch
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Remove what killed runs left: ``loradeploy-scratch-*`` folders in the staging
+        folder (and the ``.staging`` folder older versions kept below the root), hidden
+        ``.<name>.tmp-*`` folders in slot folders and manifest temporaries, once older
+        than the lease. Best effort: what cannot be read or removed stays."""
+        legacy = self.root_path / ".staging"  # below the root: everything in it was ours
+        candidates = [e for e in _entries(self.staging_root) if e.name.startswith(SCRATCH_PREFIX)]
+        candidates += _entries(legacy)
+        for entry in _entries(self.root_path):
+            if entry.name.startswith(f".{MANIFEST}.tmp"):
+                candidates.append(entry)
+            elif entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+                candidates += [f for f in _entries(entry) if _is_hidden_temporary(f.name)]
+        cutoff = self._clock() - self.leftover_age_s
+        removed = [path for path in candidates if _last_change(path) < cutoff]
+        for path in removed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)
+        with suppress(OSError):
+            legacy.rmdir()  # only when empty
+        return removed
 
     def place(self, local_dir: Path, server_path: str, digests: Mapping[str, str]) -> bool:
         dest = self._inside(server_path)
         if dest.exists():
             check_digests(dest, digests, f"existing folder {dest}")
             return False
+        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            local_dir.rename(dest)
+            with local_writes(dest.parent, f"placing {dest}"):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp.mkdir()
+                # A flat folder of plain files (validated). File by file, not copytree:
+                # copytree folds a full disk into shutil.Error, which has no errno.
+                for entry in sorted(local_dir.iterdir()):
+                    shutil.copyfile(entry, tmp / entry.name)
+                tmp.rename(dest)
+        except PermanentError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
             if dest.exists():  # a concurrent writer placed it first; verify theirs
                 check_digests(dest, digests, f"existing folder {dest}")
                 return False
@@ -129,17 +195,54 @@ class LocalFolderTransport:
             for slot in self.root_path.iterdir()
             if slot.is_dir() and not slot.name.startswith(".")
             for folder in slot.iterdir()
-            if folder.is_dir()
+            if folder.is_dir() and not folder.name.startswith(".")
         )
 
     def remove(self, server_path: str) -> None:
         shutil.rmtree(self._inside(server_path), ignore_errors=True)
 
     def write_manifest(self, modules: list[dict[str, str]]) -> None:
-        self.root_path.mkdir(parents=True, exist_ok=True)
-        tmp = self.root_path / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps({"modules": modules}, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.root_path / MANIFEST)
+        target = self.root_path / MANIFEST
+        what = f"writing {target}"
+        tmp = self.root_path / f".{MANIFEST}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            with local_writes(self.root_path, what):
+                self.root_path.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps({"modules": modules}, indent=2) + "\n", encoding="utf-8")
+                tmp.replace(target)
+        except OSError as exc:  # not the disk: e.g. a folder where the file belongs
+            raise PermanentError(
+                f"{what}: {exc.strerror or type(exc).__name__}",
+                hint=f"make {target} a writable file (a slot must not be named {MANIFEST})",
+            ) from exc
+        finally:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``; none when it is missing or unreadable."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def _is_hidden_temporary(name: str) -> bool:
+    """``.<version folder>.tmp-<hex>``: a copy placing had not renamed yet."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def _last_change(path: Path) -> float:
+    """The newest modification time of ``path`` and its direct entries (a download in
+    progress keeps touching its file), or +inf when it cannot be read."""
+    try:
+        times = [path.lstat().st_mtime]
+        if path.is_dir() and not path.is_symlink():
+            times += [entry.lstat().st_mtime for entry in path.iterdir()]
+    except OSError:
+        return float("inf")
+    return max(times)
 
 
 SHARED_DIR_MODE = "2775"  # new folders keep the group (setgid) and let it write

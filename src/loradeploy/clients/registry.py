@@ -8,14 +8,17 @@ An alias is resolved to a concrete version once; everything after goes by versio
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from loradeploy.domain.adapter import digests_from_tags
+from loradeploy.clients.disk import disk_error, is_disk_error, local_writes
+from loradeploy.domain.adapter import check_file_names, digests_from_tags
+from loradeploy.domain.listing import ListedFile
 from loradeploy.domain.names import Source, alias_name, parse_source
 from loradeploy.errors import (
     AuthenticationError,
@@ -54,14 +57,8 @@ class VersionInfo(BaseModel):
         return digests_from_tags(self.tags)
 
 
-# What MLflow's download says when a listing names a path outside the destination
-# (``..``, an absolute path) or a name the filesystem refuses (a NUL byte).
-_HOSTILE_LISTING = ("outside the artifact directory", "embedded null byte", "Invalid path")
-
-
-def _hostile_listing(exc: Exception) -> bool:
-    text = str(getattr(exc, "message", exc))
-    return any(marker in text for marker in _HOSTILE_LISTING)
+# An adapter is a few files; a listing this long is hostile (or not an adapter).
+MAX_LISTED_ENTRIES = 1000
 
 
 class MLflowHelper:
@@ -149,6 +146,10 @@ class MLflowHelper:
                 hint="start the tracking server (loradeploy stack up) or fix MLFLOW_TRACKING_URI, then retry",
             ) from exc
         except OSError as exc:  # requests' ConnectionError is an OSError
+            if is_disk_error(exc):  # a local file, not the server (requests' errors carry no errno)
+                # Without a file name: MLflow's own scratch files, in the temp folder.
+                folder = Path(exc.filename).parent if exc.filename else Path(tempfile.gettempdir())
+                raise disk_error(exc, folder, what) from exc
             raise ServerUnavailableError(
                 f"{where} is unreachable during {what} ({type(exc).__name__})",
                 hint="start the tracking server (loradeploy stack up) or fix MLFLOW_TRACKING_URI",
@@ -186,39 +187,80 @@ class MLflowHelper:
         """``alias:candidate`` or ``version:N`` -> the version it names now."""
         return self.resolve(name, parse_source(source))
 
-    def download_adapter(self, name: str, version: str, output_dir: Path) -> Path:
-        """Download one version's files into ``output_dir`` (which must not exist)."""
-        from mlflow.artifacts import download_artifacts
-        from mlflow.exceptions import MlflowException, RestException
+    def _artifact_repo(self, uri: str) -> Any:
+        """The artifact repository ``mlflow.artifacts.download_artifacts`` uses for ``uri``.
 
-        output_dir.mkdir(parents=True)
+        For ``models:/NAME/VERSION`` (MLflow 3.17.2) that is ``ModelsArtifactRepository``: it
+        asks the registry for the version's download URI (``get_model_version_download_uri``;
+        for a version registered from a logged model, that model's artifact location) and
+        wraps the repository of that URI. Listing and downloading through it see exactly
+        the files a plain download would write.
+        """
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        self.client  # noqa: B018 (sets the registry URI the models:/ repository consults)
+        return get_artifact_repository(uri, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def list_adapter_files(self, name: str, version: str) -> list[ListedFile]:
+        """Every file of one version with its size, listed recursively; nothing is downloaded."""
         uri = f"models:/{name}/{version}"
-        with self.translate(f"download of {uri}"):
-            self.client  # noqa: B018 (sets the registry URI the download consults)
-            try:
-                download_artifacts(
-                    artifact_uri=uri,
-                    dst_path=str(output_dir),
-                    tracking_uri=self.tracking_uri,
-                    registry_uri=self.tracking_uri,
-                )
-            except RestException:
-                raise
-            except MlflowException as exc:
-                if _hostile_listing(exc):
+        found: list[ListedFile] = []
+        seen = 0
+        with self.translate(f"listing of {uri}"):
+            repo = self._artifact_repo(uri)
+            folders: list[str | None] = [None]
+            while folders:
+                for info in repo.list_artifacts(folders.pop()):
+                    seen += 1
+                    if seen > MAX_LISTED_ENTRIES:
+                        raise InvalidAdapterError(
+                            f"model {name!r} version {version}: the artifact listing of {uri} has more "
+                            f"than {MAX_LISTED_ENTRIES} entries; nothing was downloaded",
+                            hint="an adapter is a few files; register it again from a clean folder",
+                        )
+                    if info.is_dir:
+                        folders.append(info.path)
+                    else:
+                        size = info.file_size
+                        found.append(ListedFile(str(info.path), None if size is None else int(size)))
+        return found
+
+    def download_adapter(
+        self, name: str, version: str, output_dir: Path, *, files: Mapping[str, int], max_bytes: int
+    ) -> Path:
+        """Download exactly ``files`` (name -> listed size) of one version into ``output_dir``
+        (which must not exist), one file after another.
+
+        Stops at the first file whose written size is not its listed size, or as soon as
+        the bytes written exceed ``max_bytes``: a store that serves more than it listed
+        gets at most that one file onto the disk. Disk errors name the folder and its free
+        space (``PermanentError``), not MLflow.
+        """
+        uri = f"models:/{name}/{version}"
+        label = f"model {name!r} version {version}"
+        check_file_names(files, f"{label}: the artifact listing")
+        what = f"download of {uri}"
+        with local_writes(output_dir, what):
+            output_dir.mkdir(parents=True)
+        written_total = 0
+        with self.translate(what):
+            repo = self._artifact_repo(uri)
+            for file_name, listed in sorted(files.items()):
+                local = output_dir / file_name
+                with local_writes(output_dir, what):
+                    # The per-file download every MLflow artifact repository implements;
+                    # ``download_artifacts`` runs it for each listed file in a thread pool.
+                    repo._download_file(file_name, str(local))
+                    written = local.lstat().st_size if local.exists() else 0
+                written_total += written
+                if written != listed or written_total > max_bytes:
                     raise InvalidAdapterError(
-                        f"model {name!r} version {version}: the artifact listing of {uri} names a file "
-                        f"outside the download folder or an impossible name ({short(exc.message, 120)})",
-                        hint="the artifacts were not written by 'loradeploy register'; register the "
-                        "adapter again from a clean folder",
-                    ) from exc
-                raise
-            except ValueError as exc:  # a file name with a NUL byte, refused by the OS layer
-                raise InvalidAdapterError(
-                    f"model {name!r} version {version}: the artifact listing of {uri} has an "
-                    f"impossible file name ({short(str(exc), 80)})",
-                    hint="register the adapter again from a clean folder",
-                ) from exc
+                        f"{label}: {file_name} arrived with {written} bytes where the listing said "
+                        f"{listed} ({written_total} bytes written, limit {max_bytes}); the download "
+                        "was stopped",
+                        hint="the artifact store serves other files than it lists; check it, or "
+                        "register the adapter again",
+                    )
         return output_dir
 
     # -- writing -------------------------------------------------------------------------

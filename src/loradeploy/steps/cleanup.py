@@ -1,4 +1,4 @@
-"""Remove version folders that no alias needs and no served name points to."""
+"""Remove version folders that no alias needs and no replica of the deployment serves."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ def remove_unused_folders(
     transport: AdapterTransport,
     model: str,
     replicas: Sequence[VllmClient],
+    others: Sequence[VllmClient] = (),
 ) -> list[str]:
+    """``replicas``: those the command worked on; ``others``: the rest of the deployment's
+    replicas (the local stack's servers, every pod) that the command was not pointed at.
+
+    A folder any of them serves stays (vLLM re-reads adapters lazily and crashes when
+    the folder is gone). A replica that cannot say what it serves raises, and nothing
+    is removed.
+    """
     keep = versions_to_keep(registry.get_aliases(model))
     served: set[str] = set()
-    for vllm in replicas:
+    for vllm in [*replicas, *others]:
         served |= {card.root.rstrip("/") for card in vllm.adapters().values() if card.root}
     doomed = removable_folders(
         transport.list_version_folders(), model=model, keep_versions=keep, served_roots=served

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from loradeploy.clients.disk import require_free
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper, VersionInfo
 from loradeploy.domain.adapter import (
     DEFAULT_MAX_TOTAL_BYTES,
-    TAG_PREFIX,
     AdapterInfo,
     check_compatible,
     check_digests,
@@ -23,6 +23,7 @@ from loradeploy.domain.adapter import (
     inspect_adapter,
 )
 from loradeploy.domain.layout import version_dir
+from loradeploy.domain.listing import BYTES_TAG, check_listing
 from loradeploy.errors import InvalidAdapterError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.rollout import Replica, roll_out, strategy_warnings
@@ -40,25 +41,6 @@ def required_digests(version: VersionInfo) -> dict[str, str]:
     return digests
 
 
-def check_recorded_size(version: VersionInfo, max_adapter_bytes: int) -> None:
-    """Refuse before downloading when the size recorded at registration is above the cap.
-
-    The files' real sizes are checked again after the download, before anything is hashed
-    or placed (``inspect_adapter``), so a tag that lies does not get a large file through.
-    """
-    recorded = version.tags.get(f"{TAG_PREFIX}bytes", "")
-    if (
-        recorded.isascii()
-        and recorded.isdigit()
-        and (len(recorded) > 18 or int(recorded) > max_adapter_bytes)
-    ):
-        raise InvalidAdapterError(
-            f"model {version.model!r} version {version.version} is {recorded} bytes, above the "
-            f"{max_adapter_bytes}-byte limit for an adapter; nothing was downloaded",
-            hint="register a smaller adapter, or raise the limit with LORADEPLOY_MAX_ADAPTER_BYTES",
-        )
-
-
 def fetch_and_place(
     version: VersionInfo,
     *,
@@ -73,12 +55,22 @@ def fetch_and_place(
 ) -> tuple[str, AdapterInfo, bool]:
     """Download, validate and place one version; returns (server path, info, written)."""
     digests = required_digests(version)
-    check_recorded_size(version, max_adapter_bytes)
     label = f"model {version.model!r} version {version.version}"
+    with timer("list"):  # the size is known and checked before any byte is downloaded
+        files = check_listing(
+            registry.list_adapter_files(version.model, version.version),
+            digests=digests,
+            recorded=version.tags.get(BYTES_TAG),
+            max_bytes=max_adapter_bytes,
+            label=label,
+        )
     new_root = version_dir(transport.root, slot, version.model, version.version)
     with transport.staging() as staging:
         with timer("download"):
-            registry.download_adapter(version.model, version.version, staging)
+            require_free(staging.parent, sum(files.values()), f"download of {label}")
+            registry.download_adapter(
+                version.model, version.version, staging, files=files, max_bytes=max_adapter_bytes
+            )
         with timer("validate"):
             info = inspect_adapter(staging, max_total_bytes=max_adapter_bytes)
             check_digests(staging, digests, label)

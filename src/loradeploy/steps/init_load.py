@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.manifest import plan_manifest
 from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import NotFoundError
@@ -67,11 +68,15 @@ def init_load_adapters(
                 detail=f"version {version.version} at {root}" + ("" if written else " (already there)"),
             )
         )
-    modules = [
-        {"name": entry["slot"], "path": entry["path"]}
-        | ({"base_model_name": base_model_name} if base_model_name else {})
-        for entry in restored
-    ]
+    plan = plan_manifest(  # the same rule as after every committed change (steps.manifest)
+        model=model,
+        slot_for_alias=slot_for_alias,
+        aliases={entry["alias"]: entry["version"] for entry in restored},
+        placed=[entry["path"] for entry in restored],
+        root=transport.root,
+        base_model_name=base_model_name,
+    )
+    modules = plan.modules
     with timer("manifest"):
         transport.write_manifest(modules)
     if replicas:

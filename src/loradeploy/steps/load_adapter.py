@@ -19,6 +19,7 @@ from loradeploy.domain.names import Source
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.deploy import deploy_version, required_digests
+from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
 
 
@@ -40,6 +41,7 @@ def load_adapter(
     replicas: Sequence[VllmClient],
     transport: AdapterTransport,
     actor: Actor,
+    manifest: ManifestSpec | None = None,
 ) -> StepResult:
     result = StepResult(
         step="load-adapter", model=request.model, source=str(request.source), slot=request.slot
@@ -63,6 +65,17 @@ def load_adapter(
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
         )
+        with timer("manifest"):  # the folder an alias names may be placed now
+            modules, warnings = refresh_after_commit(
+                manifest,
+                registry=registry,
+                transport=transport,
+                base_model_name=servers[0].base.id if servers else None,
+            )
     if lease.release_error:
-        result.details.setdefault("warnings", []).append(f"lock not released: {lease.release_error}")
+        warnings.append(f"lock not released: {lease.release_error}")
+    if manifest is not None:
+        result.details["lora_modules"] = modules
+    if warnings:
+        result.details.setdefault("warnings", []).extend(warnings)
     return result

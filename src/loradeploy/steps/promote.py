@@ -9,7 +9,9 @@
 4. swap the live slot on every replica (all or nothing) and verify;
 5. move aliases: version -> live, old live -> previous, and remove staged and the gate
    aliases that pointed at the version; every move is recorded in the audit history;
-6. remove version folders no alias needs and no served name points to.
+6. rewrite ``lora-modules.json`` from the moved aliases (``steps.manifest``), so a vLLM
+   restart serves the promoted version;
+7. remove version folders no alias needs and no replica of the deployment serves.
 
 A failure before step 5 leaves the aliases untouched and the previous adapter served.
 """
@@ -31,6 +33,7 @@ from loradeploy.errors import AliasMovedError, LoraDeployError
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.cleanup import remove_unused_folders
 from loradeploy.steps.deploy import deploy_version, required_digests
+from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
 
 
@@ -53,7 +56,11 @@ def promote_adapter(
     replicas: Sequence[VllmClient],
     transport: AdapterTransport,
     actor: Actor,
+    manifest: ManifestSpec | None = None,
+    others: Sequence[VllmClient] = (),
 ) -> StepResult:
+    """``others``: replicas of the deployment the command was not pointed at; cleanup
+    keeps every folder they serve."""
     result = StepResult(
         step="promote-adapter",
         model=request.model,
@@ -111,10 +118,20 @@ def promote_adapter(
             )
         # The promotion is committed: from here on a failure must not fail the step, or
         # a retry would promote again (a rollback would roll back twice).
+        with timer("manifest"):  # lora-modules.json: a vLLM restart serves the new live
+            modules, manifest_warnings = refresh_after_commit(
+                manifest,
+                registry=registry,
+                transport=transport,
+                base_model_name=servers[0].base.id if servers else None,
+            )
+            warnings += manifest_warnings
         removed: list[str] = []
         with timer("cleanup"):
             try:
-                removed = remove_unused_folders(registry, transport, request.model, [s.vllm for s in servers])
+                removed = remove_unused_folders(
+                    registry, transport, request.model, [s.vllm for s in servers], others
+                )
             except LoraDeployError as exc:
                 warnings.append(f"unused folders kept: {exc.one_line()}")
     if held.release_error:
@@ -125,6 +142,7 @@ def promote_adapter(
             "finished_pending_moves": [m.describe() for m in finished.moves],
             "retry_of_interrupted_run": bool(retried),
             "removed_folders": removed,
+            "lora_modules": modules,
             "aliases_after": _after(aliases, moves),
             "warnings": [*result.details.get("warnings", []), *warnings],
         }

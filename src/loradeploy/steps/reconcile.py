@@ -8,7 +8,7 @@ One round:
    load-adapter, set-staged-alias or promote-adapter), read both again, and for each
    repair download, validate and place the version (the existing fetch/place code) and
    swap the slot on the replicas that need it (the existing rollout: verified, all or
-   nothing);
+   nothing), then rewrite ``lora-modules.json`` (``steps.manifest``);
 3. read everything a last time: one check per alias, slot and replica.
 
 Aliases are never changed and nothing is unloaded. ``watch`` repeats rounds: every
@@ -35,6 +35,7 @@ from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.deploy import deploy_version
+from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
 
 
@@ -133,6 +134,7 @@ def reconcile(
     replicas: Sequence[VllmClient],
     transport: AdapterTransport,
     actor: Actor,
+    manifest: ManifestSpec | None = None,
 ) -> StepResult:
     """One round. Raises the first repair's error after trying every repair."""
     result = StepResult(step="reconcile", model=request.model)
@@ -140,6 +142,7 @@ def reconcile(
     with timer("inspect"):
         aliases, plan = _observe(registry, replicas, request)
     repaired: list[dict[str, object]] = []
+    manifest_warnings: list[str] = []
     if not plan.nothing_to_do:
         with model_lock(registry, request.model, actor):
             # Read again under the lock: a deployment may have finished meanwhile.
@@ -155,6 +158,11 @@ def reconcile(
                         )
                     except LoraDeployError as exc:
                         errors.append(exc)  # the other slot may still be repairable
+            if repaired:  # folders the aliases name may be placed now
+                with timer("manifest"):
+                    _, manifest_warnings = refresh_after_commit(
+                        manifest, registry=registry, transport=transport
+                    )
             if errors:
                 raise errors[0]
         with timer("verify"):
@@ -186,6 +194,8 @@ def reconcile(
         "repaired": repaired,
         "left_alone": [f"{row.slot}@{row.replica}: {why}" for row, why in after.left_alone],
     }
+    if manifest_warnings:
+        result.details["warnings"] = manifest_warnings
     if request.write_manifest and result.passed:
         _write_manifest(result, after, request, transport)
     return result

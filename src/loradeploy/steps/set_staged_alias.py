@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock, move_aliases
@@ -18,6 +19,7 @@ from loradeploy.domain.layout import parse_root
 from loradeploy.domain.names import Source
 from loradeploy.errors import AliasMovedError, NotFoundError
 from loradeploy.results import Check, StepResult, Timer
+from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 
 
 def set_staged_alias(
@@ -28,6 +30,8 @@ def set_staged_alias(
     source: Source,
     slot: str,
     actor: Actor,
+    manifest: ManifestSpec | None = None,
+    transport: AdapterTransport | None = None,
 ) -> StepResult:
     result = StepResult(step="set-staged-alias", model=model, source=str(source), slot=slot)
     timer = Timer(result.timings_s)
@@ -43,7 +47,17 @@ def set_staged_alias(
         with timer("set-alias"):
             moves = plan_set(registry.get_aliases(model), STAGED, version.version)
             move_aliases(registry, model, moves, actor, held.lease, reason=f"smoke-tested in slot {slot}")
+            # Committed. lora-modules.json: a vLLM restart serves the staged version.
+            modules, warnings = (
+                refresh_after_commit(manifest, registry=registry, transport=transport)
+                if transport is not None
+                else (None, [])
+            )
     result.details = {"alias_moves": [m.describe() for m in moves]}
+    if modules is not None:
+        result.details["lora_modules"] = modules
+    if warnings:
+        result.details["warnings"] = warnings
     return result
 
 
