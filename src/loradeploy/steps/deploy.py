@@ -23,9 +23,11 @@ from loradeploy.domain.adapter import (
     inspect_adapter,
 )
 from loradeploy.domain.layout import version_dir
+from loradeploy.domain.signing import TrustPolicy, Verdict
 from loradeploy.errors import InvalidAdapterError, PermanentError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.rollout import Replica, roll_out
+from loradeploy.steps.sign import check_signature
 
 
 def required_digests(version: VersionInfo) -> dict[str, str]:
@@ -69,8 +71,10 @@ def fetch_and_place(
     max_lora_rank: int,
     timer: Timer,
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
-) -> tuple[str, AdapterInfo, bool]:
-    """Download, validate and place one version; returns (server path, info, written)."""
+    trust: TrustPolicy | None = None,
+) -> tuple[str, AdapterInfo, bool, Verdict]:
+    """Download, check the signature against ``trust``, validate and place one version;
+    returns (server path, info, written, what the signature check found)."""
     digests = required_digests(version)
     check_recorded_size(version, max_adapter_bytes)
     label = f"model {version.model!r} version {version.version}"
@@ -78,6 +82,8 @@ def fetch_and_place(
     with transport.staging() as staging:
         with timer("download"):
             registry.download_adapter(version.model, version.version, staging)
+        with timer("signature"):  # first: the signature artifact leaves the folder here
+            verdict = check_signature(version, staging, trust)
         with timer("validate"):
             info = inspect_adapter(staging, max_total_bytes=max_adapter_bytes)
             check_digests(staging, digests, label)
@@ -91,7 +97,7 @@ def fetch_and_place(
                 )
         with timer("copy"):
             written = transport.place(staging, new_root, digests)
-    return new_root, info, written
+    return new_root, info, written, verdict
 
 
 def deploy_version(
@@ -105,10 +111,11 @@ def deploy_version(
     max_lora_rank: int,
     result: StepResult,
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    trust: TrustPolicy | None = None,
 ) -> str:
     """Serve ``version`` under ``slot`` on every replica; returns the served folder."""
     timer = Timer(result.timings_s)
-    new_root, info, written = fetch_and_place(
+    new_root, info, written, signature = fetch_and_place(
         version,
         slot=slot,
         registry=registry,
@@ -118,6 +125,7 @@ def deploy_version(
         max_lora_rank=max_lora_rank,
         timer=timer,
         max_adapter_bytes=max_adapter_bytes,
+        trust=trust,
     )
     with timer("load"):
         swapped = roll_out(replicas, slot, new_root)
@@ -140,6 +148,7 @@ def deploy_version(
             "rank": info.rank,
             "base_model": info.base_model,
             "bytes": info.total_bytes,
+            "signature": signature.as_dict(),
         }
     )
     return new_root

@@ -49,7 +49,7 @@ def init_load_adapters(
             skipped[alias] = exc.message
             result.checks.append(Check(name=f"{alias}->{slot}", passed=True, detail="skipped: no alias"))
             continue
-        root, _, written = fetch_and_place(
+        root, _, written, signature = fetch_and_place(
             version,
             slot=slot,
             registry=registry,
@@ -59,7 +59,15 @@ def init_load_adapters(
             max_lora_rank=max_lora_rank,
             timer=timer,
         )
-        restored.append({"alias": alias, "slot": slot, "version": version.version, "path": root})
+        restored.append(
+            {
+                "alias": alias,
+                "slot": slot,
+                "version": version.version,
+                "path": root,
+                "signature": signature.describe(),
+            }
+        )
         result.checks.append(
             Check(
                 name=f"{alias}->{slot}",

@@ -1,0 +1,480 @@
+"""Signed adapters (issue 13): every refusal of the trust policy, through the real deploy
+code (``steps.deploy.deploy_version``: download, signature, validation, placement, swap)
+with the real ``model-signing`` library, ``LocalFolderTransport`` and ``FakeVllmServer``.
+
+A refusal must be a ``SignatureError`` (exit 3) whose one line names the version and what
+failed, with nothing placed in the adapters folder and no load call reaching vLLM. The
+signatures are real: made by ``steps.sign.sign_version`` with keys and certificates that
+``support.pki`` creates for each test.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loradeploy.clients.files import LocalFolderTransport
+from loradeploy.clients.registry import VersionInfo
+from loradeploy.clients.signing import load_policy, sign_folder
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.adapter import inspect_adapter, registry_tags
+from loradeploy.domain.layout import version_dir
+from loradeploy.domain.signing import (
+    MAX_SIGNATURE_BYTES,
+    METHOD_TAG,
+    SIGNATURE_FILE,
+    SIGNATURE_TAG,
+    SIGNER_TAG,
+    TrustPolicy,
+    key_identity,
+    signature_tags,
+)
+from loradeploy.domain.swap import SwapStrategy
+from loradeploy.errors import ExitCode, SignatureError, UsageError
+from loradeploy.results import StepResult
+from loradeploy.steps.deploy import deploy_version
+from loradeploy.steps.rollout import inspect_replicas
+from loradeploy.steps.sign import sign_version
+from support.fake_registry import FakeRegistry
+from support.fakes import FakeVllmServer
+from support.pki import CertSigner, KeyPair, cert_signer, key_pair
+from support.synthetic import write_adapter
+
+MODEL = "aws-rag-qa"
+SLOT = "aws-rag-qa-candidate"
+OLD_ROOT = f"/srv/adapters/{SLOT}/{MODEL}-v6"  # what the slot serves before each case
+
+
+@dataclass
+class FakeSignedRegistry(FakeRegistry):
+    """FAKE registry holding each version's artifacts (bytes) and tags as an attacker with
+    write access could leave them; ``attach_signature`` stores what ``sign_version`` uploads."""
+
+    files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def publish(self, version: str, folder: Path) -> None:
+        self.versions[version] = folder
+        self.files[version] = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+        self.tags[version] = registry_tags(inspect_adapter(folder))
+
+    def get_version(self, name: str, version: str, via: str | None = None) -> VersionInfo:
+        self._check(name)
+        return VersionInfo(
+            model=name, version=version, aliases=[], tags=dict(self.tags[version]), via=via or version
+        )
+
+    def download_adapter(self, name: str, version: str, output_dir: Path) -> Path:
+        self._check(name)
+        output_dir.mkdir(parents=True)
+        for file_name, data in self.files[version].items():
+            (output_dir / file_name).write_bytes(data)
+        self.downloads.append(version)
+        return output_dir
+
+    def attach_signature(self, name: str, version: str, signature: Path, tags: dict[str, str]) -> None:
+        self._check(name)
+        self.files[version][signature.name] = signature.read_bytes()
+        self.tags[version].update(tags)
+
+
+@dataclass
+class World:
+    tmp: Path
+    registry: FakeSignedRegistry
+    server: FakeVllmServer
+    vllm: VllmClient
+    team: KeyPair  # the trusted key
+    stranger: KeyPair  # a key outside the policy
+    adapters: Path
+
+    def register(self, version: str, fill: int = 7) -> Path:
+        folder = write_adapter(self.tmp / "src" / f"v{version}", layers=1, fill=fill)
+        self.registry.publish(version, folder)
+        return folder
+
+    def sign(self, version: str, key: Path | None = None, chain: Path | None = None) -> None:
+        sign_version(
+            self.registry,  # type: ignore[arg-type]
+            self.registry.get_version(MODEL, version),
+            self.registry.versions[version],
+            key=key or self.team.private,
+            cert_chain=chain,
+        )
+
+    def policy(
+        self, *, keys: tuple[Path, ...] | None = None, cas: tuple[Path, ...] = (), require: bool = True
+    ) -> TrustPolicy:
+        return load_policy(
+            list(keys if keys is not None else (self.team.public,)), list(cas), require_signature=require
+        )
+
+    def deploy(self, version: str, policy: TrustPolicy | None) -> StepResult:
+        result = StepResult(step="load-adapter", model=MODEL)
+        deploy_version(
+            self.registry.get_version(MODEL, version),
+            slot=SLOT,
+            replicas=inspect_replicas([self.vllm], SLOT, SwapStrategy.AUTO),
+            registry=self.registry,  # type: ignore[arg-type]
+            transport=LocalFolderTransport(self.adapters),
+            base_model_aliases={},
+            max_lora_rank=16,
+            result=result,
+            trust=policy,
+        )
+        return result
+
+    def refuses(self, version: str, policy: TrustPolicy | None, *fragments: str) -> SignatureError:
+        self.server.adapters = {SLOT: OLD_ROOT}
+        with pytest.raises(SignatureError) as caught:
+            self.deploy(version, policy)
+        error = caught.value
+        line = error.one_line()
+        assert error.exit_code == ExitCode.PERMANENT
+        assert "\n" not in line and "next:" in line
+        assert f"model {MODEL!r} version {version}" in error.message, line
+        for fragment in fragments:
+            assert fragment in error.message, line
+        assert self.server.lora_calls() == []
+        assert self.server.adapters == {SLOT: OLD_ROOT}
+        placed = [p for p in self.adapters.rglob("*") if ".staging" not in p.parts]
+        assert placed == [], placed
+        assert list((self.adapters / ".staging").iterdir()) == []
+        return error
+
+    def statement(self, version: str) -> dict[str, Any]:
+        bundle = json.loads(self.registry.files[version][SIGNATURE_FILE])
+        return dict(json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"])))
+
+    def rewrite_bundle(self, version: str, change: Any) -> None:
+        bundle = json.loads(self.registry.files[version][SIGNATURE_FILE])
+        change(bundle)
+        self.registry.files[version][SIGNATURE_FILE] = json.dumps(bundle).encode()
+
+
+@pytest.fixture
+def world(tmp_path: Path, server: FakeVllmServer, vllm: VllmClient) -> Iterator[World]:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    yield World(
+        tmp=tmp_path,
+        registry=FakeSignedRegistry(model=MODEL),
+        server=server,
+        vllm=vllm,
+        team=key_pair(keys, "team"),
+        stranger=key_pair(keys, "stranger"),
+        adapters=adapters,
+    )
+
+
+@pytest.fixture
+def signed(world: World) -> World:
+    """Version 7, signed with the team's key."""
+    world.register("7")
+    world.sign("7")
+    return world
+
+
+def _served_files(world: World, version: str) -> list[str]:
+    return sorted(p.name for p in Path(version_dir(str(world.adapters), SLOT, MODEL, version)).iterdir())
+
+
+# -- accepted --------------------------------------------------------------------------------------
+
+
+def test_a_version_signed_with_a_trusted_key_is_served_without_its_signature_file(signed: World) -> None:
+    result = signed.deploy("7", signed.policy())
+    root = version_dir(str(signed.adapters), SLOT, MODEL, "7")
+    assert signed.server.adapters == {SLOT: root}
+    assert _served_files(signed, "7") == ["adapter_config.json", "adapter_model.safetensors"]
+    signature = result.details["signature"]
+    assert signature["checked"] is True
+    assert signature["signer"] == key_identity(signed.team.fingerprint)
+    assert signature["method"] == "key"
+
+
+def test_a_version_signed_with_a_certificate_from_a_trusted_ca_is_served(world: World) -> None:
+    bot: CertSigner = cert_signer(world.tmp / "pki", "release-bot")
+    world.register("7")
+    world.sign("7", key=bot.key, chain=bot.chain)
+    assert world.registry.tags["7"][METHOD_TAG] == "certificate"
+    result = world.deploy("7", world.policy(keys=(), cas=(bot.ca,)))
+    assert result.details["signature"]["signer"] == f"cert {bot.subject}"
+    assert "release-bot" in bot.subject
+
+
+def test_an_unsigned_version_is_served_when_the_policy_does_not_require_a_signature(world: World) -> None:
+    world.register("7")
+    result = world.deploy("7", world.policy(require=False))
+    assert result.details["signature"]["checked"] is False
+    assert "unsigned" in result.details["signature"]["note"]
+
+
+def test_without_a_policy_nothing_is_checked_and_the_signature_is_still_not_served(signed: World) -> None:
+    result = signed.deploy("7", None)
+    assert result.details["signature"]["checked"] is False
+    assert _served_files(signed, "7") == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_without_a_policy_a_tag_naming_a_missing_artifact_is_ignored(world: World) -> None:
+    world.register("7")
+    world.registry.tags["7"][SIGNATURE_TAG] = SIGNATURE_FILE
+    world.deploy("7", None)
+
+
+# -- refused: missing, tampered, untrusted ------------------------------------------------------------
+
+
+def test_no_signature_when_one_is_required(world: World) -> None:
+    world.register("7")
+    world.refuses("7", world.policy(), "has no signature", "requires one")
+
+
+def test_a_tag_naming_a_signature_artifact_that_is_not_there(signed: World) -> None:
+    del signed.registry.files["7"][SIGNATURE_FILE]
+    signed.refuses("7", signed.policy(), "no such artifact")
+
+
+def test_a_file_changed_after_signing_with_its_tag_updated(signed: World) -> None:
+    forged = b'{"peft_type": "LORA"}'
+    signed.registry.files["7"]["adapter_config.json"] = forged
+    signed.registry.tags["7"]["loradeploy.sha256.adapter_config.json"] = hashlib.sha256(forged).hexdigest()
+    signed.refuses("7", signed.policy(), "['adapter_config.json'] changed after signing")
+
+
+def test_a_file_changed_after_signing_with_its_tag_left_alone(signed: World) -> None:
+    weights = bytearray(signed.registry.files["7"]["adapter_model.safetensors"])
+    weights[-1] ^= 0xFF
+    signed.registry.files["7"]["adapter_model.safetensors"] = bytes(weights)
+    error = signed.refuses("7", signed.policy(), "does not verify")
+    assert "adapter_model.safetensors" in error.message  # the library's diff, cut short
+
+
+def test_a_file_added_after_signing(signed: World) -> None:
+    signed.registry.files["7"]["tokenizer.json"] = b"{}"
+    signed.registry.tags["7"]["loradeploy.sha256.tokenizer.json"] = "0" * 64
+    signed.refuses("7", signed.policy(), "added after signing ['tokenizer.json']")
+
+
+def test_a_file_removed_after_signing(world: World) -> None:
+    folder = world.register("7")
+    (folder / "README.md").write_text("model card")
+    world.registry.publish("7", folder)
+    world.sign("7")
+    del world.registry.files["7"]["README.md"]
+    del world.registry.tags["7"]["loradeploy.sha256.README.md"]
+    world.refuses("7", world.policy(), "removed after signing ['README.md']")
+
+
+def test_a_signature_by_a_key_outside_the_policy(world: World) -> None:
+    world.register("7")
+    world.sign("7", key=world.stranger.private)
+    world.refuses("7", world.policy(), f"signed by {key_identity(world.stranger.fingerprint)}", "outside")
+
+
+def test_a_key_signature_when_the_policy_trusts_only_certificates(signed: World) -> None:
+    bot = cert_signer(signed.tmp / "pki", "release-bot")
+    signed.refuses("7", signed.policy(keys=(), cas=(bot.ca,)), "outside the trust policy")
+
+
+def test_a_certificate_from_a_ca_outside_the_policy(world: World) -> None:
+    trusted = cert_signer(world.tmp / "pki", "release-bot")
+    mallory = cert_signer(world.tmp / "pki-other", "mallory", ca_name="another CA")
+    world.register("7")
+    world.sign("7", key=mallory.key, chain=mallory.chain)
+    world.refuses("7", world.policy(keys=(), cas=(trusted.ca,)), "does not verify")
+
+
+def test_a_certificate_signature_when_the_policy_trusts_only_keys(world: World) -> None:
+    bot = cert_signer(world.tmp / "pki", "release-bot")
+    world.register("7")
+    world.sign("7", key=bot.key, chain=bot.chain)
+    world.refuses("7", world.policy(), "holds no CA certificates")
+
+
+def test_the_signature_of_another_version_copied_onto_this_one(world: World) -> None:
+    world.register("6")
+    world.register("7")  # the same files: only the binding to the version tells them apart
+    world.sign("6")
+    world.registry.files["7"][SIGNATURE_FILE] = world.registry.files["6"][SIGNATURE_FILE]
+    world.registry.tags["7"].update({k: v for k, v in world.registry.tags["6"].items() if "signature" in k})
+    world.refuses("7", world.policy(), "made for 'aws-rag-qa-v6', not 'aws-rag-qa-v7'")
+
+
+def test_the_signature_of_another_model_copied_onto_this_one(world: World) -> None:
+    folder = world.register("7")
+    signature = world.tmp / SIGNATURE_FILE
+    statement = sign_folder(folder, subject="other-model-v7", signature=signature, key=world.team.private)
+    world.registry.attach_signature(
+        MODEL, "7", signature, signature_tags(key_identity(world.team.fingerprint), statement.method)
+    )
+    world.refuses("7", world.policy(), "made for 'other-model-v7'")
+
+
+def test_a_signer_tag_that_lies_about_who_signed(signed: World) -> None:
+    signed.registry.tags["7"][SIGNER_TAG] = "cert CN=release-manager"
+    signed.refuses("7", signed.policy(), "says 'cert CN=release-manager'")
+
+
+def test_a_statement_changed_after_signing(signed: World) -> None:
+    def add_claim(bundle: dict[str, Any]) -> None:
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        statement["predicate"]["approved_by"] = "security team"  # same files, same subject
+        bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+
+    signed.rewrite_bundle("7", add_claim)
+    signed.refuses("7", signed.policy(), "does not verify")
+
+
+def test_a_signature_value_taken_from_another_signature(world: World) -> None:
+    world.register("6", fill=3)
+    world.register("7")
+    world.sign("6")
+    world.sign("7")
+    other = json.loads(world.registry.files["6"][SIGNATURE_FILE])
+    world.rewrite_bundle(
+        "7", lambda b: b["dsseEnvelope"]["signatures"][0].update(other["dsseEnvelope"]["signatures"][0])
+    )
+    world.refuses("7", world.policy(), "does not verify")
+
+
+# -- refused: malformed or oversized signature artifacts ----------------------------------------------
+
+
+def _bundle_change(path: str, value: Any) -> Any:
+    def change(bundle: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = bundle
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+
+    return change
+
+
+MALFORMED_BYTES = {
+    "empty": b"",
+    "not-json": b"this is not a signature",
+    "not-utf8": b'{"mediaType": "\xff\xfe"}',
+    "json-list": b"[]",
+    "json-string": b'"bundle"',
+    "nesting-bomb": b"[" * 200_000,
+    "truncated": None,  # the first half of a real bundle
+}
+MALFORMED_FIELDS = {
+    "media-type": ("mediaType", "application/json"),
+    "no-envelope": ("dsseEnvelope", KeyError),
+    "two-signatures": ("dsseEnvelope.signatures", [{"sig": "AAAA"}, {"sig": "AAAA"}]),
+    "no-signature": ("dsseEnvelope.signatures", []),
+    "sig-not-base64": ("dsseEnvelope.signatures.0.sig", "%%%"),
+    "payload-not-base64": ("dsseEnvelope.payload", "not base64!"),
+    "payload-not-json": ("dsseEnvelope.payload", base64.b64encode(b"nope").decode()),
+    "payload-type": ("dsseEnvelope.payloadType", "text/plain"),
+    "no-material": ("verificationMaterial", {}),
+    "hint-not-sha256": ("verificationMaterial.publicKey.hint", "../../etc/passwd"),
+    "key-and-chain": ("verificationMaterial.x509CertificateChain", {"certificates": []}),
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED_BYTES.values(), ids=MALFORMED_BYTES.keys())
+def test_a_malformed_signature_artifact(signed: World, raw: bytes | None) -> None:
+    real = signed.registry.files["7"][SIGNATURE_FILE]
+    signed.registry.files["7"][SIGNATURE_FILE] = raw if raw is not None else real[: len(real) // 2]
+    signed.refuses("7", signed.policy(), "signature artifact is malformed")
+
+
+@pytest.mark.parametrize("change", MALFORMED_FIELDS.values(), ids=MALFORMED_FIELDS.keys())
+def test_a_signature_artifact_with_a_malformed_field(signed: World, change: tuple[str, Any]) -> None:
+    signed.rewrite_bundle("7", _bundle_change(*change))
+    signed.refuses("7", signed.policy(), "signature artifact is malformed")
+
+
+STATEMENT_CHANGES = {
+    "two-subjects": lambda s: s.__setitem__("subject", s["subject"] * 2),
+    "predicate-type": lambda s: s.__setitem__("predicateType", "https://example.com/other"),
+    "sha512-resource": lambda s: s["predicate"]["resources"][0].__setitem__("algorithm", "sha512"),
+    "duplicate-resource": lambda s: s["predicate"]["resources"].append(s["predicate"]["resources"][0]),
+    "statement-type": lambda s: s.__setitem__("_type", "https://example.com/Statement"),
+}
+
+
+@pytest.mark.parametrize("change", STATEMENT_CHANGES.values(), ids=STATEMENT_CHANGES.keys())
+def test_a_signed_statement_of_the_wrong_shape(signed: World, change: Any) -> None:
+    statement = signed.statement("7")
+    change(statement)
+    payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    signed.rewrite_bundle("7", _bundle_change("dsseEnvelope.payload", payload))
+    signed.refuses("7", signed.policy(), "signature artifact is malformed")
+
+
+def test_an_oversized_signature_artifact(signed: World) -> None:
+    signed.registry.files["7"][SIGNATURE_FILE] = b" " * (MAX_SIGNATURE_BYTES + 1)
+    signed.refuses("7", signed.policy(), "above the 1048576-byte limit")
+
+
+HOSTILE_SIGNATURE_NAMES = {
+    "dotdot": "../model.sig",
+    "deep": "../../../../tmp/loradeploy-escape.sig",
+    "absolute": "/tmp/loradeploy-escape.sig",
+    "subfolder": "sub/model.sig",
+    "backslash": "..\\model.sig",
+    "nul": "model\x00.sig",
+    "newline": "model.sig\nx",
+    "hidden": ".model.sig",
+    "not-sig": "model.json",
+    "an-adapter-file": "adapter_config.json",
+    "long": "m" * 200 + ".sig",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_SIGNATURE_NAMES.values(), ids=HOSTILE_SIGNATURE_NAMES.keys())
+def test_a_signature_artifact_whose_name_tries_to_leave_the_adapter_folder(signed: World, name: str) -> None:
+    signed.registry.tags["7"][SIGNATURE_TAG] = name
+    before = sorted(p.name for p in signed.tmp.parent.iterdir())
+    signed.refuses("7", signed.policy(), "not a plain *.sig file name")
+    assert signed.registry.versions["7"].joinpath("adapter_config.json").is_file()  # not removed
+    assert not Path("/tmp/loradeploy-escape.sig").exists()
+    assert sorted(p.name for p in signed.tmp.parent.iterdir()) == before
+
+
+def test_a_hostile_signature_name_is_refused_even_without_a_policy(signed: World) -> None:
+    signed.registry.tags["7"][SIGNATURE_TAG] = "adapter_model.safetensors"
+    signed.refuses("7", None, "not a plain *.sig file name")
+
+
+# -- the trust policy itself -----------------------------------------------------------------------
+
+
+def test_required_signature_without_any_trusted_key_or_ca_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="holds no public key and no CA certificate"):
+        load_policy([], [], require_signature=True)
+
+
+def test_a_missing_or_non_pem_trusted_key_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a readable file"):
+        load_policy([tmp_path / "nope.pub"], [], require_signature=False)
+    (tmp_path / "junk.pub").write_text("hello")
+    with pytest.raises(UsageError, match="not a PEM file"):
+        load_policy([tmp_path / "junk.pub"], [], require_signature=False)
+
+
+def test_a_private_key_given_as_trusted_key_is_a_usage_error(world: World) -> None:
+    with pytest.raises(UsageError, match="not an elliptic-curve public key"):
+        load_policy([world.team.private], [], require_signature=False)
+
+
+def test_an_empty_policy_is_not_configured() -> None:
+    assert not TrustPolicy().configured
+    assert TrustPolicy(require_signature=True).configured
