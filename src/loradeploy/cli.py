@@ -65,6 +65,39 @@ CaBundle = Annotated[
     Path | None,
     typer.Option("--ca-bundle", help="Extra CA bundle for TLS (env LORADEPLOY_CA_BUNDLE)."),
 ]
+TrustedKeys = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-key",
+        help="Public key (PEM) whose signatures are accepted; repeat (env LORADEPLOY_TRUSTED_KEYS).",
+    ),
+]
+TrustedCas = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-ca",
+        help="CA certificate (PEM) whose chains are accepted; repeat (env LORADEPLOY_TRUSTED_CAS).",
+    ),
+]
+RequireSignature = Annotated[
+    bool | None,
+    typer.Option(
+        "--require-signature/--no-require-signature",
+        help="Refuse unsigned versions (env LORADEPLOY_REQUIRE_SIGNATURE).",
+        show_default=False,
+    ),
+]
+SignKey = Annotated[
+    Path | None,
+    typer.Option("--sign-key", help="Sign with this EC private key (PEM; env LORADEPLOY_SIGN_KEY)."),
+]
+SignCertChain = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-cert-chain",
+        help="With --sign-key: its certificate then intermediates, PEM (env LORADEPLOY_SIGN_CERT_CHAIN).",
+    ),
+]
 
 
 # Never printed or written: error lines are scrubbed of these values (and of URL user info).
@@ -100,6 +133,16 @@ def _registry(settings: Settings) -> Any:
     from loradeploy.clients.registry import MLflowHelper
 
     return MLflowHelper(settings.require_tracking_uri(), ca_bundle=settings.ca_bundle)
+
+
+def _trust(settings: Settings) -> Any:
+    """The trust policy, its keys and certificates read once here (None: not configured)."""
+    from loradeploy.clients.signing import load_policy
+
+    policy = load_policy(
+        settings.trusted_keys, settings.trusted_cas, require_signature=settings.require_signature
+    )
+    return policy if policy.configured else None
 
 
 def _print_error(line: str) -> None:
@@ -271,9 +314,11 @@ def register(
     ] = False,
     tracking_uri: TrackingUri = None,
     output_dir: OutputDir = None,
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
 ) -> None:
     """Validate a PEFT LoRA folder and register it as a new model version, tagged with
-    base model, rank, target modules and a sha256 per file."""
+    base model, rank, target modules and a sha256 per file; with --sign-key, signed."""
 
     def action() -> StepResult:
         from loradeploy.steps.register import register as step
@@ -281,7 +326,7 @@ def register(
         names.model_name(model_name)
         if alias is not None:
             names.alias_name(alias)
-        settings = _settings(tracking_uri=tracking_uri)
+        settings = _settings(tracking_uri=tracking_uri, sign_key=sign_key, sign_cert_chain=sign_cert_chain)
         return step(
             _registry(settings),
             model=model_name,
@@ -289,9 +334,45 @@ def register(
             alias=alias,
             actor=_actor(settings, "register"),
             reuse_identical=reuse_identical,
+            sign_key=settings.sign_key,
+            sign_cert_chain=settings.sign_cert_chain,
         )
 
     _run("register", output_dir, action)
+
+
+@app.command("sign")
+def sign(
+    model_name: ModelName,
+    version: Annotated[str, typer.Option("--version", help="Version to sign.")],
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Sign a registered version (for versions registered by other tools): download it,
+    check its files against its sha256 tags, sign, upload the signature beside them."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.sign import sign as step
+
+        names.model_name(model_name)
+        names.parse_source(f"version:{version}")
+        settings = _settings(
+            tracking_uri=tracking_uri, ca_bundle=ca_bundle, sign_key=sign_key, sign_cert_chain=sign_cert_chain
+        )
+        if settings.sign_key is None:
+            raise UsageError("no signing key", hint="pass --sign-key or set LORADEPLOY_SIGN_KEY")
+        return step(
+            _registry(settings),
+            model=model_name,
+            version=version,
+            key=settings.sign_key,
+            cert_chain=settings.sign_cert_chain,
+        )
+
+    _run("sign", output_dir, action)
 
 
 @app.command("load-adapter")
@@ -314,6 +395,9 @@ def load_adapter(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Step 1: download a version from MLflow and load it into every replica, no restart."""
 
@@ -334,6 +418,9 @@ def load_adapter(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         request = LoadRequest(
             model=model,
@@ -343,6 +430,7 @@ def load_adapter(
             max_lora_rank=settings.max_lora_rank,
             max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
+            trust=_trust(settings),
         )
         with (
             _targets(
@@ -490,6 +578,9 @@ def promote_adapter(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Promote a version to the live slot on every replica and move live/previous."""
 
@@ -512,12 +603,16 @@ def promote_adapter(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         request = replace(
             request,
             max_lora_rank=settings.max_lora_rank,
             max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
+            trust=_trust(settings),
         )
         with (
             _targets(
@@ -561,6 +656,7 @@ def _init_load(
             base_model_aliases=settings.base_model_aliases,
             max_lora_rank=settings.max_lora_rank,
             replicas=replicas,
+            trust=_trust(settings),
         )
 
 
@@ -584,6 +680,9 @@ def init_load_adapters(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Cold-start restore: live -> live slot, staged -> candidate slot, plus
     lora-modules.json for vLLM's --lora-modules; skips aliases that do not exist."""
@@ -597,6 +696,9 @@ def init_load_adapters(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         with err.status(f"restoring {model_name} live and staged"):
             return _init_load(
@@ -753,7 +855,7 @@ def history(
 
     def render(result: StepResult) -> None:
         table = Table(title=f"{result.model}: alias history")
-        for column in ("when (UTC)", "alias", "from", "to", "step", "who", "reason"):
+        for column in ("when (UTC)", "alias", "from", "to", "signed by (to)", "step", "who", "reason"):
             table.add_column(column, overflow="fold")
         for row in result.details["moves"]:
             table.add_row(
@@ -761,6 +863,7 @@ def history(
                 row["alias"],
                 row["from_version"] or "-",
                 row["to_version"] or "(removed)",
+                row.get("to_signer") or "-",
                 row["step"],
                 row["who"],
                 row["reason"],
@@ -842,6 +945,9 @@ def reconcile(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Serve what the aliases name: live -> live slot, staged -> candidate slot, on every
     replica. Repairs missing or wrong slots; never changes aliases, never unloads."""
@@ -863,6 +969,9 @@ def reconcile(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         request = ReconcileRequest(
             model=names.model_name(model_name),
@@ -871,6 +980,7 @@ def reconcile(
             max_lora_rank=settings.max_lora_rank,
             base_model_aliases=settings.base_model_aliases,
             max_adapter_bytes=settings.max_adapter_bytes,
+            trust=_trust(settings),
         )
 
         def once() -> StepResult:  # pods and clients are found again every round
@@ -1178,8 +1288,11 @@ def train(
     ] = 48,
     tracking_uri: TrackingUri = None,
     ca_bundle: CaBundle = None,
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
 ) -> None:
-    """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version."""
+    """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version
+    (signed when a signing key is configured)."""
 
     def action() -> StepResult:
         from loradeploy.clients.mlworker import MlWorker
@@ -1187,7 +1300,9 @@ def train(
         from loradeploy.steps.train import train as step
 
         names.model_name(model_name)
-        settings = _settings(tracking_uri=tracking_uri, ca_bundle=ca_bundle)
+        settings = _settings(
+            tracking_uri=tracking_uri, ca_bundle=ca_bundle, sign_key=sign_key, sign_cert_chain=sign_cert_chain
+        )
         assets = (settings.stack.assets or settings.stack.home) if settings.stack else None
         needed = {
             "--base-model-dir": base_model_dir,
@@ -1209,6 +1324,8 @@ def train(
             steps=steps,
             seed=seed,
             max_new_tokens=max_new_tokens,
+            sign_key=settings.sign_key,
+            sign_cert_chain=settings.sign_cert_chain,
         )
         worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
         with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):

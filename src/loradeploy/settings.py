@@ -4,7 +4,10 @@ Lookup order for every connection value (first found wins):
 1. the command-line flag;
 2. the environment (``MLFLOW_TRACKING_URI``, ``LORADEPLOY_VLLM_URL``,
    ``LORADEPLOY_ADAPTERS_ROOT``, ``VLLM_API_KEY``, ``LORADEPLOY_CA_BUNDLE``,
-   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``);
+   ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``;
+   the trust policy ``LORADEPLOY_TRUSTED_KEYS``, ``LORADEPLOY_TRUSTED_CAS`` (PEM files,
+   separated by ``os.pathsep``), ``LORADEPLOY_REQUIRE_SIGNATURE`` (true/false); signing
+   ``LORADEPLOY_SIGN_KEY``, ``LORADEPLOY_SIGN_CERT_CHAIN``);
 3. the local stack file written by ``loradeploy stack up``
    (``$LORADEPLOY_HOME/stack.json``, else ``.loradeploy/stack.json`` in the current
    folder or the nearest parent).
@@ -13,6 +16,7 @@ Lookup order for every connection value (first found wins):
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +46,10 @@ class StackInfo(BaseModel):
     adapters_root: Path
     served_model: str
     max_lora_rank: int
+    # Signed adapters: the demo key pair 'stack up' makes (absent in older stack files).
+    trusted_keys: list[Path] = Field(default_factory=list)
+    require_signature: bool = False
+    sign_key: Path | None = None
 
 
 class Settings(BaseModel):
@@ -58,6 +66,15 @@ class Settings(BaseModel):
     max_adapter_bytes: int = Field(default=4 << 30, gt=0)
     base_model_aliases: dict[str, str] = Field(default_factory=dict)
     actor: str = "unknown"  # who acts, for locks and the audit history
+    # The trust policy (issue 13): public keys and CA certificates (PEM files) whose
+    # signatures are accepted; with require_signature an unsigned version is refused.
+    # Nothing configured: signatures are not checked (as before signing existed).
+    trusted_keys: list[Path] = Field(default_factory=list)
+    trusted_cas: list[Path] = Field(default_factory=list)
+    require_signature: bool = False
+    # What register and train sign with: an EC private key, and for PKI its chain.
+    sign_key: Path | None = None
+    sign_cert_chain: Path | None = None
     stack: StackInfo | None = None
 
     def require_tracking_uri(self) -> str:
@@ -190,6 +207,15 @@ def load_settings(
             max_adapter_bytes=int(env.get("LORADEPLOY_MAX_ADAPTER_BYTES") or 4 << 30),
             base_model_aliases=parse_base_aliases(list(flags.get("base_model_alias") or [])),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
+            trusted_keys=_paths(flags, "trusted_key", env, "LORADEPLOY_TRUSTED_KEYS", stack),
+            trusted_cas=_paths(flags, "trusted_ca", env, "LORADEPLOY_TRUSTED_CAS", None),
+            require_signature=_flag(
+                flags.get("require_signature"),
+                env.get("LORADEPLOY_REQUIRE_SIGNATURE", ""),
+                stack.require_signature if stack else False,
+            ),
+            sign_key=pick("sign_key", "LORADEPLOY_SIGN_KEY", stack.sign_key if stack else None),
+            sign_cert_chain=pick("sign_cert_chain", "LORADEPLOY_SIGN_CERT_CHAIN", None),
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:
@@ -209,6 +235,35 @@ def load_settings(
             hint="pass a PEM file with --ca-bundle or LORADEPLOY_CA_BUNDLE",
         )
     return settings
+
+
+def _paths(
+    flags: Mapping[str, Any], flag: str, env: Mapping[str, str], env_name: str, stack: StackInfo | None
+) -> list[Path]:
+    """A repeatable flag, else the variable (paths separated by os.pathsep), else the stack."""
+    given = [Path(p) for p in flags.get(flag) or []]
+    if given:
+        return given
+    listed = [Path(p) for p in env.get(env_name, "").split(os.pathsep) if p.strip()]
+    if listed:
+        return listed
+    return list(stack.trusted_keys) if stack is not None else []
+
+
+def _flag(flag: bool | None, env_value: str, from_stack: bool) -> bool:
+    if flag is not None:
+        return flag
+    text = env_value.strip().lower()
+    if not text:
+        return from_stack
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise UsageError(
+        f"LORADEPLOY_REQUIRE_SIGNATURE is {env_value[:20]!r}, expected true or false",
+        hint="set LORADEPLOY_REQUIRE_SIGNATURE=true or false",
+    )
 
 
 def _default_actor(env: Mapping[str, str]) -> str:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +27,9 @@ from loradeploy.clients.files import LocalFolderTransport
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.clients.signing import load_policy, sign_folder
 from loradeploy.clients.vllm import VllmClient
-from loradeploy.domain.adapter import inspect_adapter, registry_tags
+from loradeploy.domain.adapter import digests_from_tags, inspect_adapter, registry_tags
 from loradeploy.domain.layout import version_dir
+from loradeploy.domain.names import Source
 from loradeploy.domain.signing import (
     MAX_SIGNATURE_BYTES,
     METHOD_TAG,
@@ -37,15 +41,22 @@ from loradeploy.domain.signing import (
     signature_tags,
 )
 from loradeploy.domain.swap import SwapStrategy
-from loradeploy.errors import ExitCode, SignatureError, UsageError
+from loradeploy.errors import ExitCode, InvalidAdapterError, SignatureError, UsageError
 from loradeploy.results import StepResult
+from loradeploy.settings import load_settings
+from loradeploy.steps.aliases import Actor
 from loradeploy.steps.deploy import deploy_version
+from loradeploy.steps.init_load import init_load_adapters
+from loradeploy.steps.load_adapter import LoadRequest, load_adapter
+from loradeploy.steps.promote import PromoteRequest, promote_adapter
+from loradeploy.steps.reconcile import ReconcileRequest, reconcile
+from loradeploy.steps.register import register
 from loradeploy.steps.rollout import inspect_replicas
-from loradeploy.steps.sign import sign_version
+from loradeploy.steps.sign import sign, sign_version
 from support.fake_registry import FakeRegistry
 from support.fakes import FakeVllmServer
 from support.pki import CertSigner, KeyPair, cert_signer, key_pair
-from support.synthetic import write_adapter
+from support.synthetic import SMOLLM2, write_adapter
 
 MODEL = "aws-rag-qa"
 SLOT = "aws-rag-qa-candidate"
@@ -478,3 +489,265 @@ def test_a_private_key_given_as_trusted_key_is_a_usage_error(world: World) -> No
 def test_an_empty_policy_is_not_configured() -> None:
     assert not TrustPolicy().configured
     assert TrustPolicy(require_signature=True).configured
+
+
+# -- every path that loads an adapter goes through the check -------------------------------------
+
+LIVE_SLOT = "aws-rag-qa-live"
+
+
+def _actor(step: str) -> Actor:
+    return Actor(who="tester@host", step=step, run_id="run-1")
+
+
+def _load(world: World, policy: TrustPolicy | None) -> StepResult:
+    request = LoadRequest(model=MODEL, source=Source("version", "7"), slot=SLOT, trust=policy)
+    return load_adapter(
+        request,
+        registry=world.registry,  # type: ignore[arg-type]
+        replicas=[world.vllm],
+        transport=LocalFolderTransport(world.adapters),
+        actor=_actor("load-adapter"),
+    )
+
+
+def _promote(world: World, policy: TrustPolicy | None) -> StepResult:
+    world.registry.aliases = {"staged": "7"}
+    request = PromoteRequest(model=MODEL, source_alias="staged", live_slot=LIVE_SLOT, trust=policy)
+    return promote_adapter(
+        request,
+        registry=world.registry,  # type: ignore[arg-type]
+        replicas=[world.vllm],
+        transport=LocalFolderTransport(world.adapters),
+        actor=_actor("promote-adapter"),
+    )
+
+
+def _reconcile(world: World, policy: TrustPolicy | None) -> StepResult:
+    world.registry.aliases = {"live": "7"}
+    request = ReconcileRequest(model=MODEL, slot_for_alias={"live": LIVE_SLOT}, trust=policy)
+    return reconcile(
+        request,
+        registry=world.registry,  # type: ignore[arg-type]
+        replicas=[world.vllm],
+        transport=LocalFolderTransport(world.adapters),
+        actor=_actor("reconcile"),
+        lock_sleep=lambda _: None,
+    )
+
+
+def _init_load(world: World, policy: TrustPolicy | None) -> StepResult:
+    world.registry.aliases = {"live": "7"}
+    return init_load_adapters(
+        model=MODEL,
+        slot_for_alias={"live": LIVE_SLOT},
+        registry=world.registry,  # type: ignore[arg-type]
+        transport=LocalFolderTransport(world.adapters),
+        base_model_name=SMOLLM2,
+        base_model_aliases={},
+        max_lora_rank=16,
+        trust=policy,
+    )
+
+
+PATHS = {"load-adapter": _load, "promote-adapter": _promote, "reconcile": _reconcile, "init-load": _init_load}
+
+
+@pytest.mark.parametrize("run", PATHS.values(), ids=PATHS.keys())
+def test_every_loading_path_refuses_an_unsigned_version_when_a_signature_is_required(
+    world: World, run: Any
+) -> None:
+    world.register("7")
+    with pytest.raises(SignatureError, match="has no signature"):
+        run(world, world.policy())  # FakeRegistry fails the test if an alias is written
+    assert world.server.lora_calls() == []
+    assert [p for p in world.adapters.rglob("*") if ".staging" not in p.parts] == []
+    assert world.registry.model_tags.get("loradeploy.pending") is None
+
+
+@pytest.mark.parametrize("run", PATHS.values(), ids=PATHS.keys())
+def test_every_loading_path_serves_a_version_signed_with_a_trusted_key(signed: World, run: Any) -> None:
+    try:
+        run(signed, signed.policy())
+    except AssertionError as exc:  # promote reaches its alias moves: the fake refuses them
+        assert "must not" in str(exc)
+    served = list(signed.adapters.glob(f"*/{MODEL}-v7"))
+    assert len(served) == 1
+    assert sorted(p.name for p in served[0].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+# -- signing: register --sign-key, train's reuse, loradeploy sign --------------------------------
+
+
+class FakeRegisteringRegistry(FakeSignedRegistry):
+    """FAKE registry that also registers: ``register_adapter`` publishes the next version."""
+
+    def ping(self) -> None:
+        self._check(self.model)
+
+    def register_adapter(
+        self, name: str, adapter_dir: Path, *, version_tags: dict[str, str], run_id: str | None = None
+    ) -> str:
+        self._check(name)
+        version = str(len(self.files) + 1)
+        self.publish(version, adapter_dir)
+        assert self.tags[version] == dict(version_tags)
+        return version
+
+    def find_version_with_files(self, name: str, digests: dict[str, str]) -> str | None:
+        found = [v for v, tags in self.tags.items() if digests_from_tags(tags) == dict(digests)]
+        return max(found, key=int) if found else None
+
+
+@pytest.fixture
+def registering(world: World) -> World:
+    world.registry = FakeRegisteringRegistry(model=MODEL)
+    return world
+
+
+def test_register_with_a_key_signs_the_new_version_before_setting_an_alias(registering: World) -> None:
+    folder = write_adapter(registering.tmp / "adapter", layers=1)
+    registering.registry.aliases = {}
+    result = register(
+        registering.registry,  # type: ignore[arg-type]
+        model=MODEL,
+        adapter_dir=folder,
+        alias=None,
+        actor=_actor("register"),
+        sign_key=registering.team.private,
+    )
+    assert result.version == "1"
+    tags = registering.registry.tags["1"]
+    assert tags[SIGNATURE_TAG] == SIGNATURE_FILE
+    assert tags[SIGNER_TAG] == key_identity(registering.team.fingerprint)
+    assert "verified: signed by key sha256:" in str(result.details["signature"])
+    registering.deploy("1", registering.policy())  # and it verifies
+
+
+def test_register_with_a_key_that_cannot_sign_registers_nothing(registering: World) -> None:
+    folder = write_adapter(registering.tmp / "adapter", layers=1)
+    with pytest.raises(UsageError, match="not an unencrypted PEM private key"):
+        register(
+            registering.registry,  # type: ignore[arg-type]
+            model=MODEL,
+            adapter_dir=folder,
+            alias=None,
+            actor=_actor("register"),
+            sign_key=registering.team.public,  # a public key is not a signing key
+        )
+    assert registering.registry.files == {}
+
+
+def test_register_with_a_certificate_chain_whose_first_certificate_is_another_key(registering: World) -> None:
+    bot = cert_signer(registering.tmp / "pki", "release-bot")
+    folder = write_adapter(registering.tmp / "adapter", layers=1)
+    with pytest.raises(UsageError, match="is not for the key"):
+        register(
+            registering.registry,  # type: ignore[arg-type]
+            model=MODEL,
+            adapter_dir=folder,
+            alias=None,
+            actor=_actor("register"),
+            sign_key=registering.team.private,
+            sign_cert_chain=bot.chain,
+        )
+    assert registering.registry.files == {}
+
+
+def test_reusing_an_identical_unsigned_version_signs_it_once(registering: World) -> None:
+    folder = write_adapter(registering.tmp / "adapter", layers=1)
+    registering.registry.publish("1", folder)  # registered earlier, unsigned
+    for _ in range(2):
+        result = register(
+            registering.registry,  # type: ignore[arg-type]
+            model=MODEL,
+            adapter_dir=folder,
+            alias=None,
+            actor=_actor("register"),
+            reuse_identical=True,
+            sign_key=registering.team.private,
+        )
+        assert result.version == "1"
+    assert "already signed" in str(result.details["signature"])
+    registering.deploy("1", registering.policy())
+
+
+def test_sign_a_version_registered_by_another_tool(world: World) -> None:
+    world.register("7")
+    result = sign(world.registry, model=MODEL, version="7", key=world.team.private)  # type: ignore[arg-type]
+    assert result.details["signer"] == key_identity(world.team.fingerprint)
+    world.deploy("7", world.policy())
+
+
+def test_sign_refuses_a_version_whose_files_differ_from_its_tags(world: World) -> None:
+    world.register("7")
+    world.registry.files["7"]["adapter_config.json"] = b'{"peft_type": "LORA"}'
+    with pytest.raises(InvalidAdapterError):
+        sign(world.registry, model=MODEL, version="7", key=world.team.private)  # type: ignore[arg-type]
+    assert SIGNATURE_TAG not in world.registry.tags["7"]
+
+
+def test_signing_again_replaces_the_signature_with_the_new_signer(signed: World) -> None:
+    sign(signed.registry, model=MODEL, version="7", key=signed.stranger.private)  # type: ignore[arg-type]
+    signed.refuses("7", signed.policy(), "outside the trust policy")
+    signed.deploy("7", signed.policy(keys=(signed.stranger.public,)))
+
+
+# -- settings: flags, environment, stack file ------------------------------------------------------
+
+
+def _settings(
+    tmp_path: Path, flags: dict[str, Any], env: dict[str, str], stack: dict[str, Any] | None = None
+) -> Any:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    if stack is not None:
+        base = {
+            "home": str(home),
+            "tracking_uri": "http://mlflow.test:5000",
+            "vllm_url": "http://vllm.test:8000",
+            "adapters_root": str(tmp_path / "adapters"),
+            "served_model": SMOLLM2,
+            "max_lora_rank": 16,
+        }
+        (home / "stack.json").write_text(json.dumps(base | stack))
+    return load_settings(flags, {"LORADEPLOY_HOME": str(home), **env}, tmp_path)
+
+
+def test_the_trust_policy_comes_from_the_flag_then_the_environment_then_the_stack(tmp_path: Path) -> None:
+    stack = {"trusted_keys": ["/stack/demo.pub"], "require_signature": True, "sign_key": "/stack/demo.key"}
+    from_stack = _settings(tmp_path, {}, {}, stack)
+    assert from_stack.trusted_keys == [Path("/stack/demo.pub")]
+    assert from_stack.require_signature is True
+    assert from_stack.sign_key == Path("/stack/demo.key")
+    env = {
+        "LORADEPLOY_TRUSTED_KEYS": f"/a.pub{os.pathsep}/b.pub",
+        "LORADEPLOY_REQUIRE_SIGNATURE": "false",
+        "LORADEPLOY_SIGN_KEY": "/env.key",
+    }
+    from_env = _settings(tmp_path, {}, env, stack)
+    assert from_env.trusted_keys == [Path("/a.pub"), Path("/b.pub")]
+    assert from_env.require_signature is False
+    assert from_env.sign_key == Path("/env.key")
+    flags = {"trusted_key": [Path("/flag.pub")], "require_signature": True, "sign_key": Path("/flag.key")}
+    from_flags = _settings(tmp_path, flags, env, stack)
+    assert from_flags.trusted_keys == [Path("/flag.pub")]
+    assert from_flags.require_signature is True
+    assert from_flags.sign_key == Path("/flag.key")
+
+
+def test_nothing_configured_means_no_policy(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {}, {})
+    assert (settings.trusted_keys, settings.trusted_cas, settings.require_signature) == ([], [], False)
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "on"])
+def test_an_unreadable_require_signature_variable_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(UsageError, match="LORADEPLOY_REQUIRE_SIGNATURE"):
+        _settings(tmp_path, {}, {"LORADEPLOY_REQUIRE_SIGNATURE": value})
+
+
+def test_the_command_line_does_not_import_the_signing_library() -> None:
+    code = "import sys, loradeploy.cli; print('model_signing' in sys.modules, 'cryptography' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]

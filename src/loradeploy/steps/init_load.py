@@ -19,6 +19,7 @@ from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.names import Source
+from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import NotFoundError
 from loradeploy.results import Check, StepResult, Timer
@@ -36,6 +37,7 @@ def init_load_adapters(
     base_model_aliases: Mapping[str, str],
     max_lora_rank: int,
     replicas: Sequence[VllmClient] = (),
+    trust: TrustPolicy | None = None,
 ) -> StepResult:
     result = StepResult(step="init-load-adapters", model=model)
     timer = Timer(result.timings_s)
@@ -58,6 +60,7 @@ def init_load_adapters(
             base_model_aliases=base_model_aliases,
             max_lora_rank=max_lora_rank,
             timer=timer,
+            trust=trust,
         )
         restored.append(
             {

@@ -15,6 +15,7 @@ from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.names import Source
+from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.aliases import Actor, model_lock
@@ -31,6 +32,7 @@ class LoadRequest:
     max_lora_rank: int = 16
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     base_model_aliases: Mapping[str, str] = field(default_factory=dict)
+    trust: TrustPolicy | None = None  # verify signatures before anything is placed
 
 
 def load_adapter(
@@ -62,6 +64,7 @@ def load_adapter(
             max_lora_rank=request.max_lora_rank,
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
+            trust=request.trust,
         )
     if lease.release_error:
         result.details["warnings"] = [f"lock not released: {lease.release_error}"]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from loradeploy.clients.registry import MLflowHelper, VersionInfo
 from loradeploy.clients.signing import check_signing_key, identity_of, sign_folder, verify_folder
+
+__all__ = ["check_signature", "check_signing_key", "ensure_signed", "sign", "sign_version"]
 from loradeploy.domain.adapter import check_digests, inspect_adapter
 from loradeploy.domain.signing import (
     MAX_SIGNATURE_BYTES,
@@ -26,6 +28,7 @@ from loradeploy.domain.signing import (
     check_statement,
     label,
     parse_signature,
+    recorded_signer,
     require_cas,
     require_or_skip,
     signature_file,
@@ -130,6 +133,22 @@ def sign_version(
             version.model, version.version, signature, signature_tags(signer, statement.method)
         )
     return Verdict(checked=True, signer=signer, method=str(statement.method))
+
+
+def ensure_signed(
+    registry: MLflowHelper,
+    model: str,
+    version: str,
+    folder: Path,
+    *,
+    key: Path,
+    cert_chain: Path | None = None,
+) -> Verdict:
+    """Sign a version just registered (or reused) from ``folder`` unless it is signed already."""
+    info = registry.get_version(model, version)
+    if SIGNATURE_TAG in info.tags:
+        return Verdict(checked=False, note=f"already signed: {recorded_signer(info.tags)}")
+    return sign_version(registry, info, folder, key=key, cert_chain=cert_chain)
 
 
 def sign(
