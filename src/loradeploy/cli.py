@@ -1337,7 +1337,9 @@ def train(
 # -- stack ---------------------------------------------------------------------------------
 
 
-def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = None) -> Any:
+def _local_stack(
+    home: Path | None, replicas: int = 1, assets: Path | None = None, signing: bool = False
+) -> Any:
     from loradeploy.settings import STACK_FILE, read_stack
     from loradeploy.stack.local import LocalStack, StackConfig
 
@@ -1345,7 +1347,7 @@ def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = Non
     if assets is None and (root / STACK_FILE).is_file():
         assets = read_stack(root / STACK_FILE).assets  # keep what an earlier 'up' used
     found = assets or Path(os.environ.get("LORADEPLOY_ASSETS", str(root)))
-    return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas))
+    return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas, signing=signing))
 
 
 StackHome = Annotated[
@@ -1359,8 +1361,9 @@ def stack_up(
     home: StackHome = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, max=4)] = 1,
 ) -> None:
-    """Start MLflow and vLLM (idempotent) and write the connection details."""
-    stack = _local_stack(home, replicas)
+    """Start MLflow and vLLM (idempotent) and write the connection details, with a demo
+    signing key pair (keys/ in the stack folder) that the stack trusts and requires."""
+    stack = _local_stack(home, replicas, signing=True)
     try:
         with err.status("starting the local stack") as status:
             info = stack.up(
@@ -1371,6 +1374,10 @@ def stack_up(
         raise typer.Exit(int(exc.exit_code)) from None
     _render_stack(stack)
     out.print(f"tracking URI {info.tracking_uri}  vLLM {info.vllm_url}  adapters {info.adapters_root}")
+    if info.sign_key is not None:
+        out.print(
+            f"signing key {info.sign_key} (trusted and required: {', '.join(map(str, info.trusted_keys))})"
+        )
 
 
 @stack_app.command("down")

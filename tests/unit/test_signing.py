@@ -44,6 +44,7 @@ from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import ExitCode, InvalidAdapterError, SignatureError, UsageError
 from loradeploy.results import StepResult
 from loradeploy.settings import load_settings
+from loradeploy.stack.local import LocalStack, StackConfig
 from loradeploy.steps.aliases import Actor
 from loradeploy.steps.deploy import deploy_version
 from loradeploy.steps.init_load import init_load_adapters
@@ -751,3 +752,15 @@ def test_the_command_line_does_not_import_the_signing_library() -> None:
     code = "import sys, loradeploy.cli; print('model_signing' in sys.modules, 'cryptography' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_the_local_stack_makes_its_demo_key_pair_once_and_keeps_it_private(tmp_path: Path) -> None:
+    stack = LocalStack(StackConfig(home=tmp_path, assets=tmp_path, signing=True))
+    private, public = stack.demo_key_pair()
+    assert private == tmp_path.resolve() / "keys" / "demo-signing.key"
+    assert private.stat().st_mode & 0o777 == 0o600
+    first = private.read_bytes()
+    assert stack.demo_key_pair() == (private, public)
+    assert private.read_bytes() == first  # not replaced: versions signed with it stay trusted
+    policy = load_policy([public], [], require_signature=True)
+    assert policy.configured and len(policy.keys) == 1
