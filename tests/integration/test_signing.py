@@ -145,11 +145,13 @@ def version_tags(stack: Stack, version: str) -> dict[str, str]:
 def tamper(stack: Stack, version: str, replacement: Path, *, retag: bool) -> None:
     """What someone with write access to the registry can do: replace the weights of a
     signed version (and, with ``retag``, its sha256 tag to match)."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from loradeploy.domain.adapter import sha256_file
 
+    mlflow.set_tracking_uri(stack.info.tracking_uri)  # proxied artifact URIs resolve against it
     client = MlflowClient(tracking_uri=stack.info.tracking_uri, registry_uri=stack.info.tracking_uri)
     uri = client.get_model_version_download_uri(MODEL, version)
     get_artifact_repository(uri).log_artifact(str(replacement))
