@@ -764,3 +764,47 @@ def test_the_local_stack_makes_its_demo_key_pair_once_and_keeps_it_private(tmp_p
     assert private.read_bytes() == first  # not replaced: versions signed with it stay trusted
     policy = load_policy([public], [], require_signature=True)
     assert policy.configured and len(policy.keys) == 1
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from loradeploy.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_sign_without_a_key_is_a_usage_error() -> None:
+    done = _cli("sign", "--model-name=aws-rag-qa", "--version=3", "--tracking-uri=http://mlflow.test:5000")
+    assert done.exit_code == ExitCode.USAGE
+    assert "no signing key" in done.output
+
+
+def test_requiring_signatures_without_a_trusted_key_is_a_usage_error(tmp_path: Path) -> None:
+    done = _cli(
+        "load-adapter",
+        "--model-name=aws-rag-qa",
+        "--source=version:3",
+        f"--slot-name={SLOT}",
+        "--tracking-uri=http://127.0.0.1:9",
+        "--vllm-url=http://127.0.0.1:9",
+        f"--adapters-root={tmp_path}",
+        "--require-signature",
+        f"--output-dir={tmp_path / 'out'}",
+    )
+    assert done.exit_code == ExitCode.USAGE
+    assert "holds no public key and no CA certificate" in done.output
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["exit_code"] == ExitCode.USAGE
+
+
+@pytest.mark.parametrize(
+    "command", ["register", "sign", "load-adapter", "promote-adapter", "reconcile", "train"]
+)
+def test_signing_and_trust_options_are_in_the_help(command: str) -> None:
+    done = _cli(command, "--help")
+    assert done.exit_code == 0
+    wanted = "--sign-key" if command in ("register", "sign", "train") else "--trusted-key"
+    assert wanted in done.output
