@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from loradeploy.clients.files import LocalFolderTransport
+from loradeploy.clients.files import KubectlTransport, LocalFolderTransport
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.clients.signing import load_policy, sign_folder
 from loradeploy.clients.vllm import VllmClient
@@ -42,11 +42,11 @@ from loradeploy.domain.signing import (
 )
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import ExitCode, InvalidAdapterError, SignatureError, UsageError
-from loradeploy.results import StepResult
+from loradeploy.results import StepResult, Timer
 from loradeploy.settings import load_settings
 from loradeploy.stack.local import LocalStack, StackConfig
 from loradeploy.steps.aliases import Actor
-from loradeploy.steps.deploy import deploy_version
+from loradeploy.steps.deploy import deploy_version, fetch_and_place
 from loradeploy.steps.init_load import init_load_adapters
 from loradeploy.steps.load_adapter import LoadRequest, load_adapter
 from loradeploy.steps.promote import PromoteRequest, promote_adapter
@@ -54,6 +54,8 @@ from loradeploy.steps.reconcile import ReconcileRequest, reconcile
 from loradeploy.steps.register import register
 from loradeploy.steps.rollout import inspect_replicas
 from loradeploy.steps.sign import sign, sign_version
+from loradeploy.steps.status import status
+from support.fake_cluster import CONTAINER, NS, SELECTOR, FakeCluster, fake_pod
 from support.fake_registry import FakeRegistry
 from support.fakes import FakeVllmServer
 from support.pki import CertSigner, KeyPair, cert_signer, key_pair
@@ -808,3 +810,82 @@ def test_signing_and_trust_options_are_in_the_help(command: str) -> None:
     assert done.exit_code == 0
     wanted = "--sign-key" if command in ("register", "sign", "train") else "--trusted-key"
     assert wanted in done.output
+
+
+# -- the kubectl transport: what the deployer verified is what it copies ---------------------------
+
+POD_ROOT = "/mnt/adapters"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
+    """Two Ready pods with separate filesystems, reached through the fake kubectl."""
+    monkeypatch.delenv("FAKE_KUBECTL_FAIL", raising=False)
+    fake = FakeCluster(tmp_path / "cluster", monkeypatch)
+    fake.folder.mkdir()
+    fake.state["pods"] = [
+        fake_pod(name, ip, ready=True, port=8000, root_map={POD_ROOT: str(tmp_path / name)})
+        for name, ip in [("pod-a", "10.0.0.1"), ("pod-b", "10.0.0.2")]
+    ]
+    return fake
+
+
+def _fetch_to_pods(world: World, cluster: FakeCluster, policy: TrustPolicy) -> str:
+    root, _, _, verdict = fetch_and_place(
+        world.registry.get_version(MODEL, "7"),
+        slot=LIVE_SLOT,
+        registry=world.registry,  # type: ignore[arg-type]
+        transport=KubectlTransport(cluster.api(), NS, SELECTOR, CONTAINER, root=POD_ROOT),
+        served_names=[(SMOLLM2,)],
+        base_model_aliases={},
+        max_lora_rank=16,
+        timer=Timer({}),
+        trust=policy,
+    )
+    assert verdict.checked
+    return root
+
+
+def test_kubectl_copies_the_verified_folder_without_its_signature(
+    signed: World, cluster: FakeCluster
+) -> None:
+    root = _fetch_to_pods(signed, cluster, signed.policy())
+    for pod in ("pod-a", "pod-b"):
+        placed = signed.tmp / pod / Path(root).relative_to(POD_ROOT)
+        assert sorted(p.name for p in placed.iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
+    assert sum(call[0] == "cp" for call in cluster.calls()) == 2
+
+
+def test_kubectl_copies_nothing_when_the_signature_fails(signed: World, cluster: FakeCluster) -> None:
+    signed.registry.files["7"]["adapter_model.safetensors"] += b"\0"
+    cluster.forget_calls()
+    with pytest.raises(SignatureError, match="does not verify"):
+        _fetch_to_pods(signed, cluster, signed.policy())
+    assert [call for call in cluster.calls() if call[0] in ("cp", "exec")] == []
+    assert not (signed.tmp / "pod-a" / LIVE_SLOT).exists()
+
+
+# -- who signed what is served ---------------------------------------------------------------------
+
+
+def test_status_names_the_signer_of_every_served_version(signed: World) -> None:
+    signed.register("6", fill=3)  # unsigned
+    signed.registry.aliases = {"live": "7", "staged": "6"}
+    signed.server.adapters = {
+        LIVE_SLOT: f"/srv/adapters/{LIVE_SLOT}/{MODEL}-v7",
+        SLOT: f"/srv/adapters/{SLOT}/{MODEL}-v6",
+    }
+    result = status(
+        signed.registry,  # type: ignore[arg-type]
+        [signed.vllm],
+        model=MODEL,
+        slot_for_alias={"live": LIVE_SLOT, "staged": SLOT},
+    )
+    signer = f"{key_identity(signed.team.fingerprint)} (key)"
+    assert result.details["signers"] == {"7": signer, "6": "unsigned"}
+    details = {check.name.split("@")[0]: check.detail for check in result.checks}
+    assert details[f"live->{LIVE_SLOT}"].endswith(f"signed by {signer}")
+    assert details[f"staged->{SLOT}"].endswith("serves 6, unsigned")

@@ -40,7 +40,7 @@ def status(
                     f"serves {row.served_version or row.served_root or '-'}"
                     + (" (DRIFT)" if row.drift else "")
                     + (" (no alias names it)" if row.unnamed else "")
-                    + (f", signed by {signers[row.served_version]}" if row.served_version else "")
+                    + (_signed(signers[row.served_version]) if row.served_version else "")
                 ),
             )
         )
@@ -66,3 +66,7 @@ def _signers(registry: MLflowHelper, model: str, versions: set[str]) -> dict[str
         except NotFoundError:
             found[version] = "(version not in the registry)"
     return found
+
+
+def _signed(signer: str) -> str:
+    return ", unsigned" if signer == "unsigned" else f", signed by {signer}"
