@@ -334,6 +334,16 @@ def test_the_signature_of_another_model_copied_onto_this_one(world: World) -> No
     world.refuses("7", world.policy(), "made for 'other-model-v7'")
 
 
+def test_removing_the_signature_tags_does_not_remove_the_signature(world: World) -> None:
+    world.register("7")
+    world.sign("7", key=world.stranger.private)
+    for tag in (SIGNATURE_TAG, SIGNER_TAG, METHOD_TAG):
+        del world.registry.tags["7"][tag]
+    world.refuses("7", world.policy(require=False), "outside the trust policy")
+    world.deploy("7", None)  # no policy: nothing checked, and the signature is still not served
+    assert _served_files(world, "7") == ["adapter_config.json", "adapter_model.safetensors"]
+
+
 def test_a_signer_tag_that_lies_about_who_signed(signed: World) -> None:
     signed.registry.tags["7"][SIGNER_TAG] = "cert CN=release-manager"
     signed.refuses("7", signed.policy(), "says 'cert CN=release-manager'")

@@ -71,6 +71,8 @@ def check_signature(version: VersionInfo, folder: Path, policy: TrustPolicy | No
     policy = policy or TrustPolicy()
     digests = version.file_digests()
     name = signature_file(version.tags, digests, where)
+    if name is None and SIGNATURE_FILE not in digests and (folder / SIGNATURE_FILE).exists():
+        name = SIGNATURE_FILE  # the tags were removed, the signature was not: it still counts
     raw = _take(folder / name, where) if name is not None else None
     if name is not None and raw is None and policy.configured:
         raise SignatureError(
