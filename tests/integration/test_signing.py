@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from loradeploy.stack.local import LocalStack, StackConfig
 from support.pki import KeyPair, cert_signer, key_pair
 
-from .conftest import DEMO_ADAPTERS, Outcome, Stack
+from .conftest import ASSETS, DEMO_ADAPTERS, Outcome, Stack
 
 MODEL = "it-signed"
 CANDIDATE = "it-signed-candidate"
@@ -231,3 +232,30 @@ def test_a_certificate_chain_signature_verifies_against_the_trusted_ca(stack: St
     refused = load(stack, tmp_path / "refused", version, {**trusted, "LORADEPLOY_TRUSTED_CAS": str(other.ca)})
     assert_refused(refused, "does not verify")
     assert stack.snapshot(MODEL) == before
+
+
+def test_a_stack_file_with_the_demo_key_signs_and_requires_signatures(stack: Stack, tmp_path: Path) -> None:
+    """What 'loradeploy stack up' writes: no signing flag, no policy flag, yet register signs
+    and load-adapter refuses what its key did not sign."""
+    home = tmp_path / "signed-stack"
+    home.mkdir()
+    local = LocalStack(StackConfig(home=home, assets=ASSETS, signing=True))
+    info = local.signed(stack.info.model_copy(update={"home": home}))
+    (home / "stack.json").write_text(info.model_dump_json())
+    env = {"LORADEPLOY_HOME": str(home)}
+    registered = stack.run(
+        "register",
+        f"--model-name={MODEL}",
+        f"--adapter-dir={DEMO_ADAPTERS / 'aws-rag-qa-v2'}",
+        output_dir=tmp_path / "register",
+        env=env,
+    )
+    assert registered.code == 0, registered.stderr
+    assert registered.result is not None
+    assert str(registered.result["details"]["signature"]).startswith("verified: signed by key sha256:")  # type: ignore[index]
+    version = str(registered.result["version"])
+    done = load(stack, tmp_path / "load", version, env)
+    assert done.code == 0, done.stderr
+
+    unsigned = register(stack, tmp_path / "unsigned", "aws-rag-qa-v2")  # the session stack: no key
+    assert_refused(load(stack, tmp_path / "refused", unsigned, env), "has no signature")

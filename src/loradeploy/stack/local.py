@@ -268,12 +268,17 @@ class LocalStack:
             max_lora_rank=self.config.max_lora_rank,
         )
         if self.config.signing:
-            private, public = self.demo_key_pair()
-            info = info.model_copy(
-                update={"trusted_keys": [public], "require_signature": True, "sign_key": private}
-            )
+            info = self.signed(info)
         (self.home / STACK_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
         return info
+
+    def signed(self, info: StackInfo) -> StackInfo:
+        """``info`` with the demo key pair: register and train sign with it, and every
+        command that loads an adapter trusts and requires it."""
+        private, public = self.demo_key_pair()
+        return info.model_copy(
+            update={"trusted_keys": [public], "require_signature": True, "sign_key": private}
+        )
 
     def demo_key_pair(self) -> tuple[Path, Path]:
         """The stack's signing key pair, made once (``keys/demo-signing.key`` and ``.pub``).
