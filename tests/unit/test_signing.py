@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from loradeploy.clients.files import KubectlTransport, LocalFolderTransport
 from loradeploy.clients.registry import VersionInfo
@@ -38,7 +40,10 @@ from loradeploy.domain.signing import (
     SIGNER_TAG,
     TrustPolicy,
     key_identity,
+    parse_signature,
+    signature_file,
     signature_tags,
+    subject_for,
 )
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import ExitCode, InvalidAdapterError, SignatureError, UsageError
@@ -899,3 +904,46 @@ def test_status_names_the_signer_of_every_served_version(signed: World) -> None:
     details = {check.name.split("@")[0]: check.detail for check in result.checks}
     assert details[f"live->{LIVE_SLOT}"].endswith(f"signed by {signer}")
     assert details[f"staged->{SLOT}"].endswith("serves 6, unsigned")
+
+
+# -- properties of the pure decisions ----------------------------------------------------------------
+
+FAST = settings(max_examples=150, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@FAST
+@given(st.binary(max_size=4096) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_bytes_parse_or_raise_a_signature_error(raw: bytes) -> None:
+    try:
+        parse_signature(raw, "model 'm' version 1")
+    except SignatureError as exc:
+        assert "\n" not in exc.one_line()
+
+
+@FAST
+@given(st.text(max_size=300))
+def test_a_signature_name_from_the_tags_is_one_plain_file_name_or_refused(name: str) -> None:
+    try:
+        found = signature_file({SIGNATURE_TAG: name}, {"adapter_config.json": "0" * 64}, "v")
+    except SignatureError:
+        return
+    assert found is not None
+    assert Path(found).name == found and found not in (".", "..") and "/" not in found and "\\" not in found
+    assert found.endswith(".sig") and found != "adapter_config.json"
+
+
+@FAST
+@given(
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    st.integers(1, 10**6),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    st.integers(1, 10**6),
+)
+def test_two_versions_never_share_a_signed_subject(model_a: str, v_a: int, model_b: str, v_b: int) -> None:
+    if (model_a, v_a) != (model_b, v_b):
+        assert subject_for(model_a, str(v_a)) != subject_for(model_b, str(v_b))
