@@ -599,12 +599,102 @@ def bench_replicas(report: Report, counts: tuple[int, ...] = (1, 2, 4), repeats:
     )
 
 
+def bench_signing(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16, 320)) -> None:
+    """What a signed adapter costs, without servers: signing, the library's verification
+    (signature, certificate-free key check, every file hashed again) and the whole check
+    the deploy path runs (``steps.sign.check_signature``), next to one sha256 pass over
+    the same files (what validation already spends on the registry's digests)."""
+    import tempfile
+
+    from loradeploy.clients.registry import VersionInfo
+    from loradeploy.clients.signing import (
+        generate_key_pair,
+        identity_of,
+        load_policy,
+        sign_folder,
+        verify_folder,
+    )
+    from loradeploy.domain.adapter import inspect_adapter, registry_tags, sha256_file
+    from loradeploy.domain.signing import SIGNATURE_FILE, parse_signature, signature_tags, subject_for
+    from loradeploy.steps.sign import check_signature
+
+    print("\n== signing: sign and verify the 7 MB demo adapter and the 391 MB synthetic one")
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-signing-", dir=ASSETS) as scratch:
+        root = Path(scratch)
+        key, pub = root / "bench.key", root / "bench.pub"
+        generate_key_pair(key, pub)
+        policy = load_policy([pub], [], require_signature=True)
+        for rank in sizes:
+            source = ADAPTERS_SRC / "aws-rag-qa-v1" if rank == 16 else HOME / "synthetic" / f"smollm2-r{rank}"
+            size = write_synthetic_adapter(source, rank) if rank != 16 else _folder_bytes(source)
+            tags = registry_tags(inspect_adapter(source))
+            signature = root / f"r{rank}.sig"
+            signs, verifies, checks, hashes = [], [], [], []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                statement = sign_folder(
+                    source, subject=subject_for("bench", "1"), signature=signature, key=key
+                )
+                signs.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                verify_folder(
+                    source,
+                    signature,
+                    statement=parse_signature(signature.read_bytes(), "bench"),
+                    key=policy.keys[0],
+                    ca_certificates=(),
+                    where="bench",
+                )
+                verifies.append(time.perf_counter() - started)
+                download = root / f"download-r{rank}"
+                shutil.copytree(source, download)
+                shutil.copyfile(signature, download / SIGNATURE_FILE)
+                version = VersionInfo(
+                    model="bench",
+                    version="1",
+                    aliases=[],
+                    tags={**tags, **signature_tags(identity_of(statement), statement.method)},
+                    via="version:1",
+                )
+                started = time.perf_counter()
+                check_signature(version, download, policy)
+                checks.append(time.perf_counter() - started)
+                shutil.rmtree(download)
+                started = time.perf_counter()
+                for entry in sorted(source.iterdir()):
+                    sha256_file(entry)
+                hashes.append(time.perf_counter() - started)
+            figures[f"r{rank}"] = {
+                "bytes": size,
+                "sign_s": median(signs),
+                "verify_s": median(verifies),
+                "check_signature_s": median(checks),
+                "sha256_pass_s": median(hashes),
+            }
+            print(
+                f"  r={rank:<3d} {size / 1e6:6.1f} MB: sign {median(signs):.2f}s, "
+                f"verify {median(verifies):.2f}s, whole deploy-path check {median(checks):.2f}s; "
+                f"one sha256 pass {median(hashes):.2f}s"
+            )
+    report.sections["signing"] = figures
+    largest = figures[f"r{max(sizes)}"]
+    report.target(
+        "signature check / one sha256 pass (391 MB)",
+        largest["check_signature_s"] / largest["sha256_pass_s"],
+        2.0,
+        "x",
+        _cmd("signing"),
+    )
+
+
 SECTIONS: dict[str, Callable[[Report], None]] = {  # ordered so each bench stack starts once
     "startup": bench_startup,
     "swap": bench_swap,
     "restore": bench_restore,
     "deploy": bench_deploy,
     "replicas": bench_replicas,
+    "signing": bench_signing,
 }
 
 

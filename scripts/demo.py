@@ -9,8 +9,11 @@
    perf-passed when both pass;
 4. the regressed adapter (trained on shuffled answers): deployed to the candidate slot
    and staged, then stopped by Gate 1 (eval-failed); live is untouched;
-5. roll back with 'previous' and show status; then history; summarise versions, gate
-   figures and the aliases.
+5. provenance: the stack signs every version it registers with its demo key and refuses
+   unsigned or altered ones; a signed version whose weights were then swapped in the
+   registry (sha256 tag rewritten to match) is refused by load-adapter while live serves;
+6. roll back with 'previous' and show status (with who signed what each slot serves);
+   then history; summarise versions, gate figures and the aliases.
 
 A second run reuses everything the first built (registry versions with identical files,
 adapters already served from the same folders) and is much faster.
@@ -18,6 +21,7 @@ adapters already served from the same folders) and is much faster.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
@@ -200,6 +204,45 @@ def deploy(adapter: str, *, trained: bool = False) -> dict[str, object]:
     return {"version": load["version"], "smoke": smoke["details"]}
 
 
+def swap_weights(version: str, weights: Path) -> None:
+    """What anyone with write access to the registry can do: replace a version's weights
+    after it was signed, and rewrite its sha256 tag so the digests still match."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    uri = json.loads((HOME / "stack.json").read_text())["tracking_uri"]
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    get_artifact_repository(client.get_model_version_download_uri(MODEL, version)).log_artifact(str(weights))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    client.set_model_version_tag(MODEL, version, "loradeploy.sha256.adapter_model.safetensors", digest)
+
+
+def tampered() -> dict[str, object]:
+    """Provenance: a signed version altered in the registry is refused before it loads."""
+    console.rule("provenance: a signed version altered afterwards is refused; live keeps serving")
+    out = OUT / "tampered"
+    registered = run(
+        "register",
+        f"--model-name={MODEL}",
+        f"--adapter-dir={ADAPTERS / 'aws-rag-qa-v2'}",
+        f"--output-dir={out / 'register'}",
+    )
+    version = str(registered["version"])
+    console.print(f"[yellow]swapping the weights of version {version} in MLflow for the regressed ones[/]")
+    swap_weights(version, ADAPTERS / "aws-rag-qa-regressed" / "adapter_model.safetensors")
+    refused = run(
+        "load-adapter",
+        f"--model-name={MODEL}",
+        f"--source=version:{version}",
+        f"--slot-name={CANDIDATE_SLOT}",
+        f"--output-dir={out / 'load'}",
+        expect=(3,),
+    )
+    return {"version": version, "error": refused.get("error")}
+
+
 def figures(result: dict[str, object]) -> str:
     details = result.get("details")
     if not isinstance(details, dict):
@@ -234,6 +277,7 @@ def main() -> int:
         releases["aws-rag-qa-regressed"] = deploy("aws-rag-qa-regressed")
         console.rule("aws-rag-qa-regressed: Gate 1 stops it")
         gates["aws-rag-qa-regressed Gate 1"] = gate1("aws-rag-qa-regressed", expect=(1,))
+        altered = tampered()
 
         console.rule("roll back to the previous live version, then status and history")
         promote("rollback", "previous", reason="demo rollback")
@@ -251,6 +295,9 @@ def main() -> int:
         summary.add_row(name, figures(result))
     details = status.get("details")
     summary.add_row("aliases now", str(details.get("aliases") if isinstance(details, dict) else "-"))
+    signers = details.get("signers") if isinstance(details, dict) else None
+    summary.add_row("signed by (served versions)", str(signers or "-"))
+    summary.add_row(f"altered version {altered['version']}", f"refused (exit 3): {altered['error']}")
     summary.add_row("live-slot traffic during promote, deploy, rollback", traffic.describe())
     undo = f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous"
     summary.add_row("undo the rollback", undo)

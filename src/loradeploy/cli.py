@@ -65,6 +65,39 @@ CaBundle = Annotated[
     Path | None,
     typer.Option("--ca-bundle", help="Extra CA bundle for TLS (env LORADEPLOY_CA_BUNDLE)."),
 ]
+TrustedKeys = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-key",
+        help="Public key (PEM) whose signatures are accepted; repeat (env LORADEPLOY_TRUSTED_KEYS).",
+    ),
+]
+TrustedCas = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-ca",
+        help="CA certificate (PEM) whose chains are accepted; repeat (env LORADEPLOY_TRUSTED_CAS).",
+    ),
+]
+RequireSignature = Annotated[
+    bool | None,
+    typer.Option(
+        "--require-signature/--no-require-signature",
+        help="Refuse unsigned versions (env LORADEPLOY_REQUIRE_SIGNATURE).",
+        show_default=False,
+    ),
+]
+SignKey = Annotated[
+    Path | None,
+    typer.Option("--sign-key", help="Sign with this EC private key (PEM; env LORADEPLOY_SIGN_KEY)."),
+]
+SignCertChain = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-cert-chain",
+        help="With --sign-key: its certificate then intermediates, PEM (env LORADEPLOY_SIGN_CERT_CHAIN).",
+    ),
+]
 
 
 # Never printed or written: error lines are scrubbed of these values (and of URL user info).
@@ -100,6 +133,16 @@ def _registry(settings: Settings) -> Any:
     from loradeploy.clients.registry import MLflowHelper
 
     return MLflowHelper(settings.require_tracking_uri(), ca_bundle=settings.ca_bundle)
+
+
+def _trust(settings: Settings) -> Any:
+    """The trust policy, its keys and certificates read once here (None: not configured)."""
+    from loradeploy.clients.signing import load_policy
+
+    policy = load_policy(
+        settings.trusted_keys, settings.trusted_cas, require_signature=settings.require_signature
+    )
+    return policy if policy.configured else None
 
 
 def _print_error(line: str) -> None:
@@ -337,9 +380,11 @@ def register(
     ] = False,
     tracking_uri: TrackingUri = None,
     output_dir: OutputDir = None,
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
 ) -> None:
     """Validate a PEFT LoRA folder and register it as a new model version, tagged with
-    base model, rank, target modules and a sha256 per file."""
+    base model, rank, target modules and a sha256 per file; with --sign-key, signed."""
 
     def action() -> StepResult:
         from loradeploy.steps.register import register as step
@@ -347,7 +392,7 @@ def register(
         names.model_name(model_name)
         if alias is not None:
             names.alias_name(alias)
-        settings = _settings(tracking_uri=tracking_uri)
+        settings = _settings(tracking_uri=tracking_uri, sign_key=sign_key, sign_cert_chain=sign_cert_chain)
         return step(
             _registry(settings),
             model=model_name,
@@ -355,9 +400,45 @@ def register(
             alias=alias,
             actor=_actor(settings, "register"),
             reuse_identical=reuse_identical,
+            sign_key=settings.sign_key,
+            sign_cert_chain=settings.sign_cert_chain,
         )
 
     _run("register", output_dir, action)
+
+
+@app.command("sign")
+def sign(
+    model_name: ModelName,
+    version: Annotated[str, typer.Option("--version", help="Version to sign.")],
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Sign a registered version (for versions registered by other tools): download it,
+    check its files against its sha256 tags, sign, upload the signature beside them."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.sign import sign as step
+
+        names.model_name(model_name)
+        names.parse_source(f"version:{version}")
+        settings = _settings(
+            tracking_uri=tracking_uri, ca_bundle=ca_bundle, sign_key=sign_key, sign_cert_chain=sign_cert_chain
+        )
+        if settings.sign_key is None:
+            raise UsageError("no signing key", hint="pass --sign-key or set LORADEPLOY_SIGN_KEY")
+        return step(
+            _registry(settings),
+            model=model_name,
+            version=version,
+            key=settings.sign_key,
+            cert_chain=settings.sign_cert_chain,
+        )
+
+    _run("sign", output_dir, action)
 
 
 @app.command("load-adapter")
@@ -382,6 +463,9 @@ def load_adapter(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Step 1: download a version from MLflow and load it into every replica, no restart."""
 
@@ -402,6 +486,9 @@ def load_adapter(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         request = LoadRequest(
             model=model,
@@ -411,6 +498,7 @@ def load_adapter(
             max_lora_rank=settings.max_lora_rank,
             max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
+            trust=_trust(settings),
         )
         with (
             _targets(
@@ -586,6 +674,9 @@ def promote_adapter(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Promote a version to the live slot on every replica and move live/previous."""
 
@@ -608,12 +699,16 @@ def promote_adapter(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         request = replace(
             request,
             max_lora_rank=settings.max_lora_rank,
             max_adapter_bytes=settings.max_adapter_bytes,
             base_model_aliases=settings.base_model_aliases,
+            trust=_trust(settings),
         )
         where = _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl)
         with (
@@ -662,6 +757,7 @@ def _init_load(
             base_model_aliases=settings.base_model_aliases,
             max_lora_rank=settings.max_lora_rank,
             replicas=replicas,
+            trust=_trust(settings),
         )
 
 
@@ -685,6 +781,9 @@ def init_load_adapters(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Cold-start restore: live -> live slot, staged -> candidate slot, plus
     lora-modules.json for vLLM's --lora-modules; skips aliases that do not exist."""
@@ -698,6 +797,9 @@ def init_load_adapters(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         with err.status(f"restoring {model_name} live and staged"):
             return _init_load(
@@ -856,7 +958,7 @@ def history(
 
     def render(result: StepResult) -> None:
         table = Table(title=f"{result.model}: alias history")
-        for column in ("when (UTC)", "alias", "from", "to", "step", "who", "reason"):
+        for column in ("when (UTC)", "alias", "from", "to", "signed by (to)", "step", "who", "reason"):
             table.add_column(column, overflow="fold")
         for row in result.details["moves"]:
             table.add_row(
@@ -864,6 +966,7 @@ def history(
                 row["alias"],
                 row["from_version"] or "-",
                 row["to_version"] or "(removed)",
+                row.get("to_signer") or "-",
                 row["step"],
                 row["who"],
                 row["reason"],
@@ -961,6 +1064,9 @@ def reconcile(
         Path | None,
         typer.Option("--ready-file", help="Exists while every slot serves what its alias names (--watch)."),
     ] = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
 ) -> None:
     """Serve what the aliases name: live -> live slot, staged -> candidate slot, on every
     replica. Repairs missing or wrong slots; never changes aliases, never unloads."""
@@ -982,6 +1088,9 @@ def reconcile(
             ca_bundle=ca_bundle,
             max_lora_rank=max_lora_rank,
             base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
         )
         request = ReconcileRequest(
             model=names.model_name(model_name),
@@ -992,6 +1101,7 @@ def reconcile(
             max_adapter_bytes=settings.max_adapter_bytes,
             write_manifest=write_manifest,
             base_model_name=base_model_name,
+            trust=_trust(settings),
         )
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # not ready until a round has said so
@@ -1328,8 +1438,11 @@ def train(
     ] = 48,
     tracking_uri: TrackingUri = None,
     ca_bundle: CaBundle = None,
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
 ) -> None:
-    """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version."""
+    """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version
+    (signed when a signing key is configured)."""
 
     def action() -> StepResult:
         from loradeploy.clients.mlworker import MlWorker
@@ -1337,7 +1450,9 @@ def train(
         from loradeploy.steps.train import train as step
 
         names.model_name(model_name)
-        settings = _settings(tracking_uri=tracking_uri, ca_bundle=ca_bundle)
+        settings = _settings(
+            tracking_uri=tracking_uri, ca_bundle=ca_bundle, sign_key=sign_key, sign_cert_chain=sign_cert_chain
+        )
         assets = (settings.stack.assets or settings.stack.home) if settings.stack else None
         needed = {
             "--base-model-dir": base_model_dir,
@@ -1359,6 +1474,8 @@ def train(
             steps=steps,
             seed=seed,
             max_new_tokens=max_new_tokens,
+            sign_key=settings.sign_key,
+            sign_cert_chain=settings.sign_cert_chain,
         )
         worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
         with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):
@@ -1370,7 +1487,9 @@ def train(
 # -- stack ---------------------------------------------------------------------------------
 
 
-def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = None) -> Any:
+def _local_stack(
+    home: Path | None, replicas: int = 1, assets: Path | None = None, signing: bool = False
+) -> Any:
     from loradeploy.settings import STACK_FILE, read_stack
     from loradeploy.stack.local import LocalStack, StackConfig
 
@@ -1378,7 +1497,7 @@ def _local_stack(home: Path | None, replicas: int = 1, assets: Path | None = Non
     if assets is None and (root / STACK_FILE).is_file():
         assets = read_stack(root / STACK_FILE).assets  # keep what an earlier 'up' used
     found = assets or Path(os.environ.get("LORADEPLOY_ASSETS", str(root)))
-    return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas))
+    return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas, signing=signing))
 
 
 StackHome = Annotated[
@@ -1392,8 +1511,9 @@ def stack_up(
     home: StackHome = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, max=4)] = 1,
 ) -> None:
-    """Start MLflow and vLLM (idempotent) and write the connection details."""
-    stack = _local_stack(home, replicas)
+    """Start MLflow and vLLM (idempotent) and write the connection details, with a demo
+    signing key pair (keys/ in the stack folder) that the stack trusts and requires."""
+    stack = _local_stack(home, replicas, signing=True)
     try:
         with err.status("starting the local stack") as status:
             info = stack.up(
@@ -1404,6 +1524,10 @@ def stack_up(
         raise typer.Exit(int(exc.exit_code)) from None
     _render_stack(stack)
     out.print(f"tracking URI {info.tracking_uri}  vLLM {info.vllm_url}  adapters {info.adapters_root}")
+    if info.sign_key is not None:
+        out.print(
+            f"signing key {info.sign_key} (trusted and required: {', '.join(map(str, info.trusted_keys))})"
+        )
 
 
 @stack_app.command("down")

@@ -12,6 +12,7 @@ and remote bodies are cut short by :func:`short`.
      │    ├── NotFoundError                  model, version, alias or served name missing
      │    ├── InvalidAdapterError            adapter files fail validation
      │    ├── IncompatibleAdapterError       adapter does not fit the served base or limits
+     │    ├── SignatureError                 signature missing, invalid or outside the trust policy
      │    ├── AdapterRejectedError           the server refused to load the adapter
      │    ├── AdapterAlreadyLoadedError      the name is taken on the server
      │    └── AliasMovedError                an alias moved while we worked
@@ -91,6 +92,13 @@ class InvalidAdapterError(PermanentError):
 
 class IncompatibleAdapterError(PermanentError):
     default_hint = "register an adapter trained for the served base model"
+
+
+class SignatureError(PermanentError):
+    default_hint = (
+        "sign the version with 'loradeploy sign' using a key or certificate the trust policy "
+        "holds, or register the adapter again from the signed folder"
+    )
 
 
 class AdapterRejectedError(PermanentError):

@@ -7,7 +7,10 @@ Lookup order for every connection value (first found wins):
    ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``,
    ``LORADEPLOY_BASE_MODEL_ALIASES``: ``ADAPTER_BASE=SERVED_BASE`` pairs separated by
    commas or spaces, used when no ``--base-model-alias`` flag is given;
-   ``LORADEPLOY_STAGING_DIR``);
+   ``LORADEPLOY_STAGING_DIR``;
+   the trust policy ``LORADEPLOY_TRUSTED_KEYS``, ``LORADEPLOY_TRUSTED_CAS`` (PEM files,
+   separated by ``os.pathsep``), ``LORADEPLOY_REQUIRE_SIGNATURE`` (true/false); signing
+   ``LORADEPLOY_SIGN_KEY``, ``LORADEPLOY_SIGN_CERT_CHAIN``);
 3. the local stack file written by ``loradeploy stack up``
    (``$LORADEPLOY_HOME/stack.json``, else ``.loradeploy/stack.json`` in the current
    folder or the nearest parent).
@@ -16,6 +19,7 @@ Lookup order for every connection value (first found wins):
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -46,6 +50,10 @@ class StackInfo(BaseModel):
     adapters_root: Path
     served_model: str
     max_lora_rank: int
+    # Signed adapters: the demo key pair 'stack up' makes (absent in older stack files).
+    trusted_keys: list[Path] = Field(default_factory=list)
+    require_signature: bool = False
+    sign_key: Path | None = None
 
 
 class Settings(BaseModel):
@@ -69,6 +77,15 @@ class Settings(BaseModel):
     # The same for every retry of one request (Argo: the workflow's uid and step), so a
     # retry recognises an alias plan its own earlier attempt left; empty: none.
     run_key: str = Field(default="", max_length=256)
+    # The trust policy (issue 13): public keys and CA certificates (PEM files) whose
+    # signatures are accepted; with require_signature an unsigned version is refused.
+    # Nothing configured: signatures are not checked (as before signing existed).
+    trusted_keys: list[Path] = Field(default_factory=list)
+    trusted_cas: list[Path] = Field(default_factory=list)
+    require_signature: bool = False
+    # What register and train sign with: an EC private key, and for PKI its chain.
+    sign_key: Path | None = None
+    sign_cert_chain: Path | None = None
     stack: StackInfo | None = None
 
     def require_tracking_uri(self) -> str:
@@ -216,6 +233,15 @@ def load_settings(
             base_model_aliases=parse_base_aliases(*base_alias_pairs(flags, env)),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
             run_key=env.get("LORADEPLOY_RUN_KEY", ""),
+            trusted_keys=_paths(flags, "trusted_key", env, "LORADEPLOY_TRUSTED_KEYS", stack),
+            trusted_cas=_paths(flags, "trusted_ca", env, "LORADEPLOY_TRUSTED_CAS", None),
+            require_signature=_flag(
+                flags.get("require_signature"),
+                env.get("LORADEPLOY_REQUIRE_SIGNATURE", ""),
+                stack.require_signature if stack else False,
+            ),
+            sign_key=pick("sign_key", "LORADEPLOY_SIGN_KEY", stack.sign_key if stack else None),
+            sign_cert_chain=pick("sign_cert_chain", "LORADEPLOY_SIGN_CERT_CHAIN", None),
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:
@@ -241,6 +267,35 @@ def _staging_dir(env: Mapping[str, str], stack: StackInfo | None) -> Path | None
     if env.get("LORADEPLOY_STAGING_DIR"):
         return Path(env["LORADEPLOY_STAGING_DIR"])
     return stack.home / "staging" if stack else None
+
+
+def _paths(
+    flags: Mapping[str, Any], flag: str, env: Mapping[str, str], env_name: str, stack: StackInfo | None
+) -> list[Path]:
+    """A repeatable flag, else the variable (paths separated by os.pathsep), else the stack."""
+    given = [Path(p) for p in flags.get(flag) or []]
+    if given:
+        return given
+    listed = [Path(p) for p in env.get(env_name, "").split(os.pathsep) if p.strip()]
+    if listed:
+        return listed
+    return list(stack.trusted_keys) if stack is not None else []
+
+
+def _flag(flag: bool | None, env_value: str, from_stack: bool) -> bool:
+    if flag is not None:
+        return flag
+    text = env_value.strip().lower()
+    if not text:
+        return from_stack
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise UsageError(
+        f"LORADEPLOY_REQUIRE_SIGNATURE is {env_value[:20]!r}, expected true or false",
+        hint="set LORADEPLOY_REQUIRE_SIGNATURE=true or false",
+    )
 
 
 def _default_actor(env: Mapping[str, str]) -> str:

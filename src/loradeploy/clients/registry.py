@@ -441,3 +441,16 @@ class MLflowHelper:
                 filter_string=f"name = '{name}' and run_id = '{run_id}'"
             )
         return sorted((str(mv.version) for mv in found), key=int)
+
+    # -- signatures: one more artifact beside the version's files, and tags naming it ------
+
+    def attach_signature(self, name: str, version: str, signature: Path, tags: Mapping[str, str]) -> None:
+        """Upload ``signature`` into the version's artifact folder, then set ``tags`` on the
+        version (the tags come last: a version is signed only once they name the file)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with self.translate(f"upload of the signature of model {name!r} version {version}"):
+            uri = self.client.get_model_version_download_uri(name, version)
+            get_artifact_repository(uri).log_artifact(str(signature))
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, value)

@@ -35,12 +35,16 @@ def check_listing(
     recorded: str | None,
     max_bytes: int,
     label: str,
+    beside: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """File name -> size of a version that may be downloaded, or an ``InvalidAdapterError``.
 
     ``recorded`` is the version's ``loradeploy.bytes`` tag (None if absent); ``digests``
-    its sha256 tags; ``label`` names the version in messages.
+    its sha256 tags; ``label`` names the version in messages. ``beside`` names files that
+    may be listed next to the adapter's (the signature artifact) with the most bytes each;
+    they are downloaded too, but are neither tagged nor counted in ``loradeploy.bytes``.
     """
+    beside = dict(beside or {})
     recorded_bytes = _recorded_size(recorded, max_bytes, label)
     entries = list(listing)
     names = [entry.path for entry in entries]
@@ -51,16 +55,23 @@ def check_listing(
             f"{label}: the artifact listing gives no size for {unsized}; {_NOTHING}",
             hint="check the artifact store behind MLflow, or " + _REREGISTER,
         )
-    if set(names) != set(digests) or len(names) != len(set(names)):
-        missing = sorted(set(digests) - set(names))
-        extra = sorted(set(names) - set(digests))
+    adapter_names = [name for name in names if name not in beside or name in digests]
+    if set(adapter_names) != set(digests) or len(names) != len(set(names)):
+        missing = sorted(set(digests) - set(adapter_names))
+        extra = sorted(set(adapter_names) - set(digests))
         raise InvalidAdapterError(
             f"{label}: files differ from the registry's record (missing {missing}, extra {extra}); "
             + _NOTHING,
             hint=_REREGISTER,
         )
     sizes = {entry.path: int(entry.size or 0) for entry in entries}
-    total = sum(sizes.values())
+    for name, size in sizes.items():
+        if name in beside and name not in digests and size > beside[name]:
+            raise InvalidAdapterError(
+                f"{label}: {name} is {size} bytes, above its {beside[name]}-byte limit; {_NOTHING}",
+                hint="sign the version again with 'loradeploy sign'",
+            )
+    total = sum(size for name, size in sizes.items() if name in digests)
     if total > max_bytes:
         raise _above_cap(label, f"its files add up to {total} bytes", max_bytes)
     if total != recorded_bytes:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from loradeploy.clients.signing import generate_key_pair
 from loradeploy.errors import DeadlineExceededError, UsageError
 from loradeploy.settings import STACK_FILE, StackInfo
 from loradeploy.stack import processes
@@ -49,6 +50,9 @@ class StackConfig:
     kv_cache_gib: int = 1
     api_key: str | None = None
     extra_vllm_env: dict[str, str] = field(default_factory=dict)
+    # Signed adapters: a demo key pair in <home>/keys, trusted and required by the stack
+    # file, used by register and train. 'loradeploy stack up' turns it on.
+    signing: bool = False
 
     @property
     def base_model_dir(self) -> Path:
@@ -263,8 +267,27 @@ class LocalStack:
             served_model=self.config.served_model,
             max_lora_rank=self.config.max_lora_rank,
         )
+        if self.config.signing:
+            info = self.signed(info)
         (self.home / STACK_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
         return info
+
+    def signed(self, info: StackInfo) -> StackInfo:
+        """``info`` with the demo key pair: register and train sign with it, and every
+        command that loads an adapter trusts and requires it."""
+        private, public = self.demo_key_pair()
+        return info.model_copy(
+            update={"trusted_keys": [public], "require_signature": True, "sign_key": private}
+        )
+
+    def demo_key_pair(self) -> tuple[Path, Path]:
+        """The stack's signing key pair, made once (``keys/demo-signing.key`` and ``.pub``).
+        A demo key on local disk: a team's real key belongs in its secret store."""
+        private = (self.home / "keys" / "demo-signing.key").resolve()
+        public = private.with_suffix(".pub")
+        if not (private.is_file() and public.is_file()):
+            generate_key_pair(private, public)
+        return private, public
 
     def start_mlflow(
         self,

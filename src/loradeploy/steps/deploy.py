@@ -24,9 +24,11 @@ from loradeploy.domain.adapter import (
 )
 from loradeploy.domain.layout import version_dir
 from loradeploy.domain.listing import BYTES_TAG, check_listing
+from loradeploy.domain.signing import TrustPolicy, Verdict
 from loradeploy.errors import InvalidAdapterError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.rollout import Replica, roll_out, strategy_warnings
+from loradeploy.steps.sign import check_signature, signature_artifacts
 from loradeploy.steps.swap import DEFAULT_PATIENCE, Patience
 
 
@@ -52,8 +54,10 @@ def fetch_and_place(
     max_lora_rank: int,
     timer: Timer,
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
-) -> tuple[str, AdapterInfo, bool]:
-    """Download, validate and place one version; returns (server path, info, written)."""
+    trust: TrustPolicy | None = None,
+) -> tuple[str, AdapterInfo, bool, Verdict]:
+    """Download, check the signature against ``trust``, validate and place one version;
+    returns (server path, info, written, what the signature check found)."""
     digests = required_digests(version)
     label = f"model {version.model!r} version {version.version}"
     with timer("list"):  # the size is known and checked before any byte is downloaded
@@ -63,14 +67,21 @@ def fetch_and_place(
             recorded=version.tags.get(BYTES_TAG),
             max_bytes=max_adapter_bytes,
             label=label,
+            beside=signature_artifacts(version),
         )
     new_root = version_dir(transport.root, slot, version.model, version.version)
     with transport.staging() as staging:
         with timer("download"):
             require_free(staging.parent, sum(files.values()), f"download of {label}")
             registry.download_adapter(
-                version.model, version.version, staging, files=files, max_bytes=max_adapter_bytes
+                version.model,
+                version.version,
+                staging,
+                files=files,
+                max_bytes=max_adapter_bytes + sum(signature_artifacts(version).values()),
             )
+        with timer("signature"):  # first: the signature artifact leaves the folder here
+            verdict = check_signature(version, staging, trust)
         with timer("validate"):
             info = inspect_adapter(staging, max_total_bytes=max_adapter_bytes)
             check_digests(staging, digests, label)
@@ -84,7 +95,7 @@ def fetch_and_place(
                 )
         with timer("copy"):
             written = transport.place(staging, new_root, digests)
-    return new_root, info, written
+    return new_root, info, written, verdict
 
 
 def deploy_version(
@@ -99,13 +110,14 @@ def deploy_version(
     result: StepResult,
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     patience: Patience = DEFAULT_PATIENCE,
+    trust: TrustPolicy | None = None,
 ) -> str:
     """Serve ``version`` under ``slot`` on every replica; returns the served folder.
 
     Strategy warnings go to ``result.details["warnings"]`` (appended, before the swap).
     """
     timer = Timer(result.timings_s)
-    new_root, info, written = fetch_and_place(
+    new_root, info, written, signature = fetch_and_place(
         version,
         slot=slot,
         registry=registry,
@@ -115,6 +127,7 @@ def deploy_version(
         max_lora_rank=max_lora_rank,
         timer=timer,
         max_adapter_bytes=max_adapter_bytes,
+        trust=trust,
     )
     if warnings := strategy_warnings(replicas):
         result.details.setdefault("warnings", []).extend(warnings)
@@ -132,6 +145,7 @@ def deploy_version(
             "rank": info.rank,
             "base_model": info.base_model,
             "bytes": info.total_bytes,
+            "signature": signature.as_dict(),
         }
     )
     return new_root

@@ -20,6 +20,7 @@ from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.manifest import plan_manifest
 from loradeploy.domain.names import Source
+from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import NotFoundError
 from loradeploy.results import Check, StepResult, Timer
@@ -37,6 +38,7 @@ def init_load_adapters(
     base_model_aliases: Mapping[str, str],
     max_lora_rank: int,
     replicas: Sequence[VllmClient] = (),
+    trust: TrustPolicy | None = None,
 ) -> StepResult:
     result = StepResult(step="init-load-adapters", model=model)
     timer = Timer(result.timings_s)
@@ -50,7 +52,7 @@ def init_load_adapters(
             skipped[alias] = exc.message
             result.checks.append(Check(name=f"{alias}->{slot}", passed=True, detail="skipped: no alias"))
             continue
-        root, _, written = fetch_and_place(
+        root, _, written, signature = fetch_and_place(
             version,
             slot=slot,
             registry=registry,
@@ -59,8 +61,17 @@ def init_load_adapters(
             base_model_aliases=base_model_aliases,
             max_lora_rank=max_lora_rank,
             timer=timer,
+            trust=trust,
         )
-        restored.append({"alias": alias, "slot": slot, "version": version.version, "path": root})
+        restored.append(
+            {
+                "alias": alias,
+                "slot": slot,
+                "version": version.version,
+                "path": root,
+                "signature": signature.describe(),
+            }
+        )
         result.checks.append(
             Check(
                 name=f"{alias}->{slot}",

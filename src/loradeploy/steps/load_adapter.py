@@ -16,6 +16,7 @@ from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.names import Source
+from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.deploy import deploy_version, required_digests
@@ -32,6 +33,7 @@ class LoadRequest:
     max_lora_rank: int = 16
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     base_model_aliases: Mapping[str, str] = field(default_factory=dict)
+    trust: TrustPolicy | None = None  # verify signatures before anything is placed
 
 
 def load_adapter(
@@ -64,6 +66,7 @@ def load_adapter(
             max_lora_rank=request.max_lora_rank,
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
+            trust=request.trust,
         )
         with timer("manifest"):  # the folder an alias names may be placed now
             modules, warnings = refresh_after_commit(

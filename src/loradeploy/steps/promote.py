@@ -28,6 +28,7 @@ from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.aliases import LIVE, AliasMove, plan_promotion
 from loradeploy.domain.names import Source
+from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import AliasMovedError, LoraDeployError
 from loradeploy.results import StepResult, Timer
@@ -47,6 +48,7 @@ class PromoteRequest:
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     base_model_aliases: Mapping[str, str] = field(default_factory=dict)
     reason: str = ""
+    trust: TrustPolicy | None = None  # verify signatures before anything is placed
 
 
 def promote_adapter(
@@ -104,6 +106,7 @@ def promote_adapter(
             max_lora_rank=request.max_lora_rank,
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
+            trust=request.trust,
         )
         moves = plan_promotion(aliases, version.version)
         with timer("aliases"):

@@ -31,6 +31,7 @@ from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.reconcile import Plan, Repair, backoff_s, plan_repairs
+from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
@@ -47,6 +48,7 @@ class ReconcileRequest:
     max_lora_rank: int = 16
     base_model_aliases: Mapping[str, str] | None = None
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    trust: TrustPolicy | None = None  # verify signatures before anything is placed
     # Sidecar: keep lora-modules.json equal to what is served, with this base model name.
     write_manifest: bool = False
     base_model_name: str | None = None
@@ -115,6 +117,7 @@ def _repair(
         max_lora_rank=request.max_lora_rank,
         max_adapter_bytes=request.max_adapter_bytes,
         result=scratch,
+        trust=request.trust,
     )
     return {
         "alias": repair.alias,
@@ -123,6 +126,7 @@ def _repair(
         "root": root,
         "replicas": dict(repair.why),
         "files_written": scratch.details.get("files_written"),
+        "signature": scratch.details.get("signature"),
         "timings_s": scratch.timings_s,
     }
 

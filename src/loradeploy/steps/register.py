@@ -9,6 +9,7 @@ from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
 from loradeploy.domain.aliases import plan_set
 from loradeploy.results import StepResult, Timer
+from loradeploy.steps.sign import check_signing_key, ensure_signed
 
 
 def register(
@@ -20,14 +21,19 @@ def register(
     actor: Actor,
     reuse_identical: bool = False,
     run_id: str | None = None,
+    sign_key: Path | None = None,
+    sign_cert_chain: Path | None = None,
 ) -> StepResult:
     """Validate, then register (or, with ``reuse_identical``, find a version whose files
-    are byte-identical), then optionally set ``alias`` on it. ``run_id`` links a new
-    version to the run that trained it."""
+    are byte-identical), then with ``sign_key`` sign it (as this version: the signature
+    names it, so it is made once the version has its number), then optionally set
+    ``alias`` on it. ``run_id`` links a new version to the run that trained it."""
     result = StepResult(step="register", model=model)
     timer = Timer(result.timings_s)
     with timer("validate"):
         info = inspect_adapter(adapter_dir)
+        if sign_key is not None:  # a key that cannot sign must not leave an unsigned version
+            check_signing_key(sign_key, sign_cert_chain)
     with timer("register"):
         registry.ping()
         existing = registry.find_version_with_files(model, info.files) if reuse_identical else None
@@ -35,6 +41,12 @@ def register(
             model, adapter_dir, version_tags=registry_tags(info), run_id=run_id
         )
     result.version = version
+    signature = "not signed (no --sign-key)"
+    if sign_key is not None:
+        with timer("sign"):
+            signature = ensure_signed(
+                registry, model, version, adapter_dir, key=sign_key, cert_chain=sign_cert_chain
+            ).describe()
     if alias:
         with timer("set-alias"), model_lock(registry, model, actor) as held:
             moves = plan_set(registry.get_aliases(model), alias, version)
@@ -48,5 +60,6 @@ def register(
         "rank": info.rank,
         "target_modules": info.target_modules,
         "files": info.files,
+        "signature": signature,
     }
     return result

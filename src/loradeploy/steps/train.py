@@ -30,6 +30,7 @@ from loradeploy.domain.scoring import exact_match, mean, token_f1
 from loradeploy.errors import UsageError
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.register import register
+from loradeploy.steps.sign import ensure_signed
 
 TRAIN_EXPERIMENT = "loradeploy-training"
 TRAIN_SCRIPT, EVAL_SCRIPT = "train_lora.py", "eval_lora.py"
@@ -59,6 +60,8 @@ class TrainRequest:
     steps: int = 40
     seed: int = 0
     max_new_tokens: int = 48
+    sign_key: Path | None = None  # sign the registered version with this key
+    sign_cert_chain: Path | None = None
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -169,9 +172,29 @@ def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, ac
                 texts={"eval_predictions.json": json.dumps(predictions, indent=2)},
             )
             registered = register(
-                registry, model=request.model, adapter_dir=adapter, alias=None, actor=actor, run_id=run_id
+                registry,
+                model=request.model,
+                adapter_dir=adapter,
+                alias=None,
+                actor=actor,
+                run_id=run_id,
+                sign_key=request.sign_key,
+                sign_cert_chain=request.sign_cert_chain,
             )
             version, reused = str(registered.version), False
+            signature = str(registered.details["signature"])
+    if reused:
+        signature = "not signed (no signing key configured)"
+    if reused and request.sign_key is not None:  # a new version was signed by register
+        with timer("sign"):
+            signature = ensure_signed(
+                registry,
+                request.model,
+                version,
+                adapter,
+                key=request.sign_key,
+                cert_chain=request.sign_cert_chain,
+            ).describe()
     result.version = version
     result.details = {
         "run_id": run_id,
@@ -181,5 +204,6 @@ def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, ac
         "metrics": metrics,
         "train_seconds": summary.get("train_seconds"),
         "eval_seconds": evaluation.get("seconds"),
+        "signature": signature,
     }
     return result
