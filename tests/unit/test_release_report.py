@@ -139,6 +139,18 @@ def test_the_page_loads_nothing_from_outside() -> None:
     assert "default-src 'none'" in page  # and the browser is told so
 
 
+def test_the_replicas_a_step_touched_are_named() -> None:
+    load = StepResult(
+        step="load-adapter",
+        model=MODEL,
+        version="2",
+        details={"replicas": [{"replica": "http://r1:8000", "root": "/a/s/m-v2", "strategy": "inplace"}]},
+    )
+    smoke = StepResult(step="smoke-test", model=MODEL, version="2", checks=[])
+    page = build_page(evidence(load, smoke))
+    assert "<td>http://r1:8000 (inplace)</td>" in page and "/a/s/m-v2" not in page
+
+
 def test_what_was_not_recorded_says_so() -> None:
     page = build_page(evidence(gate1()))
     assert '<th>judge calibration accuracy</th></tr><tr><td><span class="missing">not recorded' in page

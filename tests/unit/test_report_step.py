@@ -72,6 +72,7 @@ def test_the_step_reads_this_versions_results_and_writes_the_page(tmp_path: Path
     write(results / "v2" / "gate1", gate1("2"))
     write(results / "v2" / "gate2", gate2("2"))
     write(results / "v3" / "gate1", gate1("3"))
+    write(results / "earlier-report", StepResult(step="report", model=MODEL, version="2"))
     (results / "broken").mkdir()
     (results / "broken" / "result.json").write_text("{not json", encoding="utf-8")
     registry = FakeReportRegistry({"live": "2"})

@@ -202,10 +202,18 @@ def _provenance(evidence: ReleaseEvidence) -> str:
     return "\n".join(parts)
 
 
+def _replica(entry: object) -> str:
+    """A replica as a step records it: its URL, or a swap record naming URL and strategy."""
+    if isinstance(entry, dict) and "replica" in entry:
+        strategy = entry.get("strategy")
+        return f"{entry['replica']} ({strategy})" if strategy else str(entry["replica"])
+    return str(entry)
+
+
 def _replicas(result: StepResult) -> str:
     replicas = result.details.get("replicas")
     if isinstance(replicas, dict | list) and replicas:
-        return _text(list(replicas))
+        return _text([_replica(entry) for entry in replicas])
     served = [c.name.removeprefix("served:") for c in result.checks if c.name.startswith("served:")]
     return _text(served) if served else "-"
 

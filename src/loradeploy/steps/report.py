@@ -31,6 +31,7 @@ from loradeploy.errors import NotFoundError, UsageError
 from loradeploy.results import StepResult, Timer, now_iso
 
 RESULT_FILE = "result.json"
+REPORT_STEP = "report"  # an earlier report's own result.json is no evidence
 
 
 class ReportRegistry(AuditRegistry, Protocol):
@@ -63,7 +64,7 @@ def read_results(folders: Sequence[Path], model: str, version: str) -> tuple[lis
             except (OSError, ValidationError) as exc:
                 notes.append(f"{path}: not a step result ({type(exc).__name__}); skipped")
                 continue
-            if belongs_to(result, model, version):
+            if result.step != REPORT_STEP and belongs_to(result, model, version):
                 found.append(FoundResult(path=str(path), result=result))
     found.sort(key=lambda item: (item.result.started_at, item.path))
     return found, notes
@@ -90,7 +91,7 @@ def release_report(
     output_dir: Path,
 ) -> StepResult:
     """Write ``<output_dir>/<model>-v<version>.html``; ``version`` None: the one ``live`` names."""
-    result = StepResult(step="report", model=model)
+    result = StepResult(step=REPORT_STEP, model=model)
     timer = Timer(result.timings_s)
     with timer("registry"):
         aliases = registry.get_aliases(model)
