@@ -10,7 +10,9 @@
 4. the regressed adapter (trained on shuffled answers): deployed to the candidate slot
    and staged, then stopped by Gate 1 (eval-failed); live is untouched;
 5. roll back with 'previous' and show status; then history; summarise versions, gate
-   figures and the aliases.
+   figures and the aliases;
+6. write the release reports of v2 and of the regressed adapter (one HTML page each,
+   with the plots behind the gates' decisions) and print where they are.
 
 A second run reuses everything the first built (registry versions with identical files,
 adapters already served from the same folders) and is much faster.
@@ -212,6 +214,25 @@ def figures(result: dict[str, object]) -> str:
     return f"{verdict}: {shown}"
 
 
+def release_reports(releases: dict[str, dict[str, object]]) -> dict[str, str]:
+    """One self-contained HTML page per release that went through the gates, built from
+    the registry and every result.json the demo wrote; open it in any browser."""
+    console.rule("release reports: the evidence behind each gate decision")
+    pages = {}
+    for adapter in ("aws-rag-qa-v2", "aws-rag-qa-regressed"):
+        result = run(
+            "report",
+            f"--model-name={MODEL}",
+            f"--version={releases[adapter]['version']}",
+            f"--results-dir={OUT}",
+            f"--output-dir={OUT / 'reports'}",
+        )
+        details = result["details"]
+        assert isinstance(details, dict)
+        pages[adapter] = f"{details['report']} ({details['bytes'] / 1024:.0f} KiB)"
+    return pages
+
+
 def main() -> int:
     started = time.monotonic()
     console.rule("loradeploy demo")
@@ -240,6 +261,7 @@ def main() -> int:
         promote("rollback", "previous", reason="demo rollback")
     status = run("status", f"--model-name={MODEL}", f"--output-dir={OUT / 'status'}")
     run("history", f"--model-name={MODEL}")
+    reports = release_reports(releases)
 
     summary = Table(title="demo summary")
     summary.add_column("what")
@@ -255,6 +277,8 @@ def main() -> int:
     summary.add_row("live-slot traffic during promote, deploy, rollback", traffic.describe())
     undo = f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous"
     summary.add_row("undo the rollback", undo)
+    for name, page in reports.items():
+        summary.add_row(f"release report {name}", page)
     summary.add_row("results", str(OUT))
     summary.add_row("wall time", f"{time.monotonic() - started:.1f} s")
     console.print(summary)
