@@ -231,3 +231,12 @@ def test_without_matplotlib_a_figure_is_a_usage_error(
     with pytest.raises(UsageError, match="needs matplotlib") as raised:
         plots.judge_verdicts({"win": 1}, min_win_rate=0.4, win_rate=1.0)
     assert "loradeploy[report]" in raised.value.one_line()
+
+
+def test_figures_of_a_load_where_one_slot_or_every_round_recorded_nothing() -> None:
+    only_live = plots.latency_ecdf([], [1.0, 1.2], p50_limit=None, p95_limit=None)
+    no_rounds = plots.throughput_rounds([{"round": 0, "slot": "live", "completion_tokens": 0, "busy_s": 0}])
+    for svg in (only_live, no_rounds, plots.paired_differences([], [], [])):
+        xml.dom.minidom.parseString(svg)
+    assert "live (2)" in only_live and "candidate (" not in only_live
+    assert 'id="legend_1"' in only_live and 'id="legend_1"' not in no_rounds

@@ -57,6 +57,12 @@ def _figure(width: float = 7.0, height: float = 3.0) -> Iterator[tuple[Axes, io.
         figure.savefig(buffer, format="svg", metadata={"Date": None})
 
 
+def _legend(axes: Axes) -> None:
+    """A legend at the lower right, when something labelled was drawn (no empty box)."""
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right", fontsize=8)
+
+
 def _svg(buffer: io.StringIO) -> str:
     """The ``<svg>`` element alone (no XML declaration or doctype)."""
     text = buffer.getvalue()
@@ -160,7 +166,7 @@ def latency_ecdf(
         axes.set_xlabel("request latency (s)")
         axes.set_ylabel("share of requests")
         axes.set_title("Latency distributions, with the candidate's p50/p95 limits")
-        axes.legend(loc="lower right", fontsize=8)
+        _legend(axes)
     return _svg(buffer)
 
 
@@ -184,5 +190,5 @@ def throughput_rounds(rounds: Sequence[Mapping[str, object]]) -> str:
         axes.set_ylabel("completion tokens/s")
         axes.set_ylim(bottom=0)
         axes.set_title("Throughput per round (each round at both slots, same prompts)")
-        axes.legend(loc="lower right", fontsize=8)
+        _legend(axes)
     return _svg(buffer)

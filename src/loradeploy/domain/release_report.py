@@ -88,7 +88,7 @@ table { border-collapse: collapse; margin: 6px 0 12px; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { display: inline-block; padding: 2px 10px; border-radius: 10px; margin-right: 6px;
-         font-weight: 600; font-size: 0.9em; }
+         font-weight: 600; font-size: 0.9em; white-space: nowrap; }
 .pass { background: #dff0d8; color: #2d6a2d; } .fail { background: #f8d7da; color: #8a1f28; }
 .none { background: #eee; color: #555; }
 .missing { color: #777; font-style: italic; }
