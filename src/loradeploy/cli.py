@@ -1236,6 +1236,12 @@ def release_report(
         list[Path] | None,
         typer.Option("--results-dir", help="Folder searched for the steps' result.json; repeatable."),
     ] = None,
+    traffic: Annotated[
+        Path | None,
+        typer.Option(
+            "--traffic", help='Client requests, JSON lines {"start","latency_s","ok"} (the demo\'s).'
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
     ca_bundle: CaBundle = None,
 ) -> None:
@@ -1256,6 +1262,7 @@ def release_report(
                 version=version,
                 results_dirs=results_dir or [],
                 output_dir=output_dir,
+                traffic=traffic,
             )
 
     def render(result: StepResult) -> None:

@@ -1,7 +1,9 @@
 """The release report from a short real release, opened in a real browser.
 
-v1 goes live; v2 is staged and goes through Gate 1 (4 questions) and Gate 2 (4 requests
-per slot): cheap on a 2-core machine, and enough for every figure. ``loradeploy report``
+v1 goes live; v2 is loaded beside it while a client keeps asking the live slot (its
+requests recorded as the demo records them), staged, and goes through Gate 1 (4
+questions) and Gate 2 (4 requests per slot): cheap on a 2-core machine, and enough for
+every figure. ``loradeploy report``
 builds v2's page from the registry and the steps' result.json files; headless Chromium
 (Debian's package, installed by 'make browser') opens it offline, takes a screenshot,
 and the page must have rendered its plots without a single console message.
@@ -9,9 +11,13 @@ and the page must have rendered its plots without a single console message.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy
 import pytest
 from PIL import Image
@@ -25,7 +31,7 @@ LIVE = "report-live"
 CANDIDATE = "report-candidate"
 EVAL = Path(__file__).resolve().parents[2] / "data" / "aws-rag-qa" / "eval.jsonl"
 SLOTS = [f"--candidate-slot={CANDIDATE}", f"--live-slot={LIVE}"]
-FIGURES = {"bootstrap", "paired", "judge", "latency", "throughput"}
+FIGURES = {"bootstrap", "paired", "judge", "latency", "throughput", "traffic"}
 CANDIDATE_BLUE, LIVE_ORANGE = (0x4C, 0x72, 0xB0), (0xDD, 0x84, 0x52)  # domain/plots.py
 
 
@@ -52,6 +58,42 @@ def stage(stack: Stack, adapter: str, out: Path) -> str:
     return str(registered["version"])
 
 
+class LiveClient:
+    """One client asking the live slot while v2 is loaded beside it, recording every
+    request as the demo does (``--traffic``); bounded in time, stopped by the fixture."""
+
+    def __init__(self, url: str, deadline_s: float = 300.0) -> None:
+        self.url, self.deadline = url, time.monotonic() + deadline_s
+        self.requests: list[dict[str, float | bool]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        body = {"model": LIVE, "prompt": "What does Amazon S3 store?", "max_tokens": 4, "temperature": 0}
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            while not self.stop.is_set() and time.monotonic() < self.deadline:
+                started, clock = time.time(), time.perf_counter()
+                try:
+                    ok = http.post("/v1/completions", json=body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.requests.append({"start": started, "latency_s": time.perf_counter() - clock, "ok": ok})
+
+    def __enter__(self) -> LiveClient:
+        self.thread.start()
+        time.sleep(2.0)  # some requests before the swap
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(2.0)  # and some after it
+        self.stop.set()
+        self.thread.join(timeout=90)
+
+    def save(self, path: Path) -> Path:
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.requests), encoding="utf-8")
+        return path
+
+
 @pytest.fixture(scope="module")
 def release(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A short release of v2 over v1, then its report; what the test needs to check it."""
@@ -61,7 +103,9 @@ def release(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     stage(stack, "aws-rag-qa-v1", out / "v1")
     promote = ["promote-adapter", f"--model-name={MODEL}", f"--live-slot={LIVE}"]
     ok(stack, out / "v1" / "promote", *promote, "--source-alias=staged", "--reason=report test v1")
-    v2 = stage(stack, "aws-rag-qa-v2", out / "v2")
+    with LiveClient(stack.info.vllm_url) as client:
+        v2 = stage(stack, "aws-rag-qa-v2", out / "v2")
+    assert client.requests and all(r["ok"] for r in client.requests)
     gate1 = ok(
         stack,
         out / "v2" / "gate1",
@@ -93,6 +137,7 @@ def release(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         f"--version={v2}",
         f"--results-dir={out / 'v1'}",
         f"--results-dir={out / 'v2'}",
+        f"--traffic={client.save(out / 'traffic.jsonl')}",
         output_dir=out / "report",
     )
     assert done.code == 0, (done.stderr, done.stdout[-2000:])
@@ -126,6 +171,7 @@ def test_the_report_holds_every_step_of_the_version_and_every_figure(release: di
     assert "judge calibration accuracy" in page and "not recorded" in page
     assert "sha256" in page and "adapter_model.safetensors" in page
     assert re.search(rf"<td>staged</td><td>[^<]*</td><td>{release['v2']}</td>", page)  # an audit move
+    assert re.search(r"<td>load-adapter</td><td>\d+</td><td>[1-9]\d*</td><td>0</td>", page)  # traffic
 
 
 def test_the_page_renders_in_chromium_with_its_plots_and_no_console_message(

@@ -17,6 +17,7 @@ from loradeploy.domain.release_report import (
     NOT_RECORDED,
     FoundResult,
     ReleaseEvidence,
+    TrafficRequest,
     belongs_to,
     build_page,
     version_moves,
@@ -240,3 +241,27 @@ def test_figures_of_a_load_where_one_slot_or_every_round_recorded_nothing() -> N
         xml.dom.minidom.parseString(svg)
     assert "live (2)" in only_live and "candidate (" not in only_live
     assert 'id="legend_1"' in only_live and 'id="legend_1"' not in no_rounds
+
+
+def promotion(start: str = "2026-12-01T09:00:10+00:00", end: str = "2026-12-01T09:00:13+00:00") -> StepResult:
+    return StepResult(step="promote-adapter", model=MODEL, version="2", started_at=start, finished_at=end)
+
+
+T0 = 1_796_115_600.0  # 2026-12-01T09:00:00Z
+
+
+def test_recorded_traffic_is_drawn_around_the_swaps_and_counted() -> None:
+    traffic = [TrafficRequest(start=T0 + i, latency_s=0.5, ok=i != 11) for i in range(30)]
+    page = build_page(evidence(promotion(), traffic=traffic))
+    shown = figures_of(page)
+    assert "traffic" in shown and "failed (1)" in shown["traffic"] and "served (29)" in shown["traffic"]
+    # the window is 09:00:10 to 09:00:14 (finished in second 13): requests started at 10, 11
+    # (failed), 12, 13 and 14 s were in flight during it
+    assert "<td>promote-adapter</td><td>4</td><td>5</td><td>1</td>" in page
+
+
+def test_traffic_that_missed_every_swap_says_so() -> None:
+    traffic = [TrafficRequest(start=T0 + 3600 + i, latency_s=0.5, ok=True) for i in range(5)]
+    page = build_page(evidence(promotion(), traffic=traffic))
+    assert "traffic" not in figures_of(page)
+    assert "none of them ran while traffic was recorded" in page

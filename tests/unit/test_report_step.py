@@ -14,7 +14,7 @@ import pytest
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.errors import NotFoundError, UsageError
 from loradeploy.results import StepResult
-from loradeploy.steps.report import page_name, release_report
+from loradeploy.steps.report import page_name, read_traffic, release_report
 
 from .test_release_report import MODEL, gate1, gate2
 
@@ -124,3 +124,17 @@ def test_the_command_line_does_not_import_the_plotting_library() -> None:
         [sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True
     )
     assert json.loads(done.stdout) == []
+
+
+def test_traffic_is_read_from_json_lines_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    good = tmp_path / "traffic.jsonl"
+    good.write_text(
+        '{"start": 1.5, "latency_s": 0.2, "ok": true}\n\n{"start": 2, "latency_s": 0.3, "ok": false}\n'
+    )
+    assert [(r.start, r.ok) for r in read_traffic(good)] == [(1.5, True), (2.0, False)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"start": 1.5, "latency_s": 0.2, "ok": true}\n{"start": "soon"}\n')
+    with pytest.raises(UsageError, match="line 2"):
+        read_traffic(bad)
+    with pytest.raises(UsageError, match=r"missing\.jsonl"):
+        read_traffic(tmp_path / "missing.jsonl")

@@ -192,3 +192,47 @@ def throughput_rounds(rounds: Sequence[Mapping[str, object]]) -> str:
         axes.set_title("Throughput per round (each round at both slots, same prompts)")
         _legend(axes)
     return _svg(buffer)
+
+
+def traffic_timeline(
+    requests: Sequence[tuple[float, float, bool]], windows: Sequence[tuple[str, float, float]]
+) -> str:
+    """Requests (start s, latency s, ok) against time, failed ones as red crosses on the
+    axis, with each swap step's window shaded; times in seconds from the plot's start."""
+    with _figure() as (axes, buffer):
+        good = [(t, latency) for t, latency, ok in requests if ok]
+        bad = [t for t, _, ok in requests if not ok]
+        if good:
+            axes.scatter(
+                [t for t, _ in good],
+                [x for _, x in good],
+                s=6,
+                color=CANDIDATE_COLOUR,
+                label=f"served ({len(good)})",
+            )
+        if bad:
+            axes.scatter(
+                bad, [0.0] * len(bad), s=30, marker="x", color=LIMIT_COLOUR, label=f"failed ({len(bad)})"
+            )
+        for index, (name, start, end) in enumerate(windows):
+            axes.axvspan(
+                start,
+                max(end, start + 0.5),
+                color=LIVE_COLOUR,
+                alpha=0.25,
+                label="swap step" if index == 0 else None,
+            )
+            axes.annotate(
+                name,
+                (start, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                color="#8a4b20",
+            )
+        axes.set_xlabel("seconds")
+        axes.set_ylabel("request latency (s)")
+        axes.set_ylim(bottom=0)
+        axes.set_title("Live-slot requests around this version's swaps")
+        _legend(axes)
+    return _svg(buffer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from html import escape
 from typing import Any
 
@@ -43,6 +44,14 @@ class TrainingRun(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class TrafficRequest(BaseModel):
+    """One request a client sent while the release ran (the demo's live-slot clients)."""
+
+    start: float  # seconds since the epoch
+    latency_s: float
+    ok: bool
+
+
 class ReleaseEvidence(BaseModel):
     model: str
     version: str
@@ -54,6 +63,7 @@ class ReleaseEvidence(BaseModel):
     training: TrainingRun | None = None
     steps: list[FoundResult] = Field(default_factory=list)  # this version's, oldest first
     history: list[dict[str, Any]] = Field(default_factory=list)  # the model's audit rows
+    traffic: list[TrafficRequest] = Field(default_factory=list)  # recorded client requests
     notes: list[str] = Field(default_factory=list)  # what could not be read, and why
 
 
@@ -361,10 +371,60 @@ def _gate2(found: FoundResult | None) -> str:
     return "\n".join(parts)
 
 
-def _swaps() -> str:
-    return "<h2>Swaps under traffic</h2>" + _missing(
-        "Requests around the swaps (no client traffic is recorded with the step results)"
+SWAP_STEPS = ("load-adapter", "promote-adapter")
+TRAFFIC_MARGIN_S = 20.0  # shown before the first and after the last swap window
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
+def swap_windows(steps: Sequence[FoundResult]) -> list[tuple[str, float, float]]:
+    """(step, start, end) in epoch seconds of the steps that swapped this version in. A
+    step records whole seconds, cut down; the window ends a second after its finish, so
+    that it holds the whole step."""
+    windows = []
+    for found in steps:
+        start, end = _epoch(found.result.started_at), _epoch(found.result.finished_at)
+        if found.result.step in SWAP_STEPS and start is not None and end is not None:
+            windows.append((found.result.step, start, end + 1.0))
+    return windows
+
+
+def _swaps(evidence: ReleaseEvidence) -> str:
+    title = "<h2>Swaps under traffic</h2>"
+    if not evidence.traffic:
+        return title + _missing("Requests around the swaps (no client traffic was given to the report)")
+    first = min(r.start for r in evidence.traffic)
+    last = max(r.start + r.latency_s for r in evidence.traffic)
+    windows = [w for w in swap_windows(evidence.steps) if w[2] >= first and w[1] <= last]
+    if not windows:
+        return title + _missing(
+            "Requests around this version's swaps (none of them ran while traffic was recorded)"
+        )
+    low = min(w[1] for w in windows) - TRAFFIC_MARGIN_S
+    high = max(w[2] for w in windows) + TRAFFIC_MARGIN_S
+    shown = [r for r in evidence.traffic if low <= r.start <= high]
+    rows = []
+    for name, start, end in windows:
+        during = [r for r in evidence.traffic if r.start <= end and r.start + r.latency_s >= start]
+        rows.append((name, f"{end - start:.0f}", len(during), sum(not r.ok for r in during)))
+    svg = plots.traffic_timeline(
+        [(r.start - low, r.latency_s, r.ok) for r in shown],
+        [(name, start - low, end - low) for name, start, end in windows],
     )
+    caption = (
+        f"{len(shown)} requests from {TRAFFIC_MARGIN_S:g} s before to {TRAFFIC_MARGIN_S:g} s after "
+        "the swaps; a window runs from the step's start to a second after its finish (both "
+        "recorded in whole seconds)."
+    )
+    table = _table(["swap step", "window (s)", "requests in flight during it", "failed"], rows)
+    return title + table + _figure(svg, caption, "traffic")
 
 
 def _moves(evidence: ReleaseEvidence) -> str:
@@ -407,7 +467,7 @@ def build_page(evidence: ReleaseEvidence) -> str:
             _steps(evidence),
             _gate1(gate1),
             _gate2(gate2),
-            _swaps(),
+            _swaps(evidence),
             _moves(evidence),
             f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "",
             f"<footer>Built {escape(evidence.generated_at)} by {escape(evidence.generator)} from the "

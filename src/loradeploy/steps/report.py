@@ -23,6 +23,7 @@ from loradeploy.domain.aliases import LIVE
 from loradeploy.domain.release_report import (
     FoundResult,
     ReleaseEvidence,
+    TrafficRequest,
     TrainingRun,
     belongs_to,
     build_page,
@@ -70,6 +71,26 @@ def read_results(folders: Sequence[Path], model: str, version: str) -> tuple[lis
     return found, notes
 
 
+def read_traffic(path: Path) -> list[TrafficRequest]:
+    """JSON lines ``{"start": epoch s, "latency_s": s, "ok": bool}``, one per request."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"traffic file {path}: {exc.strerror}", hint="pass a file the demo wrote") from exc
+    requests = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(TrafficRequest.model_validate_json(line))
+        except ValidationError as exc:
+            raise UsageError(
+                f"traffic file {path} line {number} is not a request record ({exc.error_count()} errors)",
+                hint='each line must be {"start": <epoch s>, "latency_s": <s>, "ok": true|false}',
+            ) from exc
+    return requests
+
+
 def _training(registry: ReportRegistry, run_id: str | None, notes: list[str]) -> TrainingRun | None:
     if run_id is None:
         return None
@@ -89,6 +110,7 @@ def release_report(
     version: str | None,
     results_dirs: Sequence[Path],
     output_dir: Path,
+    traffic: Path | None = None,
 ) -> StepResult:
     """Write ``<output_dir>/<model>-v<version>.html``; ``version`` None: the one ``live`` names."""
     result = StepResult(step=REPORT_STEP, model=model)
@@ -109,6 +131,7 @@ def release_report(
         moves = history(registry, model)
     with timer("results"):
         steps, unreadable = read_results(results_dirs, model, version)
+        requests = read_traffic(traffic) if traffic is not None else []
     if not results_dirs:
         notes.append("no --results-dir given: the steps' result.json files were not read")
     evidence = ReleaseEvidence(
@@ -122,6 +145,7 @@ def release_report(
         training=training,
         steps=steps,
         history=moves,
+        traffic=requests,
         notes=notes + unreadable,
     )
     with timer("page"):
