@@ -68,6 +68,7 @@ class LiveTraffic:
         self.clients = clients
         self.ok = 0
         self.failed: list[str] = []
+        self.requests: list[dict[str, float | bool]] = []  # start (epoch s), latency_s, ok: for reports
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -75,12 +76,15 @@ class LiveTraffic:
         body = {"model": LIVE_SLOT, "prompt": "What does Amazon S3 store?", "max_tokens": 8, "temperature": 0}
         with httpx.Client(base_url=url, timeout=120) as http:
             while not self._stop.is_set():
+                started, clock = time.time(), time.perf_counter()
                 try:
                     response = http.post("/v1/completions", json=body)
                     why = "" if response.status_code == 200 else f"HTTP {response.status_code}"
                 except httpx.HTTPError as exc:
                     why = type(exc).__name__
+                record = {"start": started, "latency_s": round(time.perf_counter() - clock, 4), "ok": not why}
                 with self._lock:
+                    self.requests.append(record)
                     if why:
                         self.failed.append(why)
                     else:
@@ -100,6 +104,14 @@ class LiveTraffic:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=150)
+
+    def save(self, path: Path) -> Path:
+        """Every request as a JSON line, the format 'loradeploy report --traffic' reads."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "".join(json.dumps(r) + "\n" for r in sorted(self.requests, key=lambda r: r["start"]))
+        )
+        return path
 
     def describe(self) -> str:
         kinds = ", ".join(sorted(set(self.failed))) or "none"
@@ -214,9 +226,10 @@ def figures(result: dict[str, object]) -> str:
     return f"{verdict}: {shown}"
 
 
-def release_reports(releases: dict[str, dict[str, object]]) -> dict[str, str]:
+def release_reports(releases: dict[str, dict[str, object]], traffic: Path) -> dict[str, str]:
     """One self-contained HTML page per release that went through the gates, built from
-    the registry and every result.json the demo wrote; open it in any browser."""
+    the registry, every result.json the demo wrote and the live-slot clients' requests;
+    open it in any browser."""
     console.rule("release reports: the evidence behind each gate decision")
     pages = {}
     for adapter in ("aws-rag-qa-v2", "aws-rag-qa-regressed"):
@@ -225,6 +238,7 @@ def release_reports(releases: dict[str, dict[str, object]]) -> dict[str, str]:
             f"--model-name={MODEL}",
             f"--version={releases[adapter]['version']}",
             f"--results-dir={OUT}",
+            f"--traffic={traffic}",
             f"--output-dir={OUT / 'reports'}",
         )
         details = result["details"]
@@ -261,7 +275,7 @@ def main() -> int:
         promote("rollback", "previous", reason="demo rollback")
     status = run("status", f"--model-name={MODEL}", f"--output-dir={OUT / 'status'}")
     run("history", f"--model-name={MODEL}")
-    reports = release_reports(releases)
+    reports = release_reports(releases, traffic.save(OUT / "live-traffic.jsonl"))
 
     summary = Table(title="demo summary")
     summary.add_column("what")
