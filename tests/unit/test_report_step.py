@@ -138,3 +138,29 @@ def test_traffic_is_read_from_json_lines_and_a_bad_line_is_named(tmp_path: Path)
         read_traffic(bad)
     with pytest.raises(UsageError, match=r"missing\.jsonl"):
         read_traffic(tmp_path / "missing.jsonl")
+
+
+def test_the_report_command_refuses_a_bad_version_before_any_server(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from loradeploy.cli import app
+
+    done = CliRunner().invoke(
+        app, ["report", f"--model-name={MODEL}", "--version=two", f"--output-dir={tmp_path / 'r'}"]
+    )
+    assert done.exit_code == 2, done.output
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "error"
+    assert not list((tmp_path / "r").glob("*.html"))
+
+
+def test_the_report_command_against_no_registry_is_transient(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from loradeploy.cli import app
+
+    done = CliRunner().invoke(
+        app,
+        ["report", f"--model-name={MODEL}", "--tracking-uri=http://127.0.0.1:9", f"--output-dir={tmp_path}"],
+    )
+    assert done.exit_code == 75, done.output
+    assert "MLflow at http://127.0.0.1:9" in done.stderr
