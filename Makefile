@@ -14,7 +14,7 @@ DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
 # pip's warnings about local index folders that do not exist are noise here.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup demo test test-unit test-integration lint bench workflows down clean
+.PHONY: help setup browser demo test test-unit test-integration lint bench workflows down clean
 
 help: ## Show this help.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -61,10 +61,16 @@ $(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-l
 
 setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(CHECKOV_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build both environments, the base model and the demo adapters (cached).
 
+browser: ## Headless Chromium from Debian's packages (the release report's browser test); apt-get as root.
+	@command -v chromium >/dev/null || { \
+		echo "== Chromium from Debian's packages (the release report's browser test)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-dejavu-core; }
+
 demo: setup ## Set everything up and run the main job on the local stack.
 	$(BIN)/python scripts/demo.py
 
-test: setup lint ## Lint, then every test: unit, then integration against real MLflow and vLLM.
+test: setup browser lint ## Lint, then every test: unit, then integration against real MLflow and vLLM.
 	$(BIN)/python -m pytest tests/unit tests/integration -q
 
 test-unit: $(BIN)/loradeploy $(CHECKOV_ENV)/.ok ## Run the fast unit tests only.

@@ -13,7 +13,9 @@
    unsigned or altered ones; a signed version whose weights were then swapped in the
    registry (sha256 tag rewritten to match) is refused by load-adapter while live serves;
 6. roll back with 'previous' and show status (with who signed what each slot serves);
-   then history; summarise versions, gate figures and the aliases.
+   then history; summarise versions, gate figures and the aliases;
+7. write the release reports of v2 and of the regressed adapter (one HTML page each,
+   with the plots behind the gates' decisions) and print where they are.
 
 A second run reuses everything the first built (registry versions with identical files,
 adapters already served from the same folders) and is much faster.
@@ -70,6 +72,7 @@ class LiveTraffic:
         self.clients = clients
         self.ok = 0
         self.failed: list[str] = []
+        self.requests: list[dict[str, float | bool]] = []  # start (epoch s), latency_s, ok: for reports
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -77,12 +80,15 @@ class LiveTraffic:
         body = {"model": LIVE_SLOT, "prompt": "What does Amazon S3 store?", "max_tokens": 8, "temperature": 0}
         with httpx.Client(base_url=url, timeout=120) as http:
             while not self._stop.is_set():
+                started, clock = time.time(), time.perf_counter()
                 try:
                     response = http.post("/v1/completions", json=body)
                     why = "" if response.status_code == 200 else f"HTTP {response.status_code}"
                 except httpx.HTTPError as exc:
                     why = type(exc).__name__
+                record = {"start": started, "latency_s": round(time.perf_counter() - clock, 4), "ok": not why}
                 with self._lock:
+                    self.requests.append(record)
                     if why:
                         self.failed.append(why)
                     else:
@@ -102,6 +108,14 @@ class LiveTraffic:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=150)
+
+    def save(self, path: Path) -> Path:
+        """Every request as a JSON line, the format 'loradeploy report --traffic' reads."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "".join(json.dumps(r) + "\n" for r in sorted(self.requests, key=lambda r: r["start"]))
+        )
+        return path
 
     def describe(self) -> str:
         kinds = ", ".join(sorted(set(self.failed))) or "none"
@@ -254,6 +268,27 @@ def figures(result: dict[str, object]) -> str:
     return f"{verdict}: {shown}"
 
 
+def release_reports(releases: dict[str, dict[str, object]], traffic: Path) -> dict[str, str]:
+    """One self-contained HTML page per release that went through the gates, built from
+    the registry, every result.json the demo wrote and the live-slot clients' requests;
+    open it in any browser."""
+    console.rule("release reports: the evidence behind each gate decision")
+    pages = {}
+    for adapter in ("aws-rag-qa-v2", "aws-rag-qa-regressed"):
+        result = run(
+            "report",
+            f"--model-name={MODEL}",
+            f"--version={releases[adapter]['version']}",
+            f"--results-dir={OUT}",
+            f"--traffic={traffic}",
+            f"--output-dir={OUT / 'reports'}",
+        )
+        details = result["details"]
+        assert isinstance(details, dict)
+        pages[adapter] = f"{details['report']} ({details['bytes'] / 1024:.0f} KiB)"
+    return pages
+
+
 def main() -> int:
     started = time.monotonic()
     console.rule("loradeploy demo")
@@ -283,6 +318,7 @@ def main() -> int:
         promote("rollback", "previous", reason="demo rollback")
     status = run("status", f"--model-name={MODEL}", f"--output-dir={OUT / 'status'}")
     run("history", f"--model-name={MODEL}")
+    reports = release_reports(releases, traffic.save(OUT / "live-traffic.jsonl"))
 
     summary = Table(title="demo summary")
     summary.add_column("what")
@@ -301,6 +337,8 @@ def main() -> int:
     summary.add_row("live-slot traffic during promote, deploy, rollback", traffic.describe())
     undo = f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous"
     summary.add_row("undo the rollback", undo)
+    for name, page in reports.items():
+        summary.add_row(f"release report {name}", page)
     summary.add_row("results", str(OUT))
     summary.add_row("wall time", f"{time.monotonic() - started:.1f} s")
     console.print(summary)

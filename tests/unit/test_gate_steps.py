@@ -234,6 +234,10 @@ def test_a_slower_candidate_fails_the_latency_and_throughput_checks(
     failed = {c.name for c in result.checks if not c.passed}  # type: ignore[attr-defined]
     assert failed == {"p50-latency-ratio", "p95-latency-ratio", "throughput-ratio"}
     assert registry.aliases["perf-failed"] == "3" and "perf-passed" not in registry.aliases
+    rounds = result.details["rounds"]  # type: ignore[attr-defined]
+    assert len(rounds) == 12  # 6 rounds of one request, each at both slots
+    assert {r["slot"]: r["busy_s"] for r in rounds} == {"candidate": 2.0, "live": 1.0}
+    assert sum(r["completion_tokens"] for r in rounds if r["slot"] == "candidate") == 6 * 16
 
 
 def test_failing_candidate_requests_fail_the_error_rate(

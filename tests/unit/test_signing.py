@@ -469,7 +469,8 @@ def test_an_oversized_signature_artifact(signed: World) -> None:
     """Refused from the artifact listing, before any byte of it is downloaded."""
     signed.registry.files["7"][SIGNATURE_FILE] = b" " * (MAX_SIGNATURE_BYTES + 1)
     signed.server.adapters = {SLOT: OLD_ROOT}
-    with pytest.raises(InvalidAdapterError, match=r"model\.sig is 1048577 bytes, above its 1048576-byte limit"):
+    refused = r"model\.sig is 1048577 bytes, above its 1048576-byte limit"
+    with pytest.raises(InvalidAdapterError, match=refused):
         signed.deploy("7", signed.policy())
     assert signed.registry.downloads == []
     assert signed.server.lora_calls() == [] and signed.server.adapters == {SLOT: OLD_ROOT}

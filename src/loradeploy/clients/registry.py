@@ -434,6 +434,12 @@ class MLflowHelper:
             run = self.client.get_run(run_id)
         return {key: float(value) for key, value in run.data.metrics.items()}
 
+    def get_run_params(self, run_id: str) -> dict[str, str]:
+        """Every parameter of a run (the training data, steps, seed of ``loradeploy train``)."""
+        with self.translate(f"run {run_id!r}"):
+            run = self.client.get_run(run_id)
+        return {key: str(value) for key, value in run.data.params.items()}
+
     def versions_of_run(self, name: str, run_id: str) -> list[str]:
         """Versions of model ``name`` registered from run ``run_id``, oldest first."""
         with self.translate(f"versions of model {name!r} from run {run_id!r}"):

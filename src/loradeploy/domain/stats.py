@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from loradeploy.domain.smoke import percentile
 from loradeploy.errors import UsageError
 
-__all__ = ["ConfidenceInterval", "paired_bootstrap", "percentile", "ratio"]
+__all__ = ["ConfidenceInterval", "bootstrap_means", "paired_bootstrap", "percentile", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,26 @@ def paired_bootstrap(
     if samples < 1:
         raise UsageError("bootstrap samples must be at least 1")
     diffs = [c - b for c, b in zip(candidate, baseline, strict=True)]
-    count = len(diffs)
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(count)] for _ in range(count)) / count for _ in range(samples))
+    means = bootstrap_means(diffs, samples=samples, seed=seed)
     tail = (1 - confidence) / 2 * 100
     return ConfidenceInterval(
-        mean=sum(diffs) / count,
+        mean=sum(diffs) / len(diffs),
         low=percentile(means, tail),
         high=percentile(means, 100 - tail),
         confidence=confidence,
         samples=samples,
     )
+
+
+def bootstrap_means(diffs: Sequence[float], *, samples: int, seed: int) -> list[float]:
+    """The sorted means of ``samples`` resamples (with replacement) of ``diffs``: the
+    bootstrap distribution behind ``paired_bootstrap``, drawn the same way, so a report
+    can show it again from the recorded per-question differences and the gate's seed."""
+    count = len(diffs)
+    if not count:
+        return []
+    rng = random.Random(seed)
+    return sorted(sum(diffs[rng.randrange(count)] for _ in range(count)) / count for _ in range(samples))
 
 
 def ratio(candidate: float, baseline: float) -> float:

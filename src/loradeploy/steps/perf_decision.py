@@ -84,21 +84,32 @@ def perf_decision(
         for target in targets.values():  # a transport failure here is transient: no load ran
             vllm.chat_completion(target, prompts[0], max_tokens=request.max_tokens, seed=request.seed)
     sent = 0
+    rounds: list[dict[str, object]] = []  # what each slot did in each round, for the report
     with timer("load"), ThreadPoolExecutor(max_workers=request.concurrency) as pool:
-        for size, candidate_first in round_plan(request.requests, request.concurrency, request.seed):
+        plan = round_plan(request.requests, request.concurrency, request.seed)
+        for index, (size, candidate_first) in enumerate(plan):
             batch = [prompts[(sent + i) % len(prompts)] for i in range(size)]
             sent += size
             for name in ("candidate", "live") if candidate_first else ("live", "candidate"):
                 started = clock()
                 outcomes = list(pool.map(lambda m, t=targets[name]: _one(vllm, t, m, request), batch))
                 load = loads[name]
-                load.busy_s += clock() - started
-                for outcome in outcomes:
-                    if outcome is None:
-                        load.errors += 1
-                    else:
-                        load.latencies_s.append(outcome[0])
-                        load.completion_tokens += outcome[1]
+                busy = clock() - started
+                load.busy_s += busy
+                done = [outcome for outcome in outcomes if outcome is not None]
+                load.errors += len(outcomes) - len(done)
+                load.latencies_s.extend(latency for latency, _ in done)
+                load.completion_tokens += sum(tokens for _, tokens in done)
+                rounds.append(
+                    {
+                        "round": index,
+                        "slot": name,
+                        "requests": size,
+                        "errors": len(outcomes) - len(done),
+                        "completion_tokens": sum(tokens for _, tokens in done),
+                        "busy_s": round(busy, 4),
+                    }
+                )
     if not vllm.health_check() or not any(load.latencies_s for load in loads.values()):
         raise ServerUnavailableError(
             f"vLLM at {vllm.base_url} failed during the load test "
@@ -133,6 +144,7 @@ def perf_decision(
         "figures": decision.figures,
         "alias_moves": [m.describe() for m in moves],
         "latencies_s": {name: [round(x, 4) for x in load.latencies_s] for name, load in loads.items()},
+        "rounds": rounds,
     }
     return result
 
