@@ -57,7 +57,7 @@ from loradeploy.coordination import PENDING_TAG, Actor, Held, model_lock
 from loradeploy.coordination.lease import CLOCK_SKEW_S, Identity, LeaseRecord
 from loradeploy.domain.layout import version_dir
 from loradeploy.domain.names import Source
-from loradeploy.errors import LockHeldError, LoraDeployError, ServerUnavailableError
+from loradeploy.errors import LockHeldError, LockLostError, LoraDeployError, ServerUnavailableError
 from loradeploy.results import StepResult
 from loradeploy.steps import load_adapter as load_step
 from loradeploy.steps import promote as promote_step
@@ -80,6 +80,11 @@ from support.fake_deployment import (
 )
 from support.fakes import FakeClock, FakeVllmServer
 from support.synthetic import write_adapter
+
+# Failures the model found, each shown by an xfail test at the end of this file. Set the
+# flag to True when that test passes (the lead's fix), so the model checks it too.
+RETRY_OF_A_FINISHED_REQUEST = False  # test_a_retry_after_another_run_finished_its_plan_...
+SWAPS_FENCED = False  # test_a_promotion_that_lost_its_lease_swaps_no_replica
 
 EXAMPLES = int(os.environ.get("LORADEPLOY_MODEL_EXAMPLES", "60"))
 STEPS = 25
@@ -277,7 +282,8 @@ def rig(tmp: Path) -> Iterator[Rig]:
 deployers = st.sampled_from(DEPLOYERS)
 commands = st.one_of(
     st.tuples(st.just("load"), st.sampled_from(VERSIONS)),
-    st.tuples(st.just("stage"), st.sampled_from(VERSIONS)),
+    # "loaded": the version the candidate slot serves now (the usual smoke-tested case)
+    st.tuples(st.just("stage"), st.sampled_from(("loaded", "loaded", *VERSIONS))),
     st.just(("promote", "staged")),
     st.just(("promote", "previous")),
     st.just(("reconcile", "")),
@@ -310,8 +316,9 @@ faults = st.one_of(
 )
 STARTS = (
     {},
-    {"live": "1"},
+    {"live": "1", "staged": "2"},
     {"live": "2", "previous": "1"},
+    {"live": "2", "previous": "1", "staged": "3"},
     {"live": "2", "previous": "1", "staged": "3"},
 )
 
@@ -339,7 +346,7 @@ class ReleaseModel(RuleBasedStateMachine):
         self.running: dict[str, Running] = {}  # run_id -> command in flight
         self.last_failed: dict[str, Request] = {}  # deployer -> its last failed request
         self.violations: list[str] = []
-        self.unfenced: list[str] = []  # vLLM swaps without the lease: see test_..._unfenced
+        self.unfenced: list[str] = []  # vLLM swaps without the lease, until SWAPS_FENCED
         self.patches = ExitStack()
         for module in (load_step, stage_step, promote_step, reconcile_step, unlock_step):
             self.patches.enter_context(mock.patch.object(module, "model_lock", self.model_lock))
@@ -387,7 +394,8 @@ class ReleaseModel(RuleBasedStateMachine):
         if what in WRITES and not self.holds(process):
             self.violations.append(f"{process.run_id} made {what} without holding the lease")
         if swap and not self.holds(process):
-            self.unfenced.append(f"{process.run_id} made {what} without holding the lease")
+            found = self.violations if SWAPS_FENCED else self.unfenced
+            found.append(f"{process.run_id} made {what} without holding the lease")
         holders = {r.run_id for r in self.records().values() if self.live(r) and r.run_id in self.running}
         if len(holders) > 1:
             self.violations.append(f"{sorted(holders)} hold live leases at once (at {what})")
@@ -471,6 +479,9 @@ class ReleaseModel(RuleBasedStateMachine):
 
     def run(self, deployer: Deployer, request: Request, fault: tuple[Any, ...] | None) -> None:
         """Run one command to its end (success, error, or killed) and check its outcome."""
+        if request.arg == "loaded":
+            served = self.rig.servers[REPLICAS[0]].adapters.get(CAND_SLOT, "")
+            request.arg = served.rpartition("-v")[2] if served else VERSIONS[0]
         faults = Faults()
         running = self.start(deployer, request, faults)
         if fault is not None:
@@ -649,13 +660,11 @@ class ReleaseModel(RuleBasedStateMachine):
             self.registry.aliases.pop(alias, None)
         else:
             self.registry.aliases[alias] = version
-        if self.stuck is not None:
-            self.stuck = (dict(self.registry.aliases), self.stuck[1])
-            return
         now = effective(self.registry.aliases, self.registry.model_tags)
         if now is None:
             self.stuck = (dict(self.registry.aliases), self.registry.model_tags[PENDING_TAG])
         else:
+            self.stuck = None  # (moved back: the plan can be finished again)
             self.ref = now
 
     @precondition(lambda self: self.stuck is not None)
@@ -712,10 +721,8 @@ def test_release_integrity_under_faults_and_a_second_deployer(tmp_path: Path) ->
 
 
 # -- what the model found -----------------------------------------------------------------------
-# Each is the smallest example of a failure the model reached; the model itself does not
-# generate that case while the flag below says so, so it stays green until the fix.
-
-RETRY_OF_A_FINISHED_REQUEST = False  # True once test_a_retry_..._rolls_back_once passes
+# Each is the smallest example of a failure the model reached; while its flag (at the top)
+# is False the model does not generate or does not assert that case, so it stays green.
 
 
 @pytest.mark.xfail(
@@ -753,3 +760,43 @@ def test_a_retry_after_another_run_finished_its_plan_rolls_back_once(tmp_path: P
         assert world.registry.aliases == {"live": "1", "previous": "2"}  # rolled back, once
         world.promote("previous", run_key="wf-7/rollback")  # Argo's retry of the same request
         assert world.registry.aliases == {"live": "1", "previous": "2"}, "rolled back twice"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "steps/deploy.py deploy_version swaps the replicas without re-checking the lease "
+        "(Lease.ensure_held runs only before alias moves): a promotion paused past its "
+        "lease's expiry swaps the live slot after another run took the lock and promoted, "
+        "then stops with LockLostError, leaving a version no alias names served"
+    ),
+)
+def test_a_promotion_that_lost_its_lease_swaps_no_replica(tmp_path: Path) -> None:
+    clock = FakeClock(now=1_800_000_000.0)
+    with (
+        deployment(tmp_path, replicas=2) as world,
+        mock.patch.object(
+            promote_step,
+            "model_lock",
+            lambda *args, **kwargs: model_lock(*args, clock=clock, heartbeat_s=None, **kwargs),
+        ),
+    ):
+        for version in ("1", "2", "3"):
+            world.load(f"version:{version}")
+            world.stage(f"version:{version}")
+            if version != "3":
+                world.promote("staged")
+        download = world.registry.download_adapter
+
+        def paused(name: str, version: str, output_dir: Path) -> Path:
+            if version == "3":
+                clock.now += 400.0  # ana's process is paused past her lease's expiry
+                world.registry.download_adapter = download  # type: ignore[method-assign]
+                world.promote("previous", who="bo")  # bo takes the lock over and rolls back
+            return download(name, version, output_dir)
+
+        world.registry.download_adapter = paused  # type: ignore[method-assign]
+        with pytest.raises(LockLostError):
+            world.promote("staged", who="ana")
+        assert world.registry.aliases["live"] == "1"
+        assert world.served(LIVE_SLOT) == [world.root(LIVE_SLOT, "1")] * 2, "ana swapped without the lease"
