@@ -86,7 +86,7 @@ from support.synthetic import write_adapter
 RETRY_OF_A_FINISHED_REQUEST = False  # test_a_retry_after_another_run_finished_its_plan_...
 SWAPS_FENCED = False  # test_a_promotion_that_lost_its_lease_swaps_no_replica
 
-EXAMPLES = int(os.environ.get("LORADEPLOY_MODEL_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("LORADEPLOY_MODEL_EXAMPLES", "500"))
 STEPS = 25
 MAX_CALLS = 60  # a command makes up to about 60 calls; a fault numbered beyond them never fires
 VERSIONS = ("1", "2", "3")
