@@ -750,13 +750,26 @@ def test_release_integrity_under_faults_and_a_second_deployer(tmp_path: Path) ->
         "was killed after removing it, the retry resolves 'previous' again and rolls back twice"
     ),
 )
-@pytest.mark.parametrize("finisher", ["load-adapter", "reconcile"])
+@pytest.mark.parametrize("finisher", ["load-adapter", "reconcile", "killed-after-commit"])
 def test_a_retry_after_another_run_finished_its_plan_rolls_back_once(tmp_path: Path, finisher: str) -> None:
     with deployment(tmp_path, replicas=2) as world:
         for version in ("1", "2"):
             world.load(f"version:{version}")
             world.stage(f"version:{version}")
             world.promote("staged")
+        if finisher == "killed-after-commit":
+            # The first attempt commits (plan applied and removed), then is killed while
+            # removing unused folders, so it exits without a result: Argo retries it.
+            with (
+                mock.patch.object(promote_step, "remove_unused_folders", side_effect=Killed("SIGKILL")),
+                pytest.raises(Killed),
+            ):
+                world.promote("previous", run_key="wf-7/rollback")
+            world.registry.leases.records.clear()  # (its lease expired meanwhile)
+            assert world.registry.aliases == {"live": "1", "previous": "2"}
+            world.promote("previous", run_key="wf-7/rollback")  # Argo's retry of the same request
+            assert world.registry.aliases == {"live": "1", "previous": "2"}, "rolled back twice"
+            return
         world.registry.fail_alias_writes = {world.registry.alias_writes + 2}  # after live moved
         with pytest.raises(ServerUnavailableError):
             world.promote("previous", run_key="wf-7/rollback")  # Argo will retry it
