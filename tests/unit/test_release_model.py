@@ -1,29 +1,38 @@
-"""A model-based test of release integrity (issue 10): deployers on three machines
-interleave load-adapter, set-staged-alias, promote-adapter (``staged``), rollbacks
-(``previous``), retries of a failed request and reconcile on one model served by two
-replicas, with a fault at any one call to the registry, the lease store or vLLM: the call
-fails, its answer is lost after the server applied it, the process is killed there, or
-another deployer's whole command (and possibly 400 s of lease time) runs right before it.
+"""A model-based test of release integrity (issue 10): three deployers (two hosts; two
+containers sharing a host name) interleave load-adapter, set-staged-alias,
+promote-adapter (``staged``), rollbacks (``previous``), Argo retries of a failed
+promotion (same run key), reconcile and ``unlock --abandon-plan`` on one model served by
+two replicas. Between commands: lease time passes, a replica restarts (serving its startup
+list), an operator moves an alias in the MLflow UI, or one deployer holds the lock while
+another tries a command. Each command may have one fault at any call to the registry,
+the lease store or vLLM (``support.fake_deployment.Faults``): the call fails, its answer
+is lost after the server applied it, the process is killed there (``Killed``: no
+``finally`` reaches a server, the lease stays held), or another deployer's whole command
+runs right before it, possibly 400 s of lease time later (never between a lease renewal
+and the registry write it guards: see ``guarded``).
 
-Checked after every step (and, for interleaved commands, at the point they interleave):
+Checked after every step, and inside a command where another one interleaves:
 
-1. mutual exclusion: every alias or plan write, and every vLLM load or unload, is made by
-   the process holding the highest, unexpired, unreleased lease; no two running
-   processes hold live leases; a command refused with ``LockHeldError`` changed nothing;
-   a process that ended without being killed released its lease (unless a fault hit a
-   lease call);
+1. mutual exclusion: every alias or plan write is made by the process holding the
+   highest unexpired, unreleased lease; no two running processes hold live leases; a
+   command refused with ``LockHeldError`` changed nothing (aliases, tags, leases, what
+   replicas serve); a process that ended without being killed holds no live lease
+   (unless the fault hit a lease call);
 2. the aliases, once a pending plan (``loradeploy.pending``) is applied, are what some
    order of the commands explains: each command leaves them fully before or fully after
-   its own change, never a third state, and a pending plan can always be finished;
+   its own change, never a third state; a pending plan can always be finished, unless an
+   alias was moved by hand under it, and then nothing moves until it is abandoned;
 3. after a successful reconcile every replica serves, for ``live`` and ``staged``, the
    version the alias names;
-4. a successful promotion made live what its source alias named (and every replica
-   serves it); a request whose change is already made (pending or applied) never moves
-   aliases again when retried (a rollback never rolls back twice).
+4. a successful promotion made live what its source alias named, and every replica
+   serves it; a request whose change is made (pending or applied) never moves aliases
+   again when retried (a rollback never rolls back twice); a successful load serves its
+   version on every replica; a failed command (not killed) leaves every slot it found
+   whole on one folder.
 
-The reference model (``intended``, ``effective``) is written here from the README's rules,
-not from ``domain.aliases``. Deterministic (``derandomize``); run more by hand with
-``LORADEPLOY_MODEL_EXAMPLES=2000``.
+The reference model (``promoted``, ``intended``, ``effective``) is written here from the
+README's rules, not from ``domain.aliases``. Deterministic (``derandomize``); 500 examples
+of 25 steps by default, more by hand: ``LORADEPLOY_MODEL_EXAMPLES=4000``.
 """
 
 from __future__ import annotations
