@@ -4,14 +4,26 @@ servers, and a real local adapters folder.
 
 ``FakeReleaseRegistry`` adds to ``FakeRegistry`` what the alias writers need: alias
 writes that can fail at chosen points (as a 503 from MLflow does) and an audit log.
+
+For the model-based test (tests/unit/test_release_model.py), ``Faults`` numbers every
+call one process makes to the registry, the lease store and vLLM and acts at one of
+them: the call fails, its answer is lost after the server applied it, the process is
+killed there (``Killed``), or a hook runs first (another process acts, time passes).
+``FaultyRegistry`` and ``faulty_transport`` put one process's calls through its
+``Faults``; ``SerialExecutor`` replaces the rollout's thread pool so the numbering does not
+depend on thread scheduling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
 
 from loradeploy.clients.files import LocalFolderTransport
 from loradeploy.clients.vllm import VllmClient
@@ -129,3 +141,172 @@ def deployment(tmp: Path, *, versions: int = 4, replicas: int = 1) -> Iterator[D
             for url, server in servers.items()
         ]
         yield Deployment(registry, servers, clients, LocalFolderTransport(tmp / "adapters"))
+
+
+# -- faults at any call, for the model-based test -------------------------------------------
+
+T = TypeVar("T")
+FaultKind = Literal["fail", "lost", "kill", "hook"]
+
+REGISTRY_CALLS = frozenset(
+    {
+        "get_aliases",
+        "get_version",
+        "resolve",
+        "download_adapter",
+        "get_model_tags",
+        "set_model_tag",
+        "delete_model_tag",
+        "set_alias",
+        "delete_alias",
+        "record_action",
+        "search_actions",
+    }
+)
+LEASE_CALLS = frozenset({"create", "read", "write", "remove"})
+
+
+class Killed(BaseException):
+    """The process was killed (SIGKILL) at a call. Not an ``Exception``, so no step catches
+    it; and every later call of the same process raises it again (``Faults.killed``), so
+    no ``finally`` (a lease release, a restore) reaches a server: the lease stays held and
+    replicas stay as they were, as a crashed process leaves them."""
+
+
+@dataclass
+class Faults:
+    """One process's calls to the registry, the lease store and vLLM, numbered from 1 in
+    ``calls``, with one fault at call number ``at`` (0: none), or at the ``n``-th call whose
+    name contains ``part`` when ``at`` is ``(part, n)``:
+
+    - ``fail``: the call fails before it reaches the server (MLflow 503, connection refused);
+    - ``lost``: the server applies the call, then the answer is lost (a client timeout);
+    - ``kill``: the process is killed before the call reaches the server;
+    - ``hook``: ``hook`` runs first (another process acts, time passes), then the call.
+
+    ``observe`` (if set) sees every call just before it reaches the server.
+    """
+
+    at: int | tuple[str, int] = 0
+    kind: FaultKind = "fail"
+    hook: Callable[[], None] | None = None
+    observe: Callable[[str], None] | None = None
+    calls: list[str] = field(default_factory=list)
+    killed: bool = False
+    fired: bool = False
+    fault_index: int = -1
+
+    def call(
+        self,
+        what: str,
+        do: Callable[[], T],
+        *,
+        fail: Callable[[], BaseException] | None = None,
+        lose: Callable[[], BaseException] | None = None,
+    ) -> T:
+        """Make call ``what`` (``do``); ``fail`` and ``lose`` make the errors a failed call
+        and a lost answer raise (default: ``ServerUnavailableError``, as MLflow's client)."""
+        if self.killed:
+            raise Killed(f"{what}: the process was killed earlier")
+        self.calls.append(what)
+        due = not self.fired and self._due()
+        unavailable = fail or (lambda: ServerUnavailableError(f"{what}: unreachable (injected fault)"))
+        if due:
+            self.fired = True
+            self.fault_index = len(self.calls) - 1
+            if self.kind == "kill":
+                self.killed = True
+                raise Killed(f"killed at call {self.at} ({what})")
+            if self.kind == "fail":
+                raise unavailable()
+            if self.kind == "hook" and self.hook is not None:
+                self.hook()
+        if self.observe is not None:
+            self.observe(what)
+        result = do()
+        if due and self.kind == "lost":
+            raise (lose or unavailable)()
+        return result
+
+    def _due(self) -> bool:
+        if isinstance(self.at, int):
+            return len(self.calls) == self.at
+        part, n = self.at
+        return part in self.calls[-1] and sum(part in what for what in self.calls) == n
+
+    @property
+    def fired_at(self) -> str | None:
+        """The call the fault hit, once it fired."""
+        return self.calls[self.fault_index] if self.fired else None
+
+
+class _Through:
+    """A client of a shared fake server: each call named in ``calls`` goes through ``faults``."""
+
+    def __init__(self, target: Any, faults: Faults, calls: frozenset[str], label: str) -> None:
+        self._target = target
+        self._faults = faults
+        self._calls = calls
+        self._label = label
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if name not in self._calls:
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._faults.call(f"{self._label}.{name}", lambda: value(*args, **kwargs))
+
+        return call
+
+
+class FaultyRegistry(_Through):
+    """One process's view of a ``FakeReleaseRegistry`` and its ``FakeLeaseStore``."""
+
+    def __init__(self, registry: FakeReleaseRegistry, faults: Faults) -> None:
+        super().__init__(registry, faults, REGISTRY_CALLS, "mlflow")
+        self.leases = _Through(registry.leases, faults, LEASE_CALLS, "lease")
+
+
+def faulty_transport(
+    server: Callable[[], FakeVllmServer], faults: Callable[[], Faults]
+) -> httpx.MockTransport:
+    """One process's connection to a fake vLLM server (``server()``, looked up at each
+    request); a failed call is a refused connection, a lost answer a read timeout."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        what = f"vllm {request.url.host} {request.method} {request.url.path}"
+        return faults().call(
+            what,
+            lambda: server().handle(request),
+            fail=lambda: httpx.ConnectError(f"{what}: refused (injected fault)", request=request),
+            lose=lambda: httpx.ReadTimeout(f"{what}: no answer (injected fault)", request=request),
+        )
+
+    return httpx.MockTransport(handle)
+
+
+class SerialExecutor:
+    """``ThreadPoolExecutor`` for tests: runs each task at once, in order, keeping its
+    exception (``BaseException`` included) in the future as the pool does."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        del max_workers
+
+    def __enter__(self) -> SerialExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - kept in the future, as the pool does
+            future.set_exception(exc)
+        return future
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any]) -> Iterator[T]:
+        futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        return (f.result() for f in futures)
