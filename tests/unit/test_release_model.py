@@ -93,7 +93,7 @@ from support.synthetic import write_adapter
 # Failures the model found, each shown by an xfail test at the end of this file. Set the
 # flag to True when that test passes (the lead's fix), so the model checks it too.
 RETRY_OF_A_FINISHED_REQUEST = False  # test_a_retry_after_another_run_finished_its_plan_...
-SWAPS_FENCED = False  # test_a_promotion_that_lost_its_lease_swaps_no_replica
+SWAPS_FENCED = True  # test_a_promotion_that_lost_its_lease_swaps_no_replica
 
 EXAMPLES = int(os.environ.get("LORADEPLOY_MODEL_EXAMPLES", "500"))
 STEPS = 25
@@ -801,15 +801,6 @@ def test_a_retry_after_another_run_finished_its_plan_rolls_back_once(tmp_path: P
         assert world.registry.aliases == {"live": "1", "previous": "2"}, "rolled back twice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "steps/deploy.py deploy_version swaps the replicas without re-checking the lease "
-        "(Lease.ensure_held runs only before alias moves): a promotion paused past its "
-        "lease's expiry swaps the live slot after another run took the lock and promoted, "
-        "then stops with LockLostError, leaving a version no alias names served"
-    ),
-)
 def test_a_promotion_that_lost_its_lease_swaps_no_replica(tmp_path: Path) -> None:
     clock = FakeClock(now=1_800_000_000.0)
     with (
@@ -827,12 +818,12 @@ def test_a_promotion_that_lost_its_lease_swaps_no_replica(tmp_path: Path) -> Non
                 world.promote("staged")
         download = world.registry.download_adapter
 
-        def paused(name: str, version: str, output_dir: Path) -> Path:
+        def paused(name: str, version: str, output_dir: Path, **sizes: Any) -> Path:
             if version == "3":
                 clock.now += 400.0  # ana's process is paused past her lease's expiry
                 world.registry.download_adapter = download  # type: ignore[method-assign]
                 world.promote("previous", who="bo")  # bo takes the lock over and rolls back
-            return download(name, version, output_dir)
+            return download(name, version, output_dir, **sizes)
 
         world.registry.download_adapter = paused  # type: ignore[method-assign]
         with pytest.raises(LockLostError):

@@ -9,7 +9,7 @@ replica (all or nothing), verify ``/v1/models`` lists the slot with the new fold
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from loradeploy.clients.disk import require_free
 from loradeploy.clients.files import AdapterTransport
@@ -111,6 +111,7 @@ def deploy_version(
     max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     patience: Patience = DEFAULT_PATIENCE,
     trust: TrustPolicy | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> str:
     """Serve ``version`` under ``slot`` on every replica; returns the served folder.
 
@@ -132,7 +133,7 @@ def deploy_version(
     if warnings := strategy_warnings(replicas):
         result.details.setdefault("warnings", []).extend(warnings)
     # Swap, verify every replica again, and on any failure put every replica back.
-    swapped = roll_out(replicas, slot, new_root, patience=patience, timer=timer)
+    swapped = roll_out(replicas, slot, new_root, patience=patience, timer=timer, guard=guard)
     for row in swapped:
         result.checks.append(
             Check(name=f"served:{row['replica']}", passed=True, detail=f"root={row['root']}")

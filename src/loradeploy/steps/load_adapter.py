@@ -53,7 +53,7 @@ def load_adapter(
         version = registry.resolve(request.model, request.source)
     result.version = version.version
     required_digests(version)
-    with model_lock(registry, request.model, actor) as lease:
+    with model_lock(registry, request.model, actor) as held:
         with timer("preflight"):
             servers = inspect_replicas(replicas, request.slot, request.strategy)
         deploy_version(
@@ -67,6 +67,7 @@ def load_adapter(
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
             trust=request.trust,
+            guard=held.lease.ensure_held,
         )
         with timer("manifest"):  # the folder an alias names may be placed now
             modules, warnings = refresh_after_commit(
@@ -75,8 +76,8 @@ def load_adapter(
                 transport=transport,
                 base_model_name=servers[0].base.id if servers else None,
             )
-    if lease.release_error:
-        warnings.append(f"lock not released: {lease.release_error}")
+    if held.release_error:
+        warnings.append(f"lock not released: {held.release_error}")
     if manifest is not None:
         result.details["lora_modules"] = modules
     if warnings:

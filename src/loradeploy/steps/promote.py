@@ -107,6 +107,7 @@ def promote_adapter(
             max_adapter_bytes=request.max_adapter_bytes,
             result=result,
             trust=request.trust,
+            guard=held.lease.ensure_held,
         )
         moves = plan_promotion(aliases, version.version)
         with timer("aliases"):

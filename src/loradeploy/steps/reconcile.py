@@ -102,6 +102,7 @@ def _repair(
     registry: MLflowHelper,
     replicas: Sequence[VllmClient],
     transport: AdapterTransport,
+    guard: Callable[[], None],
 ) -> dict[str, object]:
     version = registry.get_version(request.model, repair.version, via=f"alias:{repair.alias}")
     targets = [vllm for vllm in replicas if vllm.base_url in repair.replicas]
@@ -118,6 +119,7 @@ def _repair(
         max_adapter_bytes=request.max_adapter_bytes,
         result=scratch,
         trust=request.trust,
+        guard=guard,
     )
     return {
         "alias": repair.alias,
@@ -148,7 +150,7 @@ def reconcile(
     repaired: list[dict[str, object]] = []
     manifest_warnings: list[str] = []
     if not plan.nothing_to_do:
-        with model_lock(registry, request.model, actor):
+        with model_lock(registry, request.model, actor) as held:
             # Read again under the lock: a deployment may have finished meanwhile.
             aliases, plan = _observe(registry, replicas, request)
             errors: list[LoraDeployError] = []
@@ -157,7 +159,12 @@ def reconcile(
                     try:
                         repaired.append(
                             _repair(
-                                repair, request, registry=registry, replicas=replicas, transport=transport
+                                repair,
+                                request,
+                                registry=registry,
+                                replicas=replicas,
+                                transport=transport,
+                                guard=held.lease.ensure_held,
                             )
                         )
                     except LoraDeployError as exc:

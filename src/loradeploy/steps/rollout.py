@@ -75,14 +75,18 @@ def roll_out(
     *,
     patience: Patience = DEFAULT_PATIENCE,
     timer: Timer | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> list[dict[str, object]]:
     """Swap ``slot`` to ``new_root`` everywhere, or nowhere; one row per replica.
 
-    Times the phases "load" and "verify" into ``timer``.
+    ``guard`` runs right before each replica's swap: the model's lease check
+    (``Lease.ensure_held``), so a run that lost the lock changes no replica; what it
+    raises counts as that replica's failure, and the replicas already swapped are put
+    back. Times the phases "load" and "verify" into ``timer``.
     """
     timer = timer or Timer({})
     with timer("load"):
-        swapped = _on_each(replicas, slot, lambda r: _swap(r, slot, new_root, patience))
+        swapped = _on_each(replicas, slot, lambda r: _swap(r, slot, new_root, patience, guard))
         if any(isinstance(outcome, LoraDeployError) for outcome in swapped):
             _undo(replicas, slot, swapped, patience)
     with timer("verify"):
@@ -100,9 +104,27 @@ def roll_out(
     ]
 
 
-def _swap(replica: Replica, slot: str, new_root: str, patience: Patience) -> str:
+class NotSwapped(LoraDeployError):
+    """Nothing was sent to this replica: the check right before its swap refused (the
+    model's lease was lost). Such a replica is never "put back": another deployer may
+    have changed it since, and it was not ours to change."""
+
+    def __init__(self, cause: LoraDeployError) -> None:
+        super().__init__(cause.message, hint=cause.hint)
+        self.cause = cause
+        self.exit_code = cause.exit_code
+
+
+def _swap(
+    replica: Replica, slot: str, new_root: str, patience: Patience, guard: Callable[[], None] | None
+) -> str:
     if not needs_swap(replica.current_root, new_root):
         return "none"
+    if guard is not None:
+        try:
+            guard()
+        except LoraDeployError as exc:
+            raise NotSwapped(exc) from exc
     swap_adapter(
         replica.vllm,
         slot,
@@ -131,19 +153,25 @@ def _undo(
     outcomes: Sequence[object],
     patience: Patience,
 ) -> NoReturn:
-    """Put every replica back, then raise the first failure among ``outcomes`` (or a
-    ``PartialRolloutError`` naming the replicas that could not be put back)."""
-    failures = [o for o in outcomes if isinstance(o, LoraDeployError)]
+    """Put every replica this run changed back, then raise the first failure among
+    ``outcomes`` (or a ``PartialRolloutError`` naming the replicas that could not be put
+    back). A replica it never sent a change to (``"none"``, ``NotSwapped``) is left alone."""
+    failures = [
+        o.cause if isinstance(o, NotSwapped) else o for o in outcomes if isinstance(o, LoraDeployError)
+    ]
     cause = next((f for f in failures if not isinstance(f, PartialRolloutError)), failures[0])
     if isinstance(cause, PartialRolloutError) and isinstance(cause.__cause__, LoraDeployError):
         cause = cause.__cause__  # the swap's own error, before its put-back failed
     # A replica whose put-back already ran out of time is not tried a second time.
-    again = [r for r, o in zip(replicas, outcomes, strict=True) if not isinstance(o, PartialRolloutError)]
+    skip = (PartialRolloutError, NotSwapped)
+    again = [r for r, o in zip(replicas, outcomes, strict=True) if not isinstance(o, skip) and o != "none"]
     restored = iter(_on_each(again, slot, lambda r: restore(r.vllm, slot, r.current_root, patience=patience)))
     left: list[LeftReplica] = []
     for replica, outcome in zip(replicas, outcomes, strict=True):
         if isinstance(outcome, PartialRolloutError):
             left.extend(outcome.left)
+            continue
+        if isinstance(outcome, NotSwapped) or outcome == "none":
             continue
         result = next(restored)
         if isinstance(result, LeftReplica):
