@@ -73,6 +73,7 @@ from loradeploy.steps import promote as promote_step
 from loradeploy.steps import reconcile as reconcile_step
 from loradeploy.steps import rollout as rollout_step
 from loradeploy.steps import set_staged_alias as stage_step
+from loradeploy.steps import swap as swap_step
 from loradeploy.steps import unlock as unlock_step
 from support.fake_deployment import (
     CAND_SLOT,
@@ -92,7 +93,7 @@ from support.synthetic import write_adapter
 
 # Failures the model found, each shown by an xfail test at the end of this file. Set the
 # flag to True when that test passes (the lead's fix), so the model checks it too.
-RETRY_OF_A_FINISHED_REQUEST = False  # test_a_retry_after_another_run_finished_its_plan_...
+RETRY_OF_A_FINISHED_REQUEST = True  # test_a_retry_after_another_run_finished_its_plan_...
 SWAPS_FENCED = True  # test_a_promotion_that_lost_its_lease_swaps_no_replica
 
 EXAMPLES = int(os.environ.get("LORADEPLOY_MODEL_EXAMPLES", "500"))
@@ -730,8 +731,24 @@ class ReleaseModel(RuleBasedStateMachine):
         assert not self.running
 
 
+@contextmanager
+def waits_on_a_fake_clock() -> Iterator[None]:
+    """The rollout's waits (a load without an answer watched, put-backs retried) use
+    steps.swap.DEFAULT_PATIENCE, a frozen value the steps take by default: here its clock
+    and sleep are a FakeClock's, so the model spends no real time waiting."""
+    clock = FakeClock()
+    saved = (swap_step.DEFAULT_PATIENCE.clock, swap_step.DEFAULT_PATIENCE.sleep)
+    object.__setattr__(swap_step.DEFAULT_PATIENCE, "clock", clock)
+    object.__setattr__(swap_step.DEFAULT_PATIENCE, "sleep", clock.sleep)
+    try:
+        yield
+    finally:
+        object.__setattr__(swap_step.DEFAULT_PATIENCE, "clock", saved[0])
+        object.__setattr__(swap_step.DEFAULT_PATIENCE, "sleep", saved[1])
+
+
 def test_release_integrity_under_faults_and_a_second_deployer(tmp_path: Path) -> None:
-    with rig(tmp_path) as the_rig:
+    with rig(tmp_path) as the_rig, waits_on_a_fake_clock():
         ReleaseModel.rig = the_rig
         run_state_machine_as_test(
             ReleaseModel,
@@ -751,14 +768,6 @@ def test_release_integrity_under_faults_and_a_second_deployer(tmp_path: Path) ->
 # is False the model does not generate or does not assert that case, so it stays green.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "steps/promote.py recognises a retry only through its own pending plan "
-        "(held.finished.was_by): once another run finished that plan, or the first attempt "
-        "was killed after removing it, the retry resolves 'previous' again and rolls back twice"
-    ),
-)
 @pytest.mark.parametrize("finisher", ["load-adapter", "reconcile", "killed-after-commit"])
 def test_a_retry_after_another_run_finished_its_plan_rolls_back_once(tmp_path: Path, finisher: str) -> None:
     with deployment(tmp_path, replicas=2) as world:

@@ -10,7 +10,7 @@ The store behind the lease is a small interface: ``clients.mlflow_leases`` keeps
 the MLflow registry, and tests use ``FakeLeaseStore``.
 """
 
-from loradeploy.coordination.audit import AUDIT_EXPERIMENT, history, record_moves
+from loradeploy.coordination.audit import AUDIT_EXPERIMENT, history, moves_of_request, record_moves
 from loradeploy.coordination.lease import DEFAULT_LOCK_TTL_S, Actor, Lease, LeaseStore, unlock
 from loradeploy.coordination.lock import Held, model_lock
 from loradeploy.coordination.plans import PENDING_TAG, FinishedPlan, abandon_plan, move_aliases
@@ -28,6 +28,7 @@ __all__ = [
     "history",
     "model_lock",
     "move_aliases",
+    "moves_of_request",
     "record_moves",
     "unlock",
 ]

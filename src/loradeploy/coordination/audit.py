@@ -32,13 +32,27 @@ def _tags(model: str, alias: str, actor: Actor) -> dict[str, str]:
 
 
 def record_moves(
-    registry: AuditRegistry, model: str, moves: Sequence[AliasMove], actor: Actor, *, reason: str
+    registry: AuditRegistry,
+    model: str,
+    moves: Sequence[AliasMove],
+    actor: Actor,
+    *,
+    reason: str,
+    request: tuple[str, str] | None = None,
 ) -> None:
+    """One audit record per move. ``request`` is the (run key, intent) of the request whose
+    change these moves are (by default the actor's own): a retry of that request finds them
+    again (:func:`moves_of_request`), whoever applied them."""
+    run_key, intent = request or (actor.retry_key, "")
     for move in moves:
         registry.record_action(
             experiment=AUDIT_EXPERIMENT,
             run_name=f"{model} {move.describe()}",
-            tags=_tags(model, move.alias, actor),
+            tags={
+                **_tags(model, move.alias, actor),
+                "loradeploy.run_key": run_key,
+                "loradeploy.intent": intent,
+            },
             params={
                 "from_version": move.from_version or "",
                 "to_version": move.to_version or "",
@@ -55,6 +69,32 @@ def record_event(registry: AuditRegistry, model: str, what: str, actor: Actor, *
         tags=_tags(model, f"({what})", actor),
         params={"from_version": "", "to_version": "", "reason": reason},
     )
+
+
+def moves_of_request(registry: AuditRegistry, model: str, run_key: str, intent: str) -> list[AliasMove]:
+    """The alias moves recorded for the request ``run_key`` with ``intent``, oldest first:
+    how an Argo retry learns that an earlier attempt of it already changed the aliases
+    (its plan finished by another run, or the attempt killed after committing)."""
+    key = run_key.replace("'", "")
+    runs = registry.search_actions(
+        experiment=AUDIT_EXPERIMENT,
+        filter_string=f"tags.`loradeploy.model` = '{model}' and tags.`loradeploy.run_key` = '{key}'",
+    )
+    found = []
+    for run in runs:
+        tags, params = run["tags"], run["params"]
+        if not isinstance(tags, dict) or not isinstance(params, dict):
+            continue
+        if tags.get("loradeploy.run_key") != run_key or tags.get("loradeploy.intent") != intent:
+            continue
+        found.append(
+            AliasMove(
+                str(tags.get("loradeploy.alias")),
+                str(params.get("from_version") or "") or None,
+                str(params.get("to_version") or "") or None,
+            )
+        )
+    return found
 
 
 def history(registry: AuditRegistry, model: str) -> list[dict[str, object]]:

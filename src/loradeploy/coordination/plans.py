@@ -165,6 +165,7 @@ def finish_pending(registry: AliasRegistry, model: str, actor: Actor, lease: Lea
         moves,
         actor,
         reason=f"finished the interrupted plan of run {plan.run_id} ({plan.step}: {plan.intent or '-'})",
+        request=(plan.run_key or plan.run_id, plan.intent),
     )
     lease.ensure_held()
     registry.delete_model_tag(model, PENDING_TAG)
@@ -206,7 +207,7 @@ def move_aliases(
     lease.ensure_held()
     registry.set_model_tag(model, PENDING_TAG, plan.model_dump_json())
     _apply(registry, model, moves, lease, whose)
-    record_moves(registry, model, moves, actor, reason=reason)
+    record_moves(registry, model, moves, actor, reason=reason, request=(actor.retry_key, intent))
     lease.ensure_held()
     registry.delete_model_tag(model, PENDING_TAG)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
-from loradeploy.coordination import Actor, model_lock, move_aliases
+from loradeploy.coordination import Actor, FinishedPlan, model_lock, move_aliases, moves_of_request
 from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.aliases import LIVE, AliasMove, plan_promotion
 from loradeploy.domain.names import Source
@@ -82,16 +82,16 @@ def promote_adapter(
                 hint="check 'loradeploy status', then run the promotion again if it is still wanted",
             )
         with timer("resolve"):
-            retried = finished.moved(LIVE) if finished.intent == intent else None
+            aliases = registry.get_aliases(request.model)
+            retried = _earlier_attempt(registry, request.model, actor, intent, finished, aliases)
             if retried:
-                # This request already ran and stopped between its alias moves (MLflow
-                # failed, or the process was killed). Its plan is now complete: the
-                # version it made live is the answer, not what the alias names now (a
-                # rollback retried must not roll back twice).
+                # This request already ran and moved live (its plan finished now, or
+                # earlier by another run, or it was killed after committing): the version
+                # it made live is the answer, not what the alias names now (a rollback
+                # retried must not roll back twice).
                 version = registry.get_version(request.model, retried)
             else:
                 version = registry.resolve(request.model, Source("alias", request.source_alias))
-            aliases = registry.get_aliases(request.model)
         result.version = version.version
         required_digests(version)
         with timer("preflight"):
@@ -152,6 +152,37 @@ def promote_adapter(
         }
     )
     return result
+
+
+def _earlier_attempt(
+    registry: MLflowHelper,
+    model: str,
+    actor: Actor,
+    intent: str,
+    finished: FinishedPlan,
+    aliases: Mapping[str, str],
+) -> str | None:
+    """The version an earlier attempt of this same request (same run key) made live, if
+    any: from the plan taking the lock just finished, else from the audit history. Only
+    a run with an explicit run key (an Argo step) can be a retry; a run by hand is new.
+    When live has moved on since, the retry must not undo that: it stops."""
+    if finished.was_by(actor) and finished.intent == intent and finished.moved(LIVE):
+        return finished.moved(LIVE)
+    if not actor.run_key:
+        return None
+    moved = [
+        m.to_version for m in moves_of_request(registry, model, actor.run_key, intent) if m.alias == LIVE
+    ]
+    if not moved or moved[-1] is None:
+        return None
+    if aliases.get(LIVE) != moved[-1]:
+        raise AliasMovedError(
+            f"model {model!r}: an earlier attempt of this request ({actor.run_key}) already made "
+            f"version {moved[-1]} live, and live has moved on to {aliases.get(LIVE) or 'nothing'} since; "
+            "nothing was done",
+            hint="check 'loradeploy history'; start a new promotion if one is still wanted",
+        )
+    return moved[-1]
 
 
 def _after(aliases: Mapping[str, str], moves: Sequence[AliasMove]) -> dict[str, str]:
