@@ -115,6 +115,11 @@ def resources(memory_limit: str) -> m.ResourceRequirements:
 # under HOME) is an emptyDir. Adapters of several GB are staged here: raise its limit.
 TMP = m.VolumeMount(name="tmp", mount_path="/tmp")
 TMP_VOLUME = m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource(size_limit=m.Quantity("8Gi")))
+# The trust policy's public keys, when the ConfigMap exists (see vllm-deployment.yaml).
+TRUST = m.VolumeMount(name="trust", mount_path="/etc/loradeploy/trust", read_only=True)
+TRUST_VOLUME = m.Volume(
+    name="trust", config_map=m.ConfigMapVolumeSource(name="loradeploy-trust", optional=True)
+)
 
 
 def env(step_name: str) -> list[Env | m.EnvVar]:
@@ -162,7 +167,7 @@ def step(name: str, args: list[str], inputs: tuple[str, ...] = ()) -> Container:
         pod_security_context=pod_security(),
         security_context=container_security(),
         resources=resources("2Gi"),
-        volume_mounts=[TMP],
+        volume_mounts=[TMP, TRUST],
     )
 
 
@@ -197,7 +202,7 @@ def report(kind: str) -> Container:
         pod_security_context=pod_security(),
         security_context=container_security(),
         resources=resources("1Gi"),
-        volume_mounts=[TMP],
+        volume_mounts=[TMP, TRUST],
     )
 
 
@@ -212,7 +217,7 @@ def template(name: str, description: str, parameters: dict[str, str]) -> Workflo
         synchronization=mutex(),
         arguments=[Parameter(name=k, value=v) for k, v in parameters.items()],
         security_context=pod_security(),
-        volumes=[TMP_VOLUME],
+        volumes=[TMP_VOLUME, TRUST_VOLUME],
         active_deadline_seconds=WORKFLOW_DEADLINE_S,
         ttl_strategy=m.TTLStrategy(
             seconds_after_success=KEEP_SUCCEEDED_S, seconds_after_failure=KEEP_FAILED_S

@@ -297,4 +297,4 @@ def test_every_template_has_a_pod_security_context_and_resources(name: str) -> N
         # Outputs on the emptyDir (read-only root filesystem, as Argo's empty-dir docs advise).
         mounts = {m["mountPath"]: m["name"] for m in t["container"].get("volumeMounts", [])}
         assert mounts.get("/tmp") == "tmp", t["name"]
-    assert [v["name"] for v in spec["volumes"]] == ["tmp"]
+    assert [v["name"] for v in spec["volumes"]] == ["tmp", "trust"]  # trust: the signing policy's keys

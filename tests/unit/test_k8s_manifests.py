@@ -258,7 +258,10 @@ def test_the_overlay_changes_image_and_replicas_only_where_told() -> None:
     base, overlay = objects(BASE), objects(OVERLAY)
     assert overlay[("Deployment", "vllm")]["spec"]["replicas"] == 2
     assert container("reconcile", OVERLAY)["image"] == overlay_image("loradeploy")
-    assert set(overlay) - set(base) == {("PersistentVolumeClaim", "vllm-model-cache")}
+    assert set(overlay) - set(base) == {
+        ("PersistentVolumeClaim", "vllm-model-cache"),
+        ("ConfigMap", "loradeploy-trust"),  # the trust policy's keys (trust.yaml)
+    }
     assert set(base) <= set(overlay)
 
 
@@ -883,3 +886,49 @@ def test_an_overlay_moves_every_object_to_its_namespace(tmp_path: Path) -> None:
     [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
     assert binding["subjects"][0]["namespace"] == "team-llm"
     assert "ml-models" not in done.stdout
+
+
+# -- signed adapters: the trust policy reaches every loading path -------------------------------
+
+
+def test_every_loading_container_mounts_the_trust_policy() -> None:
+    """Init container, reconcile sidecar and every workflow step see the same public keys,
+    read only; the overlay turns the policy on and requires a signature."""
+    for name, c in loradeploy_containers(OVERLAY).items():
+        mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+        assert mounts["trust"]["mountPath"] == "/etc/loradeploy/trust", name
+        assert mounts["trust"].get("readOnly") is True, name
+    [volume] = [v for v in pod_spec(OVERLAY)["volumes"] if v["name"] == "trust"]
+    assert volume["configMap"] == {"name": "loradeploy-trust", "optional": True}
+    for doc in render(OVERLAY):
+        if doc["kind"] == "WorkflowTemplate":
+            volumes = {v["name"]: v for v in doc["spec"].get("volumes", [])}
+            assert volumes["trust"]["configMap"]["name"] == "loradeploy-trust", doc["metadata"]["name"]
+
+
+def test_the_overlay_policy_loads_as_a_signature_requiring_policy(tmp_path: Path) -> None:
+    """The ConfigMap values, read by load_settings as the environment, with the key file
+    where the pod mounts it: the same policy the steps would enforce."""
+    from loradeploy.clients.signing import load_policy
+    from loradeploy.settings import load_settings
+
+    found = objects(OVERLAY)
+    data = dict(found[("ConfigMap", "loradeploy-config")]["data"])
+    key_path = Path(data["LORADEPLOY_TRUSTED_KEYS"])
+    assert key_path.parent == Path("/etc/loradeploy/trust")
+    mounted = tmp_path / key_path.name  # the pod's mount, here a folder of this test
+    mounted.write_text(found[("ConfigMap", "loradeploy-trust")]["data"][key_path.name])
+    data["LORADEPLOY_TRUSTED_KEYS"] = str(mounted)
+    settings = load_settings({}, {"LORADEPLOY_HOME": str(tmp_path), **data}, tmp_path)
+    assert settings.require_signature is True and settings.trusted_keys == [mounted]
+    policy = load_policy(settings.trusted_keys, settings.trusted_cas, require_signature=True)
+    assert policy.configured and len(policy.keys) == 1
+
+
+def test_staging_has_room_for_the_largest_adapter() -> None:
+    """Downloads are staged in /tmp (loradeploy-tmp), outside the served volume: its limit
+    must hold an adapter at the default 4 GiB cap."""
+    from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
+
+    [tmp] = [v for v in pod_spec(OVERLAY)["volumes"] if v["name"] == "loradeploy-tmp"]
+    assert gibibytes(tmp["emptyDir"]["sizeLimit"]) * (1 << 30) > DEFAULT_MAX_TOTAL_BYTES
