@@ -91,11 +91,21 @@ def test_v2_against_v1_passes_gate_1(stack: Stack, versions: dict[str, str], out
     details = result["details"]
     assert isinstance(details, dict)
     assert details["live_target"] == LIVE and details["decision"] == "eval-passed"
-    assert {c["name"]: c["passed"] for c in result["checks"]} == {  # type: ignore[union-attr]
-        "quality-floor": True,
-        "non-inferiority": True,
-        "judge-win-rate": True,
-    }
+    checks = {c["name"]: c["passed"] for c in result["checks"]}  # type: ignore[union-attr]
+    accuracy = details["figures"]["judge_accuracy"]
+    if accuracy >= 0.75:  # a calibrated judge counts
+        assert checks == {
+            "quality-floor": True,
+            "non-inferiority": True,
+            "judge-calibration": True,
+            "judge-win-rate": True,
+        }
+    else:  # the 135M judge is not expected to pass calibration: inconclusive, not counted
+        assert checks == {"quality-floor": True, "non-inferiority": True}
+        inconclusive = {c["name"] for c in details["inconclusive_checks"]}
+        assert inconclusive == {"judge-calibration", "judge-win-rate"}
+    assert len(details["judge_calibration"]) == 16
+    print(f"Gate 1 judge calibration accuracy (demo judge): {accuracy}")
     assert len(details["questions"]) == 16
     assert stack.aliases(MODEL) == {"live": v1, "candidate": v2, "staged": v2, "eval-passed": v2}
     for name in ("report.md", "plot.svg", "result.json"):

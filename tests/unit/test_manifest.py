@@ -234,3 +234,26 @@ def test_plan_manifest_names_only_placed_folders_an_alias_names(
     assert {m["name"]: m["path"] for m in plan.modules} == {k: f"/r/{v}" for k, v in expected.items()}
     assert sorted(plan.skipped) == sorted(skipped)
     assert all(set(m) == {"name", "path"} for m in plan.modules)
+
+
+def test_plan_manifest_keeps_another_models_slots_while_they_are_placed() -> None:
+    """Several models share one vLLM and one adapters folder: a promotion of one must not
+    drop the others' entries, or a restart would stop serving them."""
+    existing = [
+        {"name": "other-live", "path": "/r/other-live/o-v3"},
+        {"name": "gone-live", "path": "/r/gone-live/g-v1"},  # folder removed since
+        {"name": "live", "path": "/r/live/m-v1"},  # this model's slot: rebuilt
+    ]
+    plan = plan_manifest(
+        model="m",
+        slot_for_alias={"live": "live"},
+        aliases={"live": "2"},
+        placed=["/r/live/m-v2", "/r/other-live/o-v3"],
+        root="/r",
+        base_model_name=None,
+        existing=existing,
+    )
+    assert {m["name"]: m["path"] for m in plan.modules} == {
+        "other-live": "/r/other-live/o-v3",
+        "live": "/r/live/m-v2",
+    }

@@ -54,3 +54,24 @@ def test_wait_for_fails_fast_when_the_process_died(tmp_path: Path) -> None:
             alive=lambda: time.monotonic() - started < 0.3,
             log=tmp_path / "probe.log",
         )
+
+
+def test_a_restarted_server_gets_its_port_back_from_time_wait() -> None:
+    """A server that just stopped leaves its port in TIME_WAIT; the restart must reuse it
+    (the stack file and every client keep the URL), while a port in use is refused."""
+    import socket
+
+    from loradeploy.stack.processes import free_port
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    assert free_port(port) != port  # someone listens on it
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the connection is in TIME_WAIT
+    server.close()
+    client.close()
+    assert free_port(port) == port

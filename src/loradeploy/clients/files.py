@@ -65,6 +65,10 @@ class AdapterTransport(Protocol):
         """Write ``lora-modules.json``: the static adapters vLLM starts with."""
         ...
 
+    def read_manifest(self) -> list[dict[str, str]]:
+        """The entries ``lora-modules.json`` holds now (none when absent or unreadable)."""
+        ...
+
 
 MANIFEST = "lora-modules.json"
 # A scratch folder or hidden temporary untouched for this long was left by a killed run: a
@@ -200,6 +204,22 @@ class LocalFolderTransport:
 
     def remove(self, server_path: str) -> None:
         shutil.rmtree(self._inside(server_path), ignore_errors=True)
+
+    def read_manifest(self) -> list[dict[str, str]]:
+        try:
+            data = json.loads((self.root_path / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        modules = data.get("modules") if isinstance(data, dict) else None
+        if not isinstance(modules, list):
+            return []
+        return [
+            {str(k): str(v) for k, v in entry.items()}
+            for entry in modules
+            if isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("path"), str)
+        ]
 
     def write_manifest(self, modules: list[dict[str, str]]) -> None:
         target = self.root_path / MANIFEST
@@ -389,6 +409,11 @@ class KubectlTransport:
         path = remote_path(self.root, server_path, min_depth=2)
         for pod in self.pods:
             self._exec(pod, ["rm", "-rf", path])
+
+    def read_manifest(self) -> list[dict[str, str]]:
+        # On pods the reconcile sidecar rewrites the file from what every slot serves
+        # (steps/reconcile.py), so a step's rewrite keeps only its own model's slots.
+        return []
 
     def write_manifest(self, modules: list[dict[str, str]]) -> None:
         dest = remote_path(self.root, f"{self.root}/{MANIFEST}")

@@ -28,10 +28,18 @@ def plan_manifest(
     placed: Iterable[str],
     root: str,
     base_model_name: str | None,
+    existing: Iterable[Mapping[str, str]] = (),
 ) -> ManifestPlan:
-    """One entry per slot whose alias names a version that is placed in that slot."""
+    """One entry per slot whose alias names a version that is placed in that slot. Entries
+    of ``existing`` (the file as it is) for other slots, such as another model's on the
+    same server, are kept while their folder is still placed."""
     on_disk = {folder.rstrip("/") for folder in placed}
-    modules: list[dict[str, str]] = []
+    mine = set(slot_for_alias.values())
+    modules: list[dict[str, str]] = [
+        dict(entry)
+        for entry in existing
+        if entry.get("name") not in mine and str(entry.get("path", "")).rstrip("/") in on_disk
+    ]
     skipped: dict[str, str] = {}
     for alias, slot in slot_for_alias.items():
         version = aliases.get(alias)

@@ -34,9 +34,14 @@ class ProcessRecord(BaseModel):
 
 
 def free_port(preferred: int | None = None) -> int:
-    """``preferred`` if it can be bound on loopback, else any free port."""
+    """``preferred`` if it can be bound on loopback, else any free port.
+
+    The probe sets SO_REUSEADDR, as the servers themselves do: a port whose server just
+    stopped lingers in TIME_WAIT, and a restart must get it back (clients and the stack
+    file keep the URL), while a port someone listens on is still refused."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:

@@ -45,6 +45,7 @@ def refresh_manifest(
         placed=transport.list_version_folders(),
         root=transport.root,
         base_model_name=spec.base_model_name or base_model_name,
+        existing=transport.read_manifest(),
     )
     transport.write_manifest(plan.modules)
     return plan
