@@ -165,7 +165,9 @@ def test_what_was_not_recorded_says_so() -> None:
 
 
 def test_a_recorded_calibration_and_signer_are_shown() -> None:
-    signed = {"loradeploy.signature.signer": "release-bot@example"}
+    from loradeploy.domain.signing import Method, signature_tags
+
+    signed = signature_tags("cert CN=release-bot@example", Method.CERTIFICATE)
     page = build_page(evidence(gate1(judge_calibration_accuracy=0.875), version_tags=signed))
     assert "<td>0.875</td>" in page
     assert "release-bot@example" in page
@@ -275,3 +277,15 @@ def test_the_judge_calibration_accuracy_is_shown_when_recorded() -> None:
     page = build_page(evidence(gate1()))
     assert '<th>judge calibration accuracy</th></tr><tr><td><span class="missing">' not in page
     assert "0.875" in page
+
+
+def test_the_signer_is_who_signed_not_the_signature_file() -> None:
+    from loradeploy.domain.signing import Method, signature_tags
+
+    tags = {
+        "loradeploy.base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        **signature_tags("key sha256:0123456789abcdef", Method.KEY),
+    }
+    page = build_page(evidence(gate1(), version_tags=tags))
+    assert "key sha256:0123456789abcdef (key)" in page
+    assert "<td>model.sig</td>" not in page

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from loradeploy.domain import plots
 from loradeploy.domain.adapter import SHA_TAG_PREFIX, TAG_PREFIX
 from loradeploy.domain.layout import parse_root
+from loradeploy.domain.signing import SIGNATURE_TAG, recorded_signer
 from loradeploy.domain.stats import bootstrap_means
 from loradeploy.results import StepResult
 
@@ -28,7 +29,6 @@ NOT_RECORDED = "not recorded"
 GATE1_STEP, GATE2_STEP = "compare-decision", "perf-decision"
 # Where a judge calibration would be recorded (another issue adds it): the first found wins.
 CALIBRATION_KEYS = ("judge_calibration_accuracy", "judge_accuracy")
-SIGNATURE_TAG_PREFIX = "loradeploy.signature"
 
 
 class FoundResult(BaseModel):
@@ -193,7 +193,7 @@ def _provenance(evidence: ReleaseEvidence) -> str:
         ("training run", evidence.run_id),
         ("training data", evidence.training.params.get("data") if evidence.training else None),
         ("evaluation data", evidence.training.params.get("eval_data") if evidence.training else None),
-        ("signer", next((v for k, v in tags.items() if k.startswith(SIGNATURE_TAG_PREFIX)), None)),
+        ("signer", recorded_signer(tags) if SIGNATURE_TAG in tags else None),
     ]
     parts = ["<h2>Provenance</h2>", _table(["what", "value"], described)]
     digests = sorted(
