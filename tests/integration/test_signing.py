@@ -180,7 +180,9 @@ def test_a_tampered_version_is_refused_and_live_keeps_serving(
 
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri=stack.info.tracking_uri).set_registered_model_alias(MODEL, "staged", version)
+    MlflowClient(
+        tracking_uri=stack.info.tracking_uri, registry_uri=stack.info.tracking_uri
+    ).set_registered_model_alias(MODEL, "staged", version)  # not the global registry a unit test left
     before = stack.snapshot(MODEL)
     promoted = stack.run(
         "promote-adapter",
