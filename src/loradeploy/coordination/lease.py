@@ -379,9 +379,14 @@ def unlock(store: LeaseStore, model: str, run_id: str) -> bool:
         except MalformedLeaseError:
             # Not one of ours to parse: a released record of our own takes its place.
             released = LeaseRecord(
-                run_id=run_id, holder="loradeploy unlock", step="unlock", host="", pid=0,
-                expires_at=1.0, released=True,
-            )  # fmt: skip
+                run_id=run_id,
+                holder="loradeploy unlock",
+                step="unlock",
+                host="",
+                pid=0,
+                expires_at=1.0,
+                released=True,
+            )
             store.write(model, top, released.dump())
             return True
     record = _parse_or_none(store, model, top, records[top])

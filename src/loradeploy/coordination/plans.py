@@ -215,14 +215,14 @@ def move_aliases(
 def abandon_plan(registry: AliasRegistry, model: str, actor: Actor, lease: Lease) -> list[str]:
     """Drop a pending plan without applying it (an operator's explicit decision), and
     record that in the audit history. Returns the dropped moves, described."""
-    raw = registry.get_model_tags(model).get(PENDING_TAG)
-    if not raw:
-        return []
     try:
         plan = read_plan(registry, model)
-        described = [m.describe() for m in plan.alias_moves()] if plan else []
-    except LoraDeployError:
+    except LoraDeployError:  # malformed: dropping it is the point
         described = ["(malformed plan)"]
+    else:
+        if plan is None:
+            return []
+        described = [m.describe() for m in plan.alias_moves()]
     lease.ensure_held()
     registry.delete_model_tag(model, PENDING_TAG)
     record_event(registry, model, "plan abandoned", actor, reason="abandoned: " + "; ".join(described))
