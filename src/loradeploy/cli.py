@@ -3,6 +3,7 @@ map errors to exit codes (``errors.ExitCode``). Nothing else happens here."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -1605,7 +1606,10 @@ def _render_stack(stack: Any) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. ``kill -USR1 <pid>`` prints every thread's stack to
+    stderr, for a run that seems stuck."""
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         app()
     except KeyboardInterrupt:

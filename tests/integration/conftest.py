@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,26 @@ LORADEPLOY = str(Path(sys.executable).parent / "loradeploy")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
+
+
+def run_or_dump(
+    command: list[str], *, env: dict[str, str], cwd: Path, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI command; one that outlives ``timeout_s`` is asked for every thread's stack
+    (SIGUSR1, see ``cli.main``) before it is killed, and the test fails showing them."""
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        process.kill()
+        stdout, stderr = process.communicate()
+        stacks = f"{stderr[-12000:]}\n{stdout[-2000:]}"
+        pytest.fail(f"{command[1:3]} still running after {timeout_s:.0f} s; its stacks:\n{stacks}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @dataclass
@@ -56,15 +78,7 @@ class Stack:
         command = [LORADEPLOY, *args]
         if output_dir is not None:
             command.append(f"--output-dir={output_dir}")
-        done = subprocess.run(
-            command,
-            env={**self.env, **(env or {})},
-            cwd=self.home,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = run_or_dump(command, env={**self.env, **(env or {})}, cwd=self.home, timeout_s=300)
         result = None
         if output_dir is not None and (output_dir / "result.json").exists():
             result = json.loads((output_dir / "result.json").read_text())
