@@ -8,10 +8,9 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -120,30 +119,16 @@ def _settings(**flags: Any) -> Settings:
 
 @contextmanager
 def _vllm(settings: Settings, url: str | None = None) -> Iterator[Any]:
-    from loradeploy.clients.vllm import VllmClient
+    from loradeploy.clients import wiring
 
-    api_key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
-    client = VllmClient(url or settings.require_vllm_url(), api_key=api_key, verify=settings.verify)
-    try:
+    with wiring.vllm_client(settings, url) as client:
         yield client
-    finally:
-        client.close()
 
 
 def _registry(settings: Settings) -> Any:
-    from loradeploy.clients.registry import MLflowHelper
+    from loradeploy.clients import wiring
 
-    return MLflowHelper(settings.require_tracking_uri(), ca_bundle=settings.ca_bundle)
-
-
-def _trust(settings: Settings) -> Any:
-    """The trust policy, its keys and certificates read once here (None: not configured)."""
-    from loradeploy.clients.signing import load_policy
-
-    policy = load_policy(
-        settings.trusted_keys, settings.trusted_cas, require_signature=settings.require_signature
-    )
-    return policy if policy.configured else None
+    return wiring.registry_client(settings)
 
 
 def _print_error(line: str) -> None:
@@ -255,49 +240,9 @@ DEFAULT_CANDIDATE_SLOT = "aws-rag-qa-candidate"
 
 
 def _actor(settings: Settings, step: str) -> Any:
-    from loradeploy.coordination import Actor
+    from loradeploy.clients import wiring
 
-    return Actor(who=settings.actor, step=step, run_id=uuid.uuid4().hex, run_key=settings.run_key)
-
-
-@dataclass(frozen=True)
-class _Where:
-    """Where adapters go: the replica URLs and the transport flags of one command."""
-
-    urls: list[str] | None
-    transport: str
-    namespace: str
-    selector: str
-    container: str
-    pod_root: str
-    kubectl: str
-
-
-@contextmanager
-def _targets(settings: Settings, where: _Where) -> Iterator[tuple[Any, list[Any]]]:
-    """The adapter transport and one client per replica."""
-    from loradeploy.clients.files import LocalFolderTransport
-
-    if where.transport == "local":
-        chosen: Any = LocalFolderTransport(settings.require_adapters_root(), settings.staging_dir)
-        replica_urls = list(where.urls or (settings.stack.vllm_urls if settings.stack else []))
-        replica_urls = replica_urls or [settings.require_vllm_url()]
-    elif where.transport == "kubectl":
-        from loradeploy.clients.files import KubectlTransport
-        from loradeploy.clients.kube import KubectlApi
-
-        api = KubectlApi(kubectl=where.kubectl)
-        chosen = KubectlTransport(api, where.namespace, where.selector, where.container, root=where.pod_root)
-        replica_urls = list(where.urls or chosen.replica_urls())
-        if not replica_urls:
-            raise UsageError(
-                f"no Ready pod matches {where.selector!r} in namespace {where.namespace!r}",
-                hint="check --selector and --namespace, and that the vLLM pods are Ready",
-            )
-    else:
-        raise UsageError(f"--transport {where.transport!r} is not 'local' or 'kubectl'")
-    with ExitStack() as stack:
-        yield chosen, [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
+    return wiring.actor(settings, step)
 
 
 PodsOpt = Annotated[
@@ -313,20 +258,9 @@ PodsOpt = Annotated[
 def _pod_urls(pods: str | None, container: str, kubectl: str) -> list[str]:
     """One URL per Ready pod for ``--pods NAMESPACE/SELECTOR``, found as load-adapter's
     kubectl transport finds them; empty without ``--pods``."""
-    if not pods:
-        return []
-    namespace, sep, selector = pods.partition("/")
-    if not sep or not namespace or not selector:
-        raise UsageError(
-            f"--pods {pods!r} is not NAMESPACE/SELECTOR", hint="pass e.g. --pods ml-models/app=vllm"
-        )
-    from loradeploy.clients.files import KubectlTransport
-    from loradeploy.clients.kube import KubectlApi
+    from loradeploy.clients import wiring
 
-    urls: list[str] = KubectlTransport(
-        KubectlApi(kubectl=kubectl), namespace, selector, container
-    ).replica_urls()
-    return urls
+    return wiring.pod_urls(pods, container, kubectl)
 
 
 def _on_every_pod(urls: list[str], run: Callable[[str], StepResult]) -> StepResult:
@@ -351,17 +285,6 @@ def _manifest(settings: Settings, model: str, live_slot: str, candidate_slot: st
         slot_for_alias={LIVE: names.slot_name(live_slot), STAGED: names.slot_name(candidate_slot)},
         base_model_name=settings.stack.served_model if settings.stack else None,
     )
-
-
-def _other_replica_urls(settings: Settings, where: _Where, files: Any, given: list[Any]) -> list[str]:
-    """Replicas of the deployment a command was not pointed at (``--vllm-url`` given for
-    some only): the local stack's servers, or every Ready pod. Cleanup keeps what they serve."""
-    if where.transport == "kubectl":
-        known = list(files.replica_urls())
-    else:
-        known = list(settings.stack.vllm_urls) if settings.stack else []
-    seen = {str(client.base_url).rstrip("/") for client in given}
-    return [url for url in known if url.rstrip("/") not in seen]
 
 
 @app.command()
@@ -471,6 +394,7 @@ def load_adapter(
     """Step 1: download a version from MLflow and load it into every replica, no restart."""
 
     def action() -> StepResult:
+        from loradeploy.clients import wiring
         from loradeploy.steps.load_adapter import LoadRequest
         from loradeploy.steps.load_adapter import load_adapter as step
 
@@ -496,15 +420,12 @@ def load_adapter(
             source=parsed,
             slot=slot,
             strategy=swap_strategy,
-            max_lora_rank=settings.max_lora_rank,
-            max_adapter_bytes=settings.max_adapter_bytes,
-            base_model_aliases=settings.base_model_aliases,
-            trust=_trust(settings),
+            policy=wiring.adapter_policy(settings),
         )
         with (
-            _targets(
+            wiring.targets(
                 settings,
-                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
+                wiring.Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
             ) as (files, replicas),
             err.status(f"loading {model_name} {source} into {slot_name} on {len(replicas)} replica(s)"),
         ):
@@ -615,6 +536,7 @@ def set_staged_alias(
     """Step 3: set 'staged' on the deployed version (refused if the slot serves another)."""
 
     def action() -> StepResult:
+        from loradeploy.clients import wiring
         from loradeploy.steps.set_staged_alias import set_staged_alias as step
 
         parsed = names.parse_source(source)
@@ -627,16 +549,9 @@ def set_staged_alias(
             api_key=api_key,
             ca_bundle=ca_bundle,
         )
-        urls = _pod_urls(pods, container, kubectl) or _replica_urls(settings, vllm_url)
-        from loradeploy.clients.files import LocalFolderTransport
-
-        files = (  # the manifest is rewritten where the adapters folder is known (local)
-            LocalFolderTransport(settings.adapters_root, settings.staging_dir)
-            if settings.adapters_root
-            else None
-        )
-        with ExitStack() as stack:
-            replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
+        urls = wiring.replica_urls(settings, wiring.Where.pods(pods, vllm_url, container, kubectl))
+        files = wiring.manifest_transport(settings)  # lora-modules.json is rewritten there (local)
+        with wiring.replicas(settings, urls) as replicas:
             return step(
                 _registry(settings),
                 replicas,
@@ -682,6 +597,7 @@ def promote_adapter(
     """Promote a version to the live slot on every replica and move live/previous."""
 
     def action() -> StepResult:
+        from loradeploy.clients import wiring
         from loradeploy.steps.promote import PromoteRequest
         from loradeploy.steps.promote import promote_adapter as step
 
@@ -704,23 +620,13 @@ def promote_adapter(
             trusted_ca=trusted_ca,
             require_signature=require_signature,
         )
-        request = replace(
-            request,
-            max_lora_rank=settings.max_lora_rank,
-            max_adapter_bytes=settings.max_adapter_bytes,
-            base_model_aliases=settings.base_model_aliases,
-            trust=_trust(settings),
-        )
-        where = _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl)
+        request = replace(request, policy=wiring.adapter_policy(settings))
+        where = wiring.Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl)
         with (
-            _targets(settings, where) as (files, replicas),
+            wiring.targets(settings, where) as (files, replicas),
             err.status(f"promoting {model_name}@{source_alias} to {live_slot}"),
-            ExitStack() as more,
+            wiring.replicas(settings, wiring.other_replica_urls(settings, where, files, replicas)) as others,
         ):
-            others = [
-                more.enter_context(_vllm(settings, url))
-                for url in _other_replica_urls(settings, where, files, replicas)
-            ]
             return step(
                 request,
                 registry=_registry(settings),
@@ -743,22 +649,19 @@ def _init_load(
     base_model_name: str | None,
     replica_urls: list[str],
 ) -> StepResult:
-    from loradeploy.clients.files import LocalFolderTransport
+    from loradeploy.clients import wiring
     from loradeploy.domain.aliases import LIVE, STAGED
     from loradeploy.steps.init_load import init_load_adapters
 
-    with ExitStack() as stack:
-        replicas = [stack.enter_context(_vllm(settings, url)) for url in replica_urls]
+    with wiring.replicas(settings, replica_urls) as replicas:
         return init_load_adapters(
             model=model,
             slot_for_alias={LIVE: live_slot, STAGED: candidate_slot},
             registry=_registry(settings),
-            transport=LocalFolderTransport(settings.require_adapters_root(), settings.staging_dir),
+            transport=wiring.local_transport(settings),
             base_model_name=base_model_name,
-            base_model_aliases=settings.base_model_aliases,
-            max_lora_rank=settings.max_lora_rank,
+            policy=wiring.adapter_policy(settings),
             replicas=replicas,
-            trust=_trust(settings),
         )
 
 
@@ -891,11 +794,6 @@ def _restart_local(model_name: str | None, live_slot: str, candidate_slot: str) 
     return result
 
 
-def _replica_urls(settings: Settings, urls: list[str] | None) -> list[str]:
-    found = list(urls or (settings.stack.vllm_urls if settings.stack else []))
-    return found or [settings.require_vllm_url()]
-
-
 @app.command()
 def status(
     model_name: ModelName,
@@ -913,14 +811,14 @@ def status(
     """Aliases next to what every replica serves; drift is marked and exits 1."""
 
     def action() -> StepResult:
+        from loradeploy.clients import wiring
         from loradeploy.steps.status import status as step
 
         names.model_name(model_name)
         slots = {"live": names.slot_name(live_slot), "staged": names.slot_name(candidate_slot)}
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
-        with ExitStack() as stack:
-            urls = _pod_urls(pods, container, kubectl) or _replica_urls(settings, vllm_url)
-            replicas = [stack.enter_context(_vllm(settings, url)) for url in urls]
+        urls = wiring.replica_urls(settings, wiring.Where.pods(pods, vllm_url, container, kubectl))
+        with wiring.replicas(settings, urls) as replicas:
             return step(_registry(settings), replicas, model=model_name, slot_for_alias=slots)
 
     _run("status", output_dir, action, _render_status)
@@ -1073,6 +971,7 @@ def reconcile(
     replica. Repairs missing or wrong slots; never changes aliases, never unloads."""
 
     def action() -> StepResult:
+        from loradeploy.clients import wiring
         from loradeploy.domain.aliases import LIVE, STAGED
         from loradeploy.steps.reconcile import ReconcileRequest
         from loradeploy.steps.reconcile import reconcile as step
@@ -1097,20 +996,17 @@ def reconcile(
             model=names.model_name(model_name),
             slot_for_alias=slots,
             strategy=swap_strategy,
-            max_lora_rank=settings.max_lora_rank,
-            base_model_aliases=settings.base_model_aliases,
-            max_adapter_bytes=settings.max_adapter_bytes,
+            policy=wiring.adapter_policy(settings),
             write_manifest=write_manifest,
             base_model_name=base_model_name,
-            trust=_trust(settings),
         )
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # not ready until a round has said so
 
         def once() -> StepResult:  # pods and clients are found again every round
-            with _targets(
+            with wiring.targets(
                 settings,
-                _Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
+                wiring.Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
             ) as (files, replicas):
                 return step(
                     request,

@@ -121,8 +121,9 @@ def test_an_error_that_contains_markup_is_printed_as_is() -> None:
 
 
 def test_cleanup_also_asks_the_stack_replicas_a_command_was_not_pointed_at(tmp_path: Path) -> None:
-    from loradeploy.cli import _other_replica_urls, _Where
     from loradeploy.clients.vllm import VllmClient
+    from loradeploy.clients.wiring import Where as _Where
+    from loradeploy.clients.wiring import other_replica_urls as _other_replica_urls
     from loradeploy.settings import Settings, StackInfo
 
     urls = ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]

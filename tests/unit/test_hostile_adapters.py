@@ -46,6 +46,7 @@ from loradeploy.domain.adapter import (
     inspect_adapter,
 )
 from loradeploy.domain.layout import version_dir
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import (
     IncompatibleAdapterError,
@@ -235,10 +236,8 @@ class Deployer:
             replicas=replicas,
             registry=registry,
             transport=LocalFolderTransport(self.around.adapters),
-            base_model_aliases={},
-            max_lora_rank=SERVER_MAX_RANK,
+            policy=AdapterPolicy(max_lora_rank=SERVER_MAX_RANK, max_adapter_bytes=max_adapter_bytes),
             result=result,
-            max_adapter_bytes=max_adapter_bytes,
         )
         return result
 

@@ -514,6 +514,7 @@ def test_the_sidecar_keeps_the_manifest_and_answers_readiness() -> None:
 
 def sidecar_round(registry: Any, vllm: Any, transport: Any) -> Any:
     from loradeploy.coordination import Actor
+    from loradeploy.domain.policy import AdapterPolicy
     from loradeploy.steps.reconcile import ReconcileRequest, reconcile
 
     args = container("reconcile")["args"]
@@ -522,7 +523,7 @@ def sidecar_round(registry: Any, vllm: Any, transport: Any) -> Any:
         slot_for_alias={"live": flag(args, "--live-slot"), "staged": flag(args, "--candidate-slot")},
         write_manifest="--write-manifest" in args,
         base_model_name=flag(args, "--base-model-name"),
-        max_lora_rank=64,
+        policy=AdapterPolicy(max_lora_rank=64),
     )
     return reconcile(
         request,

@@ -309,7 +309,7 @@ def test_placed_folders_and_files_are_managed_by_the_pods_group(cluster: FakeClu
 def pod_servers(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """In-memory vLLM servers at the Ready pods' URLs; the CLI's clients reach them, and
     nothing else (no traffic leaves the test)."""
-    from loradeploy import cli
+    from loradeploy.clients import wiring
 
     cluster.save()
     servers = {url: FakeVllmServer() for url in ("http://10.0.0.1:8000", "http://10.0.0.2:8000")}
@@ -320,7 +320,7 @@ def pod_servers(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> dict[s
         with VllmClient(url, transport=servers[url].transport()) as client:
             yield client
 
-    monkeypatch.setattr(cli, "_vllm", fake_vllm)
+    monkeypatch.setattr(wiring, "vllm_client", fake_vllm)
     return servers
 
 
@@ -356,11 +356,12 @@ def test_status_and_set_staged_alias_address_every_ready_pod(
     pod_servers: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from loradeploy import cli
+    from loradeploy.clients import wiring
     from support.fake_registry import FakeRegistry
 
     registry = FakeRegistry(model="aws-rag-qa")  # set_alias would fail the test: never reached
     registry.add_version("3", write_adapter(tmp_path / "v3", fill=3))
-    monkeypatch.setattr(cli, "_registry", lambda settings: registry)
+    monkeypatch.setattr(wiring, "registry_client", lambda settings: registry)
     slot = "aws-rag-qa-candidate"
     served = "/mnt/adapters/aws-rag-qa-candidate/aws-rag-qa-v3"
     pod_servers["http://10.0.0.1:8000"].adapters = {slot: served}  # pod b does not serve it

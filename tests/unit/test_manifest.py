@@ -21,6 +21,7 @@ from loradeploy.coordination import Actor
 from loradeploy.domain.layout import version_dir
 from loradeploy.domain.manifest import plan_manifest
 from loradeploy.domain.names import Source
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.errors import PermanentError
 from loradeploy.steps.init_load import init_load_adapters
 from loradeploy.steps.load_adapter import LoadRequest, load_adapter
@@ -79,8 +80,7 @@ def started(world: World, aliases: Mapping[str, str]) -> None:
         registry=world.registry,
         transport=world.transport,
         base_model_name=BASE_ID,
-        base_model_aliases={},
-        max_lora_rank=16,
+        policy=AdapterPolicy(),
     )
     world.server.adapters = dict(world.manifest())  # vLLM started from the manifest
 

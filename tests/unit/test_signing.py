@@ -34,6 +34,7 @@ from loradeploy.domain.adapter import digests_from_tags, inspect_adapter, regist
 from loradeploy.domain.layout import version_dir
 from loradeploy.domain.listing import ListedFile
 from loradeploy.domain.names import Source
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.signing import (
     MAX_SIGNATURE_BYTES,
     METHOD_TAG,
@@ -156,10 +157,8 @@ class World:
             replicas=inspect_replicas([self.vllm], SLOT, SwapStrategy.AUTO),
             registry=self.registry,  # type: ignore[arg-type]
             transport=LocalFolderTransport(self.adapters, self.tmp / "staging"),
-            base_model_aliases={},
-            max_lora_rank=16,
+            policy=AdapterPolicy(trust=policy),
             result=result,
-            trust=policy,
         )
         return result
 
@@ -542,7 +541,9 @@ def _actor(step: str) -> Actor:
 
 
 def _load(world: World, policy: TrustPolicy | None) -> StepResult:
-    request = LoadRequest(model=MODEL, source=Source("version", "7"), slot=SLOT, trust=policy)
+    request = LoadRequest(
+        model=MODEL, source=Source("version", "7"), slot=SLOT, policy=AdapterPolicy(trust=policy)
+    )
     return load_adapter(
         request,
         registry=world.registry,  # type: ignore[arg-type]
@@ -554,7 +555,9 @@ def _load(world: World, policy: TrustPolicy | None) -> StepResult:
 
 def _promote(world: World, policy: TrustPolicy | None) -> StepResult:
     world.registry.aliases = {"staged": "7"}
-    request = PromoteRequest(model=MODEL, source_alias="staged", live_slot=LIVE_SLOT, trust=policy)
+    request = PromoteRequest(
+        model=MODEL, source_alias="staged", live_slot=LIVE_SLOT, policy=AdapterPolicy(trust=policy)
+    )
     return promote_adapter(
         request,
         registry=world.registry,  # type: ignore[arg-type]
@@ -566,7 +569,9 @@ def _promote(world: World, policy: TrustPolicy | None) -> StepResult:
 
 def _reconcile(world: World, policy: TrustPolicy | None) -> StepResult:
     world.registry.aliases = {"live": "7"}
-    request = ReconcileRequest(model=MODEL, slot_for_alias={"live": LIVE_SLOT}, trust=policy)
+    request = ReconcileRequest(
+        model=MODEL, slot_for_alias={"live": LIVE_SLOT}, policy=AdapterPolicy(trust=policy)
+    )
     return reconcile(
         request,
         registry=world.registry,  # type: ignore[arg-type]
@@ -584,9 +589,7 @@ def _init_load(world: World, policy: TrustPolicy | None) -> StepResult:
         registry=world.registry,  # type: ignore[arg-type]
         transport=LocalFolderTransport(world.adapters, world.tmp / "staging"),
         base_model_name=SMOLLM2,
-        base_model_aliases={},
-        max_lora_rank=16,
-        trust=policy,
+        policy=AdapterPolicy(trust=policy),
     )
 
 
@@ -874,10 +877,8 @@ def _fetch_to_pods(world: World, cluster: FakeCluster, policy: TrustPolicy) -> s
         registry=world.registry,  # type: ignore[arg-type]
         transport=KubectlTransport(cluster.api(), NS, SELECTOR, CONTAINER, root=POD_ROOT),
         served_names=[(SMOLLM2,)],
-        base_model_aliases={},
-        max_lora_rank=16,
+        policy=AdapterPolicy(trust=policy),
         timer=Timer({}),
-        trust=policy,
     )
     assert verdict.checked
     return root

@@ -9,13 +9,12 @@ replica (all or nothing), verify ``/v1/models`` lists the slot with the new fold
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from loradeploy.clients.disk import require_free
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper, VersionInfo
 from loradeploy.domain.adapter import (
-    DEFAULT_MAX_TOTAL_BYTES,
     AdapterInfo,
     check_compatible,
     check_digests,
@@ -24,7 +23,8 @@ from loradeploy.domain.adapter import (
 )
 from loradeploy.domain.layout import version_dir
 from loradeploy.domain.listing import BYTES_TAG, check_listing
-from loradeploy.domain.signing import TrustPolicy, Verdict
+from loradeploy.domain.policy import AdapterPolicy
+from loradeploy.domain.signing import Verdict
 from loradeploy.errors import InvalidAdapterError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.rollout import Replica, roll_out, strategy_warnings
@@ -50,14 +50,12 @@ def fetch_and_place(
     registry: MLflowHelper,
     transport: AdapterTransport,
     served_names: Sequence[Sequence[str]],
-    base_model_aliases: Mapping[str, str],
-    max_lora_rank: int,
+    policy: AdapterPolicy,
     timer: Timer,
-    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
-    trust: TrustPolicy | None = None,
 ) -> tuple[str, AdapterInfo, bool, Verdict]:
-    """Download, check the signature against ``trust``, validate and place one version;
-    returns (server path, info, written, what the signature check found)."""
+    """Download, check the signature against ``policy.trust``, validate against the rest
+    of ``policy`` and place one version; returns (server path, info, written, what the
+    signature check found)."""
     digests = required_digests(version)
     label = f"model {version.model!r} version {version.version}"
     with timer("list"):  # the size is known and checked before any byte is downloaded
@@ -65,7 +63,7 @@ def fetch_and_place(
             registry.list_adapter_files(version.model, version.version),
             digests=digests,
             recorded=version.tags.get(BYTES_TAG),
-            max_bytes=max_adapter_bytes,
+            max_bytes=policy.max_adapter_bytes,
             label=label,
             beside=signature_artifacts(version),
         )
@@ -78,19 +76,19 @@ def fetch_and_place(
                 version.version,
                 staging,
                 files=files,
-                max_bytes=max_adapter_bytes + sum(signature_artifacts(version).values()),
+                max_bytes=policy.max_adapter_bytes + sum(signature_artifacts(version).values()),
             )
         with timer("signature"):  # first: the signature artifact leaves the folder here
-            verdict = check_signature(version, staging, trust)
+            verdict = check_signature(version, staging, policy.trust)
         with timer("validate"):
-            info = inspect_adapter(staging, max_total_bytes=max_adapter_bytes)
+            info = inspect_adapter(staging, max_total_bytes=policy.max_adapter_bytes)
             check_digests(staging, digests, label)
             for names in served_names:
                 check_compatible(
                     info,
                     served_names=names,
-                    base_aliases=base_model_aliases,
-                    max_lora_rank=max_lora_rank,
+                    base_aliases=policy.base_model_aliases,
+                    max_lora_rank=policy.max_lora_rank,
                     label=label,
                 )
         with timer("copy"):
@@ -105,12 +103,9 @@ def deploy_version(
     replicas: Sequence[Replica],
     registry: MLflowHelper,
     transport: AdapterTransport,
-    base_model_aliases: Mapping[str, str],
-    max_lora_rank: int,
+    policy: AdapterPolicy,
     result: StepResult,
-    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     patience: Patience = DEFAULT_PATIENCE,
-    trust: TrustPolicy | None = None,
     guard: Callable[[], None] | None = None,
 ) -> str:
     """Serve ``version`` under ``slot`` on every replica; returns the served folder.
@@ -124,11 +119,8 @@ def deploy_version(
         registry=registry,
         transport=transport,
         served_names=[r.served_names for r in replicas],
-        base_model_aliases=base_model_aliases,
-        max_lora_rank=max_lora_rank,
+        policy=policy,
         timer=timer,
-        max_adapter_bytes=max_adapter_bytes,
-        trust=trust,
     )
     if warnings := strategy_warnings(replicas):
         result.details.setdefault("warnings", []).extend(warnings)

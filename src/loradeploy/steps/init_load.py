@@ -20,7 +20,7 @@ from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.manifest import plan_manifest
 from loradeploy.domain.names import Source
-from loradeploy.domain.signing import TrustPolicy
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import NotFoundError
 from loradeploy.results import Check, StepResult, Timer
@@ -35,10 +35,8 @@ def init_load_adapters(
     registry: MLflowHelper,
     transport: AdapterTransport,
     base_model_name: str | None,
-    base_model_aliases: Mapping[str, str],
-    max_lora_rank: int,
+    policy: AdapterPolicy,
     replicas: Sequence[VllmClient] = (),
-    trust: TrustPolicy | None = None,
 ) -> StepResult:
     result = StepResult(step="init-load-adapters", model=model)
     timer = Timer(result.timings_s)
@@ -58,10 +56,8 @@ def init_load_adapters(
             registry=registry,
             transport=transport,
             served_names=[(base_model_name,)] if base_model_name else [],
-            base_model_aliases=base_model_aliases,
-            max_lora_rank=max_lora_rank,
+            policy=policy,
             timer=timer,
-            trust=trust,
         )
         restored.append(
             {

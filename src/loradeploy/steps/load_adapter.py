@@ -7,16 +7,15 @@ swap puts the previous folder back on every replica.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
-from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.names import Source
-from loradeploy.domain.signing import TrustPolicy
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.deploy import deploy_version, required_digests
@@ -30,10 +29,7 @@ class LoadRequest:
     source: Source
     slot: str
     strategy: SwapStrategy = SwapStrategy.AUTO
-    max_lora_rank: int = 16
-    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
-    base_model_aliases: Mapping[str, str] = field(default_factory=dict)
-    trust: TrustPolicy | None = None  # verify signatures before anything is placed
+    policy: AdapterPolicy = field(default_factory=AdapterPolicy)  # rank, size, base, trust
 
 
 def load_adapter(
@@ -62,11 +58,8 @@ def load_adapter(
             replicas=servers,
             registry=registry,
             transport=transport,
-            base_model_aliases=request.base_model_aliases,
-            max_lora_rank=request.max_lora_rank,
-            max_adapter_bytes=request.max_adapter_bytes,
+            policy=request.policy,
             result=result,
-            trust=request.trust,
             guard=held.lease.ensure_held,
         )
         with timer("manifest"):  # the folder an alias names may be placed now

@@ -25,10 +25,9 @@ from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, FinishedPlan, model_lock, move_aliases, moves_of_request
-from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
 from loradeploy.domain.aliases import LIVE, AliasMove, plan_promotion
 from loradeploy.domain.names import Source
-from loradeploy.domain.signing import TrustPolicy
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import AliasMovedError, LoraDeployError
 from loradeploy.results import StepResult, Timer
@@ -44,11 +43,8 @@ class PromoteRequest:
     source_alias: str
     live_slot: str
     strategy: SwapStrategy = SwapStrategy.AUTO
-    max_lora_rank: int = 16
-    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
-    base_model_aliases: Mapping[str, str] = field(default_factory=dict)
+    policy: AdapterPolicy = field(default_factory=AdapterPolicy)  # rank, size, base, trust
     reason: str = ""
-    trust: TrustPolicy | None = None  # verify signatures before anything is placed
 
 
 def promote_adapter(
@@ -102,11 +98,8 @@ def promote_adapter(
             replicas=servers,
             registry=registry,
             transport=transport,
-            base_model_aliases=request.base_model_aliases,
-            max_lora_rank=request.max_lora_rank,
-            max_adapter_bytes=request.max_adapter_bytes,
+            policy=request.policy,
             result=result,
-            trust=request.trust,
             guard=held.lease.ensure_held,
         )
         moves = plan_promotion(aliases, version.version)

@@ -23,15 +23,14 @@ creation; and ``ready`` is its readiness answer (the pod's readiness probe reads
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
-from loradeploy.domain.adapter import DEFAULT_MAX_TOTAL_BYTES
+from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.reconcile import Plan, Repair, backoff_s, plan_repairs
-from loradeploy.domain.signing import TrustPolicy
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
@@ -45,10 +44,7 @@ class ReconcileRequest:
     model: str
     slot_for_alias: Mapping[str, str]  # alias -> slot, e.g. live -> aws-rag-qa-live
     strategy: SwapStrategy = SwapStrategy.AUTO
-    max_lora_rank: int = 16
-    base_model_aliases: Mapping[str, str] | None = None
-    max_adapter_bytes: int = DEFAULT_MAX_TOTAL_BYTES
-    trust: TrustPolicy | None = None  # verify signatures before anything is placed
+    policy: AdapterPolicy = field(default_factory=AdapterPolicy)  # rank, size, base, trust
     # Sidecar: keep lora-modules.json equal to what is served, with this base model name.
     write_manifest: bool = False
     base_model_name: str | None = None
@@ -114,11 +110,8 @@ def _repair(
         replicas=servers,
         registry=registry,
         transport=transport,
-        base_model_aliases=request.base_model_aliases or {},
-        max_lora_rank=request.max_lora_rank,
-        max_adapter_bytes=request.max_adapter_bytes,
+        policy=request.policy,
         result=scratch,
-        trust=request.trust,
         guard=guard,
     )
     return {

@@ -1,0 +1,125 @@
+"""What commands build from their settings (``clients.wiring``), seen through the CLI.
+
+- The adapter policy (rank, size cap, base model aliases, trust) reaches every command
+  that places adapters: here init-load-adapters, which once ignored
+  ``LORADEPLOY_MAX_ADAPTER_BYTES`` because each command copied the bundle by hand.
+- Replica discovery is one function: status and set-staged-alias address every replica
+  of the local stack, as load-adapter does.
+
+The registry and the vLLM servers are fakes (``support.fake_registry``,
+``FakeVllmServer``); nothing leaves the test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from loradeploy import cli
+from loradeploy.clients import wiring
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.errors import ExitCode
+from support.fake_registry import FakeRegistry
+from support.fakes import FakeVllmServer
+from support.synthetic import write_adapter
+
+MODEL = "aws-rag-qa"
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
+    """'live' names version 1, an adapter of a few kilobytes."""
+    fake = FakeRegistry(model=MODEL, aliases={"live": "1"})
+    fake.add_version("1", write_adapter(tmp_path / "registry" / "v1"))
+    monkeypatch.setattr(wiring, "registry_client", lambda settings: fake)
+    return fake
+
+
+def init_load(tmp_path: Path) -> list[str]:
+    return [
+        "init-load-adapters",
+        f"--model-name={MODEL}",
+        f"--adapters-root={tmp_path / 'adapters'}",
+        "--tracking-uri=http://mlflow.test:5000",
+    ]
+
+
+def adapter_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir())
+
+
+def test_init_load_adapters_honours_the_size_cap_from_the_environment(
+    registry: FakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = adapter_bytes(registry.versions["1"])
+    monkeypatch.setenv("LORADEPLOY_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("LORADEPLOY_MAX_ADAPTER_BYTES", str(size - 1))
+    refused = CliRunner().invoke(cli.app, init_load(tmp_path))
+    assert refused.exit_code == int(ExitCode.PERMANENT), refused.output
+    assert f"{size - 1}" in refused.stderr
+    assert not (tmp_path / "adapters" / "aws-rag-qa-live").exists()  # nothing placed
+    monkeypatch.setenv("LORADEPLOY_MAX_ADAPTER_BYTES", str(size))  # exactly at the cap is fine
+    done = CliRunner().invoke(cli.app, init_load(tmp_path))
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "adapters" / "aws-rag-qa-live" / "aws-rag-qa-v1").is_dir()
+
+
+STACK_URLS = ["http://127.0.0.1:8101", "http://127.0.0.1:8102"]
+
+
+@pytest.fixture
+def stack_replicas(
+    registry: FakeRegistry, tmp_path: Path, no_loradeploy_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, FakeVllmServer]:
+    """A local stack file with two vLLM replicas, each an in-memory server."""
+    stack = {
+        "home": str(no_loradeploy_environment),
+        "tracking_uri": "http://mlflow.test:5000",
+        "vllm_url": STACK_URLS[0],
+        "vllm_urls": STACK_URLS,
+        "adapters_root": str(tmp_path / "adapters"),
+        "served_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "max_lora_rank": 16,
+    }
+    (no_loradeploy_environment / "stack.json").write_text(json.dumps(stack))
+    servers = {url: FakeVllmServer() for url in STACK_URLS}
+
+    @contextmanager
+    def fake_vllm(settings: Any, url: str | None = None) -> Iterator[VllmClient]:
+        assert url in servers, f"addressed {url}, not a replica of the stack"
+        with VllmClient(url, transport=servers[url].transport()) as client:
+            yield client
+
+    monkeypatch.setattr(wiring, "vllm_client", fake_vllm)
+    return servers
+
+
+def test_status_asks_every_replica_of_the_stack(
+    stack_replicas: dict[str, FakeVllmServer], tmp_path: Path
+) -> None:
+    out = tmp_path / "status"
+    done = CliRunner().invoke(cli.app, ["status", f"--model-name={MODEL}", f"--output-dir={out}"])
+    assert done.exit_code in (0, int(ExitCode.CHECK_FAILED)), done.output
+    checks = " ".join(check["name"] for check in json.loads((out / "result.json").read_text())["checks"])
+    for url, server in stack_replicas.items():
+        assert url in checks and server.calls, url
+
+
+def test_set_staged_alias_checks_every_replica_of_the_stack(
+    stack_replicas: dict[str, FakeVllmServer], registry: FakeRegistry
+) -> None:
+    slot = "aws-rag-qa-candidate"
+    stack_replicas[STACK_URLS[0]].adapters = {slot: "/adapters/aws-rag-qa-candidate/aws-rag-qa-v1"}
+    done = CliRunner().invoke(
+        cli.app, ["set-staged-alias", f"--model-name={MODEL}", "--source=version:1", f"--slot-name={slot}"]
+    )
+    assert done.exit_code == int(ExitCode.PERMANENT), done.output  # the second replica does not serve it
+    assert STACK_URLS[1] in done.stderr
+    assert "staged" not in registry.aliases
+    assert all(server.calls for server in stack_replicas.values())
