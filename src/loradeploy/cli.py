@@ -640,31 +640,6 @@ def promote_adapter(
     _run("promote-adapter", output_dir, action)
 
 
-def _init_load(
-    settings: Settings,
-    *,
-    model: str,
-    live_slot: str,
-    candidate_slot: str,
-    base_model_name: str | None,
-    replica_urls: list[str],
-) -> StepResult:
-    from loradeploy.clients import wiring
-    from loradeploy.domain.aliases import LIVE, STAGED
-    from loradeploy.steps.init_load import init_load_adapters
-
-    with wiring.replicas(settings, replica_urls) as replicas:
-        return init_load_adapters(
-            model=model,
-            slot_for_alias={LIVE: live_slot, STAGED: candidate_slot},
-            registry=_registry(settings),
-            transport=wiring.local_transport(settings),
-            base_model_name=base_model_name,
-            policy=wiring.adapter_policy(settings),
-            replicas=replicas,
-        )
-
-
 @app.command("init-load-adapters")
 def init_load_adapters(
     model_name: ModelName,
@@ -693,6 +668,10 @@ def init_load_adapters(
     lora-modules.json for vLLM's --lora-modules; skips aliases that do not exist."""
 
     def action() -> StepResult:
+        from loradeploy.clients import wiring
+        from loradeploy.domain.aliases import LIVE, STAGED
+        from loradeploy.steps.init_load import init_load_adapters as step
+
         names.model_name(model_name)
         settings = _settings(
             tracking_uri=tracking_uri,
@@ -705,14 +684,19 @@ def init_load_adapters(
             trusted_ca=trusted_ca,
             require_signature=require_signature,
         )
-        with err.status(f"restoring {model_name} live and staged"):
-            return _init_load(
-                settings,
+        slots = {LIVE: names.slot_name(live_slot), STAGED: names.slot_name(candidate_slot)}
+        with (
+            err.status(f"restoring {model_name} live and staged"),
+            wiring.replicas(settings, vllm_url or []) as replicas,  # only the running servers named
+        ):
+            return step(
                 model=model_name,
-                live_slot=names.slot_name(live_slot),
-                candidate_slot=names.slot_name(candidate_slot),
+                slot_for_alias=slots,
+                registry=_registry(settings),
+                transport=wiring.local_transport(settings),
                 base_model_name=base_model_name,
-                replica_urls=list(vllm_url or []),
+                policy=wiring.adapter_policy(settings),
+                replicas=replicas,
             )
 
     _run("init-load-adapters", output_dir, action)
@@ -763,35 +747,22 @@ def _restart_local(model_name: str | None, live_slot: str, candidate_slot: str) 
     settings = _settings()
     if settings.stack is None:
         raise UsageError("no local stack found", hint="run 'loradeploy stack up' first")
-    from loradeploy.results import StepResult, Timer
+    from loradeploy.clients import wiring
+    from loradeploy.domain.aliases import LIVE, STAGED
+    from loradeploy.stack.restart import restart_local
 
     stack = _local_stack(settings.stack.home, assets=settings.stack.assets)
-    result = StepResult(step="restart-deployment", model=model_name)
-    timer = Timer(result.timings_s)
     with err.status("restarting the local vLLM") as status:
-        with timer("stop"):
-            for name in stack.vllm_names():
-                stack.stop(name)
-        with timer("restore"):
-            restored = _init_load(
-                settings,
-                model=model_name,
-                live_slot=names.slot_name(live_slot),
-                candidate_slot=names.slot_name(candidate_slot),
-                base_model_name=settings.stack.served_model,
-                replica_urls=[],
-            )
-        with timer("start"):
-            for name in stack.vllm_names():
-                stack.start_vllm(
-                    name, on_tick=lambda n, s: status.update(f"waiting for {n} to be healthy ({s:.0f}s)")
-                )
-    result.checks = restored.checks
-    result.details = {
-        "restored": restored.details.get("restored"),
-        "skipped": restored.details.get("skipped"),
-    }
-    return result
+        return restart_local(
+            stack,
+            model=model_name,
+            slot_for_alias={LIVE: names.slot_name(live_slot), STAGED: names.slot_name(candidate_slot)},
+            registry=_registry(settings),
+            transport=wiring.local_transport(settings),
+            policy=wiring.adapter_policy(settings),
+            base_model_name=settings.stack.served_model,
+            on_tick=lambda n, s: status.update(f"waiting for {n} to be healthy ({s:.0f}s)"),
+        )
 
 
 @app.command()
