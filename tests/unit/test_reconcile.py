@@ -14,7 +14,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from loradeploy.cli import _StopOnSignal, app
+from loradeploy.cli import app
+from loradeploy.cli.reconcile_commands import _StopOnSignal
 from loradeploy.clients.files import LocalFolderTransport
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor

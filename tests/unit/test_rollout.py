@@ -18,7 +18,7 @@ import httpx
 import pytest
 import typer
 
-from loradeploy.cli import _run
+from loradeploy.cli.common import _run
 from loradeploy.clients.files import LocalFolderTransport
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor

@@ -17,8 +17,8 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
-from loradeploy import cli
 from loradeploy.cli import app
+from loradeploy.cli import common as cli
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient, tls_context
 from loradeploy.errors import (

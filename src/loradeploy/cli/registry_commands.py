@@ -1,0 +1,177 @@
+"""Versions in the registry: register a folder, sign a version, train one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from loradeploy.cli.common import (
+    _actor,
+    _registry,
+    _run,
+    _settings,
+    err,
+)
+from loradeploy.cli.options import (
+    DEFAULT_EVAL_DATA,
+    CaBundle,
+    EvalData,
+    ModelName,
+    OutputDir,
+    SignCertChain,
+    SignKey,
+    TrackingUri,
+)
+from loradeploy.domain import names
+from loradeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from loradeploy.results import StepResult
+
+
+def register(
+    model_name: ModelName,
+    adapter_dir: Annotated[Path, typer.Option("--adapter-dir", help="PEFT LoRA adapter folder.")],
+    alias: Annotated[str | None, typer.Option("--alias", help="Alias to set on the new version.")] = None,
+    reuse_identical: Annotated[
+        bool,
+        typer.Option("--reuse-identical", help="Return an existing version with the same files."),
+    ] = False,
+    tracking_uri: TrackingUri = None,
+    output_dir: OutputDir = None,
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
+) -> None:
+    """Validate a PEFT LoRA folder and register it as a new model version, tagged with
+    base model, rank, target modules and a sha256 per file; with --sign-key, signed."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.register import register as step
+
+        names.model_name(model_name)
+        if alias is not None:
+            names.alias_name(alias)
+        settings = _settings(tracking_uri=tracking_uri, sign_key=sign_key, sign_cert_chain=sign_cert_chain)
+        return step(
+            _registry(settings),
+            model=model_name,
+            adapter_dir=adapter_dir,
+            alias=alias,
+            actor=_actor(settings, "register"),
+            reuse_identical=reuse_identical,
+            sign_key=settings.sign_key,
+            sign_cert_chain=settings.sign_cert_chain,
+        )
+
+    _run("register", output_dir, action)
+
+
+def sign(
+    model_name: ModelName,
+    version: Annotated[str, typer.Option("--version", help="Version to sign.")],
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Sign a registered version (for versions registered by other tools): download it,
+    check its files against its sha256 tags, sign, upload the signature beside them."""
+
+    def action() -> StepResult:
+        from loradeploy.steps.sign import sign as step
+
+        names.model_name(model_name)
+        names.parse_source(f"version:{version}")
+        settings = _settings(
+            tracking_uri=tracking_uri, ca_bundle=ca_bundle, sign_key=sign_key, sign_cert_chain=sign_cert_chain
+        )
+        if settings.sign_key is None:
+            raise UsageError("no signing key", hint="pass --sign-key or set LORADEPLOY_SIGN_KEY")
+        return step(
+            _registry(settings),
+            model=model_name,
+            version=version,
+            key=settings.sign_key,
+            cert_chain=settings.sign_cert_chain,
+        )
+
+    _run("sign", output_dir, action)
+
+
+def train(
+    model_name: ModelName,
+    data: Annotated[Path, typer.Option("--data", help="Training data, JSON lines.")] = Path(
+        "data/aws-rag-qa/train.jsonl"
+    ),
+    eval_data: EvalData = DEFAULT_EVAL_DATA,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=100000, help="Optimiser steps.")] = 40,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output_dir: OutputDir = None,
+    base_model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--base-model-dir", help="Base model folder (default: the stack's models/smollm2-135m-instruct)."
+        ),
+    ] = None,
+    base_model_name: Annotated[
+        str | None, typer.Option("--base-model-name", help="Served base model name (default: the stack's).")
+    ] = None,
+    ml_python: Annotated[
+        Path | None, typer.Option("--ml-python", help="The ML virtualenv's python (default: the stack's).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Trained adapters are kept here (default: <assets>/trained)."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, max=1024, help="Answer length in the evaluation.")
+    ] = 48,
+    tracking_uri: TrackingUri = None,
+    ca_bundle: CaBundle = None,
+    sign_key: SignKey = None,
+    sign_cert_chain: SignCertChain = None,
+) -> None:
+    """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version
+    (signed when a signing key is configured)."""
+
+    def action() -> StepResult:
+        from loradeploy.clients.mlworker import MlWorker
+        from loradeploy.steps.train import TrainRequest
+        from loradeploy.steps.train import train as step
+
+        names.model_name(model_name)
+        settings = _settings(
+            tracking_uri=tracking_uri, ca_bundle=ca_bundle, sign_key=sign_key, sign_cert_chain=sign_cert_chain
+        )
+        assets = (settings.stack.assets or settings.stack.home) if settings.stack else None
+        needed = {
+            "--base-model-dir": base_model_dir,
+            "--ml-python": ml_python,
+            "--base-model-name": base_model_name,
+        }
+        if assets is None and None in needed.values():
+            missing = ", ".join(flag for flag, value in needed.items() if value is None)
+            raise UsageError(f"no local stack to take defaults from: pass {missing}")
+        request = TrainRequest(
+            model=model_name,
+            data=data.resolve(),
+            eval_data=eval_data.resolve(),
+            base_model_dir=(
+                base_model_dir or Path(str(assets)) / "models" / "smollm2-135m-instruct"
+            ).resolve(),
+            base_name=base_model_name or (settings.stack.served_model if settings.stack else ""),
+            cache_dir=(cache_dir or Path(str(assets)) / "trained").resolve(),
+            steps=steps,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            sign_key=settings.sign_key,
+            sign_cert_chain=settings.sign_cert_chain,
+        )
+        worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
+        with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):
+            return step(request, worker=worker, registry=_registry(settings), actor=_actor(settings, "train"))
+
+    _run("train", output_dir, action)
