@@ -57,7 +57,8 @@ class StackInfo(BaseModel):
 
 
 class Settings(BaseModel):
-    """Connection settings for one command."""
+    """Connection settings for one command. What a command builds from them (clients,
+    transport, replicas, the adapter policy) is built in ``clients.wiring``."""
 
     tracking_uri: str | None = None
     vllm_url: str | None = None
