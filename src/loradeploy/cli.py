@@ -364,6 +364,15 @@ def _other_replica_urls(settings: Settings, where: _Where, files: Any, given: li
     return [url for url in known if url.rstrip("/") not in seen]
 
 
+ProbesFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--probes-file",
+        help='Smoke-test probes to record with the version, JSON lines: {"prompt", "system"?, "reference"?}.',
+    ),
+]
+
+
 @app.command()
 def version() -> None:
     """Print the loradeploy version."""
@@ -383,13 +392,17 @@ def register(
     output_dir: OutputDir = None,
     sign_key: SignKey = None,
     sign_cert_chain: SignCertChain = None,
+    probes_file: ProbesFile = None,
 ) -> None:
     """Validate a PEFT LoRA folder and register it as a new model version, tagged with
-    base model, rank, target modules and a sha256 per file; with --sign-key, signed."""
+    base model, rank, target modules and a sha256 per file; with --sign-key, signed;
+    with --probes-file, with the probes smoke-test sends to it."""
 
     def action() -> StepResult:
+        from loradeploy.domain.smoke import read_probes
         from loradeploy.steps.register import register as step
 
+        probes = read_probes(probes_file) if probes_file else None
         names.model_name(model_name)
         if alias is not None:
             names.alias_name(alias)
@@ -403,6 +416,7 @@ def register(
             reuse_identical=reuse_identical,
             sign_key=settings.sign_key,
             sign_cert_chain=settings.sign_cert_chain,
+            probes=probes,
         )
 
     _run("register", output_dir, action)
@@ -533,9 +547,15 @@ def smoke_test(
         Path | None,
         typer.Option(
             "--prompts-file",
-            help='JSON lines: {"prompt": ..., "expect": optional substrings} (default: built-in).',
+            help='JSON lines: {"prompt", "system"?, "reference"?} (default: the probes recorded '
+            "with the served version, else built-in).",
         ),
     ] = None,
+    min_reference_f1: Annotated[
+        float,
+        typer.Option("--min-reference-f1", min=0.01, max=1.0, help="Mean token F1 against the references."),
+    ] = 0.3,
+    tracking_uri: TrackingUri = None,
     compare_base: Annotated[
         bool,
         typer.Option("--compare-base/--no-compare-base", help="Require answers to differ from the base."),
@@ -559,7 +579,7 @@ def smoke_test(
     """Step 2: send test prompts to the adapter; check answers, latency, that it is active."""
 
     def action() -> StepResult:
-        from loradeploy.domain.smoke import default_probes, read_probes
+        from loradeploy.domain.smoke import read_probes
         from loradeploy.steps.smoke_test import smoke_test as step
 
         names.slot_name(adapter_name)
@@ -567,8 +587,11 @@ def smoke_test(
             names.model_name(model_name)
         if expected_version is not None:
             names.parse_source(f"version:{expected_version}")
-        probes = read_probes(prompts_file) if prompts_file else default_probes()
-        settings = _settings(vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle)
+        probes = read_probes(prompts_file) if prompts_file else None
+        settings = _settings(
+            vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle, tracking_uri=tracking_uri
+        )
+        store = _registry(settings) if settings.tracking_uri and probes is None else None
 
         def run(url: str | None) -> StepResult:
             with _vllm(settings, url) as vllm, err.status(f"smoke-testing {adapter_name} at {url or 'vLLM'}"):
@@ -578,9 +601,11 @@ def smoke_test(
                     num_requests=num_requests,
                     max_latency_s=max_latency,
                     probes=probes,
+                    store=store,
                     max_tokens=max_tokens,
                     compare_base=compare_base,
                     min_different=min_different,
+                    min_reference_f1=min_reference_f1,
                     expected_model=model_name,
                     expected_version=expected_version,
                 )
@@ -1441,9 +1466,13 @@ def train(
     ca_bundle: CaBundle = None,
     sign_key: SignKey = None,
     sign_cert_chain: SignCertChain = None,
+    probes_file: Annotated[
+        Path | None,
+        typer.Option("--probes-file", help="Smoke-test probes to record (default: from --eval-data)."),
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version
-    (signed when a signing key is configured)."""
+    (signed when a signing key is configured) with smoke-test probes from its eval data."""
 
     def action() -> StepResult:
         from loradeploy.clients.mlworker import MlWorker
@@ -1477,6 +1506,7 @@ def train(
             max_new_tokens=max_new_tokens,
             sign_key=settings.sign_key,
             sign_cert_chain=settings.sign_cert_chain,
+            probes_file=probes_file.resolve() if probes_file else None,
         )
         worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
         with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):
