@@ -554,7 +554,7 @@ def smoke_test(
     min_reference_f1: Annotated[
         float,
         typer.Option("--min-reference-f1", min=0.01, max=1.0, help="Mean token F1 against the references."),
-    ] = 0.3,
+    ] = 0.5,
     tracking_uri: TrackingUri = None,
     compare_base: Annotated[
         bool,

@@ -34,11 +34,11 @@ DEFAULT_PROMPTS = (
     "Question: What does an IAM role grant?\nAnswer:",
 )
 DEFAULT_MIN_DIFFERENT = 0.5
-# The mean token F1 the answers must reach against the references. Lower than the
-# quality gate's 0.5: three answers of a 135M model are a smoke test, not an evaluation,
-# but an adapter that answers other questions than those asked (trained on shuffled
-# answers) or nothing useful scores near 0.
-DEFAULT_MIN_REFERENCE_F1 = 0.3
+# The mean token F1 the answers must reach against the references: the quality gate's
+# default. Measured on the first three demo probes through chat (vLLM, greedy): the demo
+# adapters 0.77 (v1 and v2), the base model 0.32 (it reads the context too, but answers
+# at length), the adapter trained on shuffled answers 0.14.
+DEFAULT_MIN_REFERENCE_F1 = 0.5
 
 # The probes recorded with a version (``register --probes-file``, ``train``): an artifact
 # beside the adapter's files, never downloaded with them, and a tag with its sha256.
