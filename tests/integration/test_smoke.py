@@ -111,6 +111,7 @@ def test_a_corrupted_adapter_answering_like_the_base_model_fails(stack: Stack, t
     assert done.code == 1, done.stderr + done.stdout
     found = checks(done)
     assert found["active:differs-from-base"]["passed"] is False
+    assert found["answers:match-reference"]["passed"] is False  # the base model's answers
 
 
 def test_a_prompts_file_still_wins(stack: Stack, tmp_path: Path) -> None:
