@@ -330,3 +330,11 @@ def test_a_chat_server_error_other_than_the_template_is_not_hidden() -> None:
     server = chat_server(failing_models={SLOT})
     with pytest.raises(ServerUnavailableError):
         run_step(server, store=recording_registry([CONTEXT_PROBE]))
+
+
+def test_a_registry_that_does_not_answer_is_transient() -> None:
+    store = recording_registry([CONTEXT_PROBE])
+    store.unavailable = True
+    with pytest.raises(ServerUnavailableError) as caught:
+        run_step(chat_server(), store=store)
+    assert caught.value.exit_code == 75
