@@ -15,6 +15,7 @@ and remote bodies are cut short by :func:`short`.
      │    ├── SignatureError                 signature missing, invalid or outside the trust policy
      │    ├── AdapterRejectedError           the server refused to load the adapter
      │    ├── AdapterAlreadyLoadedError      the name is taken on the server
+     │    ├── NoChatTemplateError            the served model has no chat template
      │    └── AliasMovedError                an alias moved while we worked
      ├── TransientError             exit 75  retry later, the same command is safe to rerun
      │    ├── ServerUnavailableError         unreachable, 5xx, engine down
@@ -107,6 +108,10 @@ class AdapterRejectedError(PermanentError):
 
 class AdapterAlreadyLoadedError(PermanentError):
     default_hint = "choose another name or unload the adapter first"
+
+
+class NoChatTemplateError(PermanentError):
+    default_hint = "use /v1/completions with a plain prompt, or start vLLM with --chat-template"
 
 
 class AliasMovedError(PermanentError):

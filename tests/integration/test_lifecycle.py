@@ -243,7 +243,7 @@ def test_smoke_test_checks_the_served_version(stack: Stack, released: dict[str, 
     done = stack.run(
         "smoke-test",
         f"--adapter-name={CANDIDATE}",
-        "--num-requests=1",
+        "--num-requests=3",  # the probes' references are checked too: a mean, not one answer
         f"--prompts-file={PROBES}",
         f"--model-name={MODEL}",
         "--expected-version=999",

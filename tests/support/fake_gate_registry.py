@@ -2,7 +2,8 @@
 
 ``FakeGateRegistry`` answers the ``MLflowHelper`` methods those steps use: aliases
 (moves really happen, and are recorded as audit actions), model tags (the lock),
-versions with their training run, run metrics, registration and training runs.
+versions with their training run, run metrics, registration and training runs, and
+files attached beside a version's (the recorded smoke probes) with their tags.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class FakeGateRegistry:
     model_tags: dict[str, str] = field(default_factory=dict)
     version_runs: dict[str, str | None] = field(default_factory=dict)  # version -> run id
     version_files: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> sha256s
+    version_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # beyond the sha256s
+    attached: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> name -> text
     run_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     logged_runs: list[dict[str, object]] = field(default_factory=list)
     audit: list[dict[str, str]] = field(default_factory=list)
@@ -83,7 +86,7 @@ class FakeGateRegistry:
             model=name,
             version=version,
             aliases=aliases,
-            tags={},
+            tags=dict(self.version_tags.get(version, {})),
             via=via or f"version:{version}",
             run_id=self.version_runs[version],
         )
@@ -110,6 +113,18 @@ class FakeGateRegistry:
         self.version_runs[version] = run_id
         self.version_files[version] = inspect_adapter(adapter_dir).files
         return version
+
+    def attach_file(
+        self, name: str, version: str, file_name: str, text: str, tags: Mapping[str, str]
+    ) -> None:
+        self._check(name)
+        self.attached.setdefault(version, {})[file_name] = text
+        self.version_tags.setdefault(version, {}).update(tags)
+
+    def read_version_file(self, name: str, version: str, file_name: str, *, max_bytes: int) -> bytes | None:
+        self._check(name)
+        text = self.attached.get(version, {}).get(file_name)
+        return None if text is None else text.encode("utf-8")[: max_bytes + 1]
 
     def log_training_run(self, **run: object) -> str:
         run_id = f"run-{len(self.logged_runs) + 1}"

@@ -37,15 +37,17 @@ class Call:
 class FakeVllmServer:
     """A vLLM server in memory, reached through ``httpx.MockTransport``.
 
-    Knobs a test may turn: ``missing_paths`` (load answers 404, no adapter there),
-    ``rejected_paths`` (load answers 500, the worker refused it), ``runtime_lora``
-    (False: the LoRA routes do not exist), ``api_key`` (the /v1 routes want it),
-    ``unhealthy_polls`` (that many /health requests answer 503 first), ``die_on_load``
-    (/health answers 503 once one of these paths was loaded), ``completion_delay_s``
-    (how far a completion moves ``clock``), ``chat_reply`` (model, messages -> the text of
-    a chat completion; default ``completion_text``), ``failing_models`` (completions for
-    these names answer 500), ``model_delay_s`` (how far a chat completion for a name
-    moves ``clock``).
+        Knobs a test may turn: ``missing_paths`` (load answers 404, no adapter there),
+        ``rejected_paths`` (load answers 500, the worker refused it), ``runtime_lora``
+        (False: the LoRA routes do not exist), ``api_key`` (the /v1 routes want it),
+        ``unhealthy_polls`` (that many /health requests answer 503 first), ``die_on_load``
+        (/health answers 503 once one of these paths was loaded), ``completion_delay_s``
+        (how far a completion moves ``clock``), ``chat_reply`` (model, messages -> the text of
+        a chat completion; default ``completion_text``), ``failing_models`` (completions for
+        these names answer 500), ``model_delay_s`` (how far a chat completion for a name
+        moves ``clock``), ``chat_template`` (False: chat completions answer 400 as vLLM does for
+        a tokenizer without a chat template), ``completion_reply`` (model, prompt -> the text of a
+    completion; default ``completion_text``).
     """
 
     base_id: str = BASE_ID
@@ -66,6 +68,8 @@ class FakeVllmServer:
     chat_reply: Callable[[str, list[dict[str, str]]], str] | None = None
     failing_models: set[str] = field(default_factory=set)
     model_delay_s: dict[str, float] = field(default_factory=dict)
+    chat_template: bool = True
+    completion_reply: Callable[[str, str], str] | None = None  # (model, prompt) -> text
     calls: list[Call] = field(default_factory=list)
 
     def transport(self) -> httpx.MockTransport:
@@ -156,13 +160,15 @@ class FakeVllmServer:
             return httpx.Response(404, json=vllm_error(message, "NotFoundError", 404))
         if self.clock is not None:
             self.clock.now += self.completion_delay_s
+        reply = self.completion_reply
+        text = reply(model, body["prompt"]) if reply else self.completion_text
         return httpx.Response(
             200,
             json={
                 "id": "cmpl-1",
                 "object": "text_completion",
                 "model": model,
-                "choices": [{"index": 0, "text": self.completion_text, "finish_reason": "length"}],
+                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
                 "usage": {
                     "prompt_tokens": 12,
                     "completion_tokens": self.completion_tokens,
@@ -179,6 +185,12 @@ class FakeVllmServer:
             return httpx.Response(404, json=vllm_error(message, "NotFoundError", 404))
         if model in self.failing_models:
             return httpx.Response(500, json=vllm_error("engine error", "InternalServerError", 500))
+        if not self.chat_template:  # vLLM 0.32's words (renderers/hf.py)
+            message = (
+                "As of transformers v4.44, default chat template is no longer allowed, so you must "
+                "provide a chat template if the tokenizer does not define one."
+            )
+            return httpx.Response(400, json=vllm_error(message, "BadRequestError", 400))
         if self.clock is not None:
             self.clock.now += self.model_delay_s.get(model, 0.0)
         text = self.chat_reply(model, body["messages"]) if self.chat_reply else self.completion_text

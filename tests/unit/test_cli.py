@@ -140,3 +140,34 @@ def test_cleanup_also_asks_the_stack_replicas_a_command_was_not_pointed_at(tmp_p
     with VllmClient(urls[1] + "/") as given:
         assert _other_replica_urls(Settings(stack=stack), where, None, [given]) == [urls[0], urls[2]]
         assert _other_replica_urls(Settings(), where, None, [given]) == []  # no stack: none known
+
+
+@pytest.mark.parametrize("command", ["register", "train"])
+def test_a_probes_file_with_the_old_expect_key_is_refused_before_any_server(
+    tmp_path: Path, command: str
+) -> None:
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(json.dumps({"prompt": "How long?", "expect": "63"}) + "\n")
+    adapter = ["--adapter-dir=adapter"] if command == "register" else ["--base-model-dir=b", "--ml-python=p"]
+    extra = [] if command == "register" else ["--base-model-name=m"]
+    result = invoke(
+        command,
+        "--model-name=aws-rag-qa",
+        *adapter,
+        *extra,
+        f"--probes-file={probes}",
+        f"--tracking-uri={NOTHING_LISTENS}",
+    )
+    assert result.exit_code == 2, result.output  # not 75: MLflow was never asked
+    [line] = error_lines(result)
+    assert str(probes) in line and 'rename "expect" to "reference"' in line
+
+
+def test_smoke_test_refuses_a_reference_floor_that_cannot_fail() -> None:
+    result = invoke(
+        "smoke-test",
+        "--adapter-name=aws-rag-qa-candidate",
+        f"--vllm-url={NOTHING_LISTENS}",
+        "--min-reference-f1=0",
+    )
+    assert result.exit_code == 2, result.output

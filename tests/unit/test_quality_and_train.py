@@ -11,7 +11,8 @@ import pytest
 
 from loradeploy.coordination import Actor
 from loradeploy.domain.gates import METRIC_EXACT, METRIC_F1, METRIC_LOSS
-from loradeploy.errors import NotFoundError, PermanentError
+from loradeploy.domain.smoke import PROBES_FILE, PROBES_TAG, parse_probes, probes_digest
+from loradeploy.errors import NotFoundError, PermanentError, UsageError
 from loradeploy.steps.quality_gate import quality_gate
 from loradeploy.steps.train import TrainRequest, train
 from support.fake_gate_registry import FakeGateRegistry
@@ -169,3 +170,47 @@ def test_another_seed_trains_again(request_: TrainRequest, worker: FakeMlWorker)
     train(request_, worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
     train(replace(request_, seed=2), worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
     assert worker.calls.count("train_lora.py") == 2
+
+
+def test_train_records_its_eval_data_as_the_smoke_probes(
+    request_: TrainRequest, worker: FakeMlWorker
+) -> None:
+    registry = FakeGateRegistry(MODEL)
+    result = train(request_, worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
+    text = registry.attached[str(result.version)][PROBES_FILE]
+    probes = parse_probes(text, "recorded")
+    assert [(p.prompt, p.reference, p.id) for p in probes] == [
+        ("q1", "5 TB", "e1"),
+        ("q2", "three zones", "e2"),
+    ]
+    assert probes[0].system == "Answer briefly using this context: c"  # the chat it was trained on
+    assert registry.version_tags[str(result.version)][PROBES_TAG] == probes_digest(text)
+
+
+def test_train_records_a_probes_file_when_given_and_keeps_them_on_reuse(
+    request_: TrainRequest, worker: FakeMlWorker, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    registry = FakeGateRegistry(MODEL)
+    probes_file = tmp_path / "probes.jsonl"
+    probes_file.write_text(json.dumps({"prompt": "Where?", "reference": "Here"}) + "\n")
+    first = train(replace(request_, probes_file=probes_file), worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
+    again = train(request_, worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
+    assert again.version == first.version
+    [probe] = parse_probes(registry.attached[str(first.version)][PROBES_FILE], "recorded")
+    assert probe.prompt == "Where?"  # written once, like the version's files
+
+
+def test_a_bad_probes_file_stops_train_before_anything_runs(
+    request_: TrainRequest, worker: FakeMlWorker, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    registry = FakeGateRegistry(MODEL)
+    probes_file = tmp_path / "probes.jsonl"
+    probes_file.write_text(json.dumps({"prompt": "Where?", "expect": "Here"}) + "\n")
+    with pytest.raises(UsageError) as caught:
+        train(replace(request_, probes_file=probes_file), worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
+    assert 'rename "expect" to "reference"' in caught.value.one_line()
+    assert worker.calls == [] and registry.version_runs == {}

@@ -48,6 +48,7 @@ from loradeploy.domain.signing import (
     signature_tags,
     subject_for,
 )
+from loradeploy.domain.smoke import MAX_PROBES_BYTES, PROBES_FILE, Probe
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import ExitCode, InvalidAdapterError, SignatureError, UsageError
 from loradeploy.results import StepResult, Timer
@@ -58,7 +59,7 @@ from loradeploy.steps.init_load import init_load_adapters
 from loradeploy.steps.load_adapter import LoadRequest, load_adapter
 from loradeploy.steps.promote import PromoteRequest, promote_adapter
 from loradeploy.steps.reconcile import ReconcileRequest, reconcile
-from loradeploy.steps.register import register
+from loradeploy.steps.register import record_probes, register
 from loradeploy.steps.rollout import inspect_replicas
 from loradeploy.steps.sign import sign, sign_version
 from loradeploy.steps.status import status
@@ -115,6 +116,13 @@ class FakeSignedRegistry(FakeRegistry):
     def attach_signature(self, name: str, version: str, signature: Path, tags: dict[str, str]) -> None:
         self._check(name)
         self.files[version][signature.name] = signature.read_bytes()
+        self.tags[version].update(tags)
+
+    def attach_file(
+        self, name: str, version: str, file_name: str, text: str, tags: Mapping[str, str]
+    ) -> None:
+        self._check(name)
+        self.files[version][file_name] = text.encode("utf-8")
         self.tags[version].update(tags)
 
 
@@ -734,6 +742,38 @@ def test_signing_again_replaces_the_signature_with_the_new_signer(signed: World)
     sign(signed.registry, model=MODEL, version="7", key=signed.stranger.private)  # type: ignore[arg-type]
     signed.refuses("7", signed.policy(), "outside the trust policy")
     signed.deploy("7", signed.policy(keys=(signed.stranger.public,)))
+
+
+# -- the smoke probes recorded beside the files: listed, never downloaded, never signed ---------------
+
+
+def _record_probes(world: World, version: str) -> None:
+    record_probes(world.registry, MODEL, version, [Probe("How long?", reference="3 to 63")])  # type: ignore[arg-type]
+
+
+def test_recorded_probes_beside_a_signed_version_are_neither_served_nor_signed(signed: World) -> None:
+    _record_probes(signed, "7")
+    assert PROBES_FILE in signed.registry.files["7"]
+    result = signed.deploy("7", signed.policy())
+    assert result.details["signature"]["checked"] is True
+    assert _served_files(signed, "7") == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_signing_a_version_with_recorded_probes_signs_only_its_files(world: World) -> None:
+    world.register("7")
+    _record_probes(world, "7")
+    sign(world.registry, model=MODEL, version="7", key=world.team.private)  # type: ignore[arg-type]
+    world.deploy("7", world.policy())
+    assert _served_files(world, "7") == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_an_oversized_probes_artifact_is_refused_before_the_download(world: World) -> None:
+    world.register("7")
+    world.registry.files["7"][PROBES_FILE] = b"x" * (MAX_PROBES_BYTES + 1)
+    with pytest.raises(InvalidAdapterError) as caught:
+        world.deploy("7", None)
+    assert PROBES_FILE in caught.value.message and "nothing was downloaded" in caught.value.message
+    assert world.registry.downloads == []
 
 
 # -- settings: flags, environment, stack file ------------------------------------------------------

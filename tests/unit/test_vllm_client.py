@@ -11,6 +11,7 @@ from loradeploy.errors import (
     AdapterRejectedError,
     AuthenticationError,
     DeadlineExceededError,
+    NoChatTemplateError,
     NotFoundError,
     PermanentError,
     ServerUnavailableError,
@@ -432,3 +433,26 @@ def test_a_load_answer_without_a_body_is_still_a_success(vllm: VllmClient, serve
     # vLLM answers a load with plain text; nothing parses it, so no "not vLLM's" error.
     vllm.load_lora_adapter("live", V1)
     assert server.adapters == {"live": V1}
+
+
+def test_chat_without_a_chat_template_is_its_own_error_naming_the_server(
+    server: FakeVllmServer, vllm: VllmClient
+) -> None:
+    server.chat_template = False
+    with pytest.raises(NoChatTemplateError) as caught:
+        vllm.chat_completion(BASE_ID, [{"role": "user", "content": "hi"}])
+    line = caught.value.one_line()
+    assert "http://vllm.test:8000" in line and "no chat template" in line and "next:" in line
+    assert vllm.completion(BASE_ID, "hi").text  # plain completions still work
+
+
+def test_another_bad_chat_request_is_not_taken_for_a_missing_template(server: FakeVllmServer) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "max_tokens is too large", "code": 400}})
+
+    with (
+        VllmClient("http://vllm.test:8000", transport=httpx.MockTransport(refuse)) as client,
+        pytest.raises(PermanentError) as caught,
+    ):
+        client.chat_completion(BASE_ID, [{"role": "user", "content": "hi"}])
+    assert not isinstance(caught.value, NoChatTemplateError)

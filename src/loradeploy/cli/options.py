@@ -64,6 +64,13 @@ SignCertChain = Annotated[
         help="With --sign-key: its certificate then intermediates, PEM (env LORADEPLOY_SIGN_CERT_CHAIN).",
     ),
 ]
+ProbesFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--probes-file",
+        help='Smoke-test probes to record with the version, JSON lines: {"prompt", "system"?, "reference"?}.',
+    ),
+]
 
 VllmUrls = Annotated[
     list[str] | None,

@@ -20,6 +20,7 @@ from loradeploy.cli.options import (
     EvalData,
     ModelName,
     OutputDir,
+    ProbesFile,
     SignCertChain,
     SignKey,
     TrackingUri,
@@ -43,13 +44,17 @@ def register(
     output_dir: OutputDir = None,
     sign_key: SignKey = None,
     sign_cert_chain: SignCertChain = None,
+    probes_file: ProbesFile = None,
 ) -> None:
     """Validate a PEFT LoRA folder and register it as a new model version, tagged with
-    base model, rank, target modules and a sha256 per file; with --sign-key, signed."""
+    base model, rank, target modules and a sha256 per file; with --sign-key, signed;
+    with --probes-file, with the probes smoke-test sends to it."""
 
     def action() -> StepResult:
+        from loradeploy.domain.smoke import read_probes
         from loradeploy.steps.register import register as step
 
+        probes = read_probes(probes_file) if probes_file else None
         names.model_name(model_name)
         if alias is not None:
             names.alias_name(alias)
@@ -63,6 +68,7 @@ def register(
             reuse_identical=reuse_identical,
             sign_key=settings.sign_key,
             sign_cert_chain=settings.sign_cert_chain,
+            probes=probes,
         )
 
     _run("register", output_dir, action)
@@ -133,9 +139,13 @@ def train(
     ca_bundle: CaBundle = None,
     sign_key: SignKey = None,
     sign_cert_chain: SignCertChain = None,
+    probes_file: Annotated[
+        Path | None,
+        typer.Option("--probes-file", help="Smoke-test probes to record (default: from --eval-data)."),
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on the CPU, evaluate it, log an MLflow run, register a version
-    (signed when a signing key is configured)."""
+    (signed when a signing key is configured) with smoke-test probes from its eval data."""
 
     def action() -> StepResult:
         from loradeploy.clients.mlworker import MlWorker
@@ -169,6 +179,7 @@ def train(
             max_new_tokens=max_new_tokens,
             sign_key=settings.sign_key,
             sign_cert_chain=settings.sign_cert_chain,
+            probes_file=probes_file.resolve() if probes_file else None,
         )
         worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
         with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):

@@ -143,9 +143,15 @@ def smoke_test(
         Path | None,
         typer.Option(
             "--prompts-file",
-            help='JSON lines: {"prompt": ..., "expect": optional substrings} (default: built-in).',
+            help='JSON lines: {"prompt", "system"?, "reference"?} (default: the probes recorded '
+            "with the served version, else built-in).",
         ),
     ] = None,
+    min_reference_f1: Annotated[
+        float,
+        typer.Option("--min-reference-f1", min=0.01, max=1.0, help="Mean token F1 against the references."),
+    ] = 0.5,
+    tracking_uri: TrackingUri = None,
     compare_base: Annotated[
         bool,
         typer.Option("--compare-base/--no-compare-base", help="Require answers to differ from the base."),
@@ -169,7 +175,7 @@ def smoke_test(
     """Step 2: send test prompts to the adapter; check answers, latency, that it is active."""
 
     def action() -> StepResult:
-        from loradeploy.domain.smoke import default_probes, read_probes
+        from loradeploy.domain.smoke import read_probes
         from loradeploy.steps.smoke_test import smoke_test as step
 
         names.slot_name(adapter_name)
@@ -177,8 +183,11 @@ def smoke_test(
             names.model_name(model_name)
         if expected_version is not None:
             names.parse_source(f"version:{expected_version}")
-        probes = read_probes(prompts_file) if prompts_file else default_probes()
-        settings = _settings(vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle)
+        probes = read_probes(prompts_file) if prompts_file else None
+        settings = _settings(
+            vllm_url=vllm_url, api_key=api_key, ca_bundle=ca_bundle, tracking_uri=tracking_uri
+        )
+        store = _registry(settings) if settings.tracking_uri and probes is None else None
 
         def run(url: str | None) -> StepResult:
             with _vllm(settings, url) as vllm, err.status(f"smoke-testing {adapter_name} at {url or 'vLLM'}"):
@@ -188,9 +197,11 @@ def smoke_test(
                     num_requests=num_requests,
                     max_latency_s=max_latency,
                     probes=probes,
+                    store=store,
                     max_tokens=max_tokens,
                     compare_base=compare_base,
                     min_different=min_different,
+                    min_reference_f1=min_reference_f1,
                     expected_model=model_name,
                     expected_version=expected_version,
                 )

@@ -265,6 +265,30 @@ class MLflowHelper:
 
     # -- writing -------------------------------------------------------------------------
 
+    def read_version_file(self, name: str, version: str, file_name: str, *, max_bytes: int) -> bytes | None:
+        """One small file beside a version's files (its recorded probes), or None when the
+        version has none; refused before downloading when the listing says it is larger
+        than ``max_bytes``."""
+        uri = f"models:/{name}/{version}"
+        label = f"model {name!r} version {version}"
+        with self.translate(f"read of {file_name} of {uri}"):
+            repo = self._artifact_repo(uri)
+            listed = {str(info.path): info.file_size for info in repo.list_artifacts(None) if not info.is_dir}
+            if file_name not in listed:
+                return None
+            size = listed[file_name]
+            if size is None or int(size) > max_bytes:
+                raise InvalidAdapterError(
+                    f"{label}: {file_name} is {size} bytes by the listing, above its {max_bytes}-byte "
+                    "limit; nothing was downloaded",
+                    hint="register the version's probes again",
+                )
+            with tempfile.TemporaryDirectory(prefix="loradeploy-read-") as scratch:
+                local = Path(scratch) / file_name
+                repo._download_file(file_name, str(local))
+                with local.open("rb") as handle:
+                    return handle.read(max_bytes + 1)
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         alias_name(alias)
         with self.translate(f"set alias {alias!r} on model {name!r} version {version}"):
@@ -448,7 +472,25 @@ class MLflowHelper:
             )
         return sorted((str(mv.version) for mv in found), key=int)
 
-    # -- signatures: one more artifact beside the version's files, and tags naming it ------
+    # -- signatures and probes: one more artifact beside the version's files, and tags ------
+
+    def attach_file(
+        self, name: str, version: str, file_name: str, text: str, tags: Mapping[str, str]
+    ) -> None:
+        """Upload ``text`` as ``file_name`` into the version's artifact folder, then set
+        ``tags`` on the version (last: the tags say the file is complete)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with (
+            self.translate(f"upload of {file_name} of model {name!r} version {version}"),
+            tempfile.TemporaryDirectory(prefix="loradeploy-attach-") as scratch,
+        ):
+            local = Path(scratch) / file_name
+            local.write_text(text, encoding="utf-8")
+            uri = self.client.get_model_version_download_uri(name, version)
+            get_artifact_repository(uri).log_artifact(str(local))
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version, key, value)
 
     def attach_signature(self, name: str, version: str, signature: Path, tags: Mapping[str, str]) -> None:
         """Upload ``signature`` into the version's artifact folder, then set ``tags`` on the

@@ -23,6 +23,7 @@ from loradeploy.errors import (
     AuthenticationError,
     DeadlineExceededError,
     LoraDeployError,
+    NoChatTemplateError,
     NotFoundError,
     PermanentError,
     ServerUnavailableError,
@@ -207,6 +208,9 @@ class VllmClient:
                 f"{where}: {what}: the name is the served base model's",
                 hint="choose a slot name different from the base model name",
             )
+        if status == 400 and "chat template" in message.lower():
+            # vLLM: "... you must provide a chat template if the tokenizer does not define one."
+            raise NoChatTemplateError(f"{where}: {what}: the served model has no chat template")
         if status == 404 and message == "Not Found":
             raise PermanentError(
                 f"{where} has no route for {what}: runtime LoRA updating is off",

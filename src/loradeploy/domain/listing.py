@@ -36,6 +36,7 @@ def check_listing(
     max_bytes: int,
     label: str,
     beside: Mapping[str, int] | None = None,
+    ignored: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """File name -> size of a version that may be downloaded, or an ``InvalidAdapterError``.
 
@@ -43,8 +44,12 @@ def check_listing(
     its sha256 tags; ``label`` names the version in messages. ``beside`` names files that
     may be listed next to the adapter's (the signature artifact) with the most bytes each;
     they are downloaded too, but are neither tagged nor counted in ``loradeploy.bytes``.
+    ``ignored`` names files that may be listed there too (the recorded smoke probes) with
+    the most bytes each, and are not returned: they are never downloaded with the adapter,
+    so neither a signature check nor the server sees them.
     """
-    beside = dict(beside or {})
+    ignored = {name: limit for name, limit in (ignored or {}).items() if name not in digests}
+    beside = {**dict(beside or {}), **ignored}
     recorded_bytes = _recorded_size(recorded, max_bytes, label)
     entries = list(listing)
     names = [entry.path for entry in entries]
@@ -69,7 +74,9 @@ def check_listing(
         if name in beside and name not in digests and size > beside[name]:
             raise InvalidAdapterError(
                 f"{label}: {name} is {size} bytes, above its {beside[name]}-byte limit; {_NOTHING}",
-                hint="sign the version again with 'loradeploy sign'",
+                hint="register the version's probes again"
+                if name in ignored
+                else "sign the version again with 'loradeploy sign'",
             )
     total = sum(size for name, size in sizes.items() if name in digests)
     if total > max_bytes:
@@ -80,7 +87,7 @@ def check_listing(
             f"{recorded_bytes}; {_NOTHING}",
             hint="the artifacts or the tags changed after registration; " + _REREGISTER,
         )
-    return sizes
+    return {name: size for name, size in sizes.items() if name not in ignored}
 
 
 def _recorded_size(recorded: str | None, max_bytes: int, label: str) -> int:

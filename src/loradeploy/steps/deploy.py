@@ -25,6 +25,7 @@ from loradeploy.domain.layout import version_dir
 from loradeploy.domain.listing import BYTES_TAG, check_listing
 from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.signing import Verdict
+from loradeploy.domain.smoke import RECORDED_BESIDE
 from loradeploy.errors import InvalidAdapterError
 from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.rollout import Replica, roll_out, strategy_warnings
@@ -66,6 +67,7 @@ def fetch_and_place(
             max_bytes=policy.max_adapter_bytes,
             label=label,
             beside=signature_artifacts(version),
+            ignored=RECORDED_BESIDE,
         )
     new_root = version_dir(transport.root, slot, version.model, version.version)
     with transport.staging() as staging:

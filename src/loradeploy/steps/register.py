@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.coordination import Actor, model_lock, move_aliases
 from loradeploy.domain.adapter import inspect_adapter, registry_tags
 from loradeploy.domain.aliases import plan_set
+from loradeploy.domain.smoke import PROBES_FILE, PROBES_TAG, Probe, probes_digest, probes_text
 from loradeploy.results import StepResult, Timer
 from loradeploy.steps.sign import check_signing_key, ensure_signed
 
@@ -23,11 +25,13 @@ def register(
     run_id: str | None = None,
     sign_key: Path | None = None,
     sign_cert_chain: Path | None = None,
+    probes: Sequence[Probe] | None = None,
 ) -> StepResult:
     """Validate, then register (or, with ``reuse_identical``, find a version whose files
     are byte-identical), then with ``sign_key`` sign it (as this version: the signature
-    names it, so it is made once the version has its number), then optionally set
-    ``alias`` on it. ``run_id`` links a new version to the run that trained it."""
+    names it, so it is made once the version has its number), then record ``probes``
+    (the smoke test's prompts for it), then optionally set ``alias`` on it. ``run_id``
+    links a new version to the run that trained it."""
     result = StepResult(step="register", model=model)
     timer = Timer(result.timings_s)
     with timer("validate"):
@@ -47,6 +51,10 @@ def register(
             signature = ensure_signed(
                 registry, model, version, adapter_dir, key=sign_key, cert_chain=sign_cert_chain
             ).describe()
+    recorded = "none (no --probes-file)"
+    if probes:
+        with timer("probes"):
+            recorded = record_probes(registry, model, version, probes)
     if alias:
         with timer("set-alias"), model_lock(registry, model, actor) as held:
             moves = plan_set(registry.get_aliases(model), alias, version)
@@ -61,5 +69,17 @@ def register(
         "target_modules": info.target_modules,
         "files": info.files,
         "signature": signature,
+        "probes": recorded,
     }
     return result
+
+
+def record_probes(registry: MLflowHelper, model: str, version: str, probes: Sequence[Probe]) -> str:
+    """Record the smoke test's probes with a version (a file beside its adapter files and a
+    tag with its sha256), unless it has some already: a version's probes are written once,
+    like its files. Says what it did."""
+    if PROBES_TAG in registry.get_version(model, version).tags:
+        return "kept the probes recorded with this version earlier"
+    text = probes_text(probes)
+    registry.attach_file(model, version, PROBES_FILE, text, {PROBES_TAG: probes_digest(text)})
+    return f"{len(probes)} recorded in {PROBES_FILE}"

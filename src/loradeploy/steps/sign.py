@@ -37,6 +37,7 @@ from loradeploy.domain.signing import (
     subject_for,
     trusted_key,
 )
+from loradeploy.domain.smoke import RECORDED_BESIDE
 from loradeploy.errors import NotFoundError, SignatureError
 from loradeploy.results import Check, StepResult, Timer
 
@@ -199,6 +200,7 @@ def sign(
                 max_bytes=max_adapter_bytes,
                 label=label(model, version),
                 beside=beside,
+                ignored=RECORDED_BESIDE,
             )
             registry.download_adapter(
                 model, version, folder, files=files, max_bytes=max_adapter_bytes + sum(beside.values())

@@ -26,10 +26,11 @@ from loradeploy.clients.registry import MLflowHelper
 from loradeploy.coordination import Actor
 from loradeploy.domain.adapter import inspect_adapter
 from loradeploy.domain.gates import METRIC_EXACT, METRIC_F1, METRIC_LOSS
-from loradeploy.domain.scoring import exact_match, mean, token_f1
+from loradeploy.domain.scoring import exact_match, mean, read_qa, token_f1
+from loradeploy.domain.smoke import probes_from_qa, read_probes
 from loradeploy.errors import UsageError
 from loradeploy.results import StepResult, Timer
-from loradeploy.steps.register import register
+from loradeploy.steps.register import record_probes, register
 from loradeploy.steps.sign import ensure_signed
 
 TRAIN_EXPERIMENT = "loradeploy-training"
@@ -62,6 +63,7 @@ class TrainRequest:
     max_new_tokens: int = 48
     sign_key: Path | None = None  # sign the registered version with this key
     sign_cert_chain: Path | None = None
+    probes_file: Path | None = None  # the smoke test's probes; default: the eval data's
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -87,6 +89,11 @@ def _flags(**values: object) -> list[str]:
 def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, actor: Actor) -> StepResult:
     result = StepResult(step="train", model=request.model)
     timer = Timer(result.timings_s)
+    probes = (
+        read_probes(request.probes_file)
+        if request.probes_file
+        else probes_from_qa(read_qa(request.eval_data))
+    )
     base_config = _read(request.base_model_dir / "config.json", "base model config")
     train_key = _digest(
         _read(worker.workers_dir / TRAIN_SCRIPT, "training script"),
@@ -180,6 +187,7 @@ def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, ac
                 run_id=run_id,
                 sign_key=request.sign_key,
                 sign_cert_chain=request.sign_cert_chain,
+                probes=probes,
             )
             version, reused = str(registered.version), False
             signature = str(registered.details["signature"])
@@ -195,6 +203,9 @@ def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, ac
                 key=request.sign_key,
                 cert_chain=request.sign_cert_chain,
             ).describe()
+    if reused:
+        with timer("probes"):
+            record_probes(registry, request.model, version, probes)
     result.version = version
     result.details = {
         "run_id": run_id,
