@@ -8,6 +8,7 @@ An alias is resolved to a concrete version once; everything after goes by versio
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -56,6 +57,10 @@ class VersionInfo(BaseModel):
         """sha256 per file, from the tags ``loradeploy register`` wrote."""
         return digests_from_tags(self.tags)
 
+
+# MLflow's message for a refusal without a JSON body ("failed with error code 401 != 200");
+# a bare "401" in the text can be part of a port or a path.
+_AUTH_REFUSED = re.compile(r"error code 40[13]\b")
 
 # An adapter is a few files; a listing this long is hostile (or not an adapter).
 MAX_LISTED_ENTRIES = 1000
@@ -139,7 +144,9 @@ class MLflowHelper:
             raise PermanentError(f"{where} refused {what}: {code}: {text}") from exc
         except MlflowException as exc:
             text = short(exc.message, 160)
-            if "401" in text or "403" in text:
+            if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or _AUTH_REFUSED.search(
+                exc.message
+            ):
                 raise AuthenticationError(f"{where} refused {what}: {text}") from exc
             raise ServerUnavailableError(
                 f"{where} is unreachable or failing during {what} ({text})",
