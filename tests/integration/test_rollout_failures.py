@@ -117,7 +117,14 @@ def test_a_same_name_swap_answers_as_a_fresh_slot(
     stack: Stack, versions: dict[str, str], tmp_path: Path
 ) -> None:
     url = stack.info.vllm_url
-    prompts = [json.loads(line)["prompt"] for line in PROBES.read_text().splitlines()[:3]]
+    # Raw completions in the base model's chat format (SmolLM2's ChatML), which the
+    # chat-tuned demo adapters answer; a bare question gets empty answers from both.
+    probes = [json.loads(line) for line in PROBES.read_text().splitlines()[:3]]
+    prompts = [
+        f"<|im_start|>system\n{p['system']}<|im_end|>\n<|im_start|>user\n{p['prompt']}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+        for p in probes
+    ]
     load = ["load-adapter", f"--model-name={MODEL}"]
     try:
         done = stack.run(*load, f"--source=version:{versions['v1']}", f"--slot-name={SAME}")
