@@ -1,7 +1,7 @@
 """loradeploy benchmarks: the deployer against the physical floor, on the real local stack.
 
-Run with ``make bench`` (or ``.venv/bin/python benchmarks/run.py --only swap``). Every
-figure is printed next to the command that reproduces it, and the whole run is written to
+Run with ``make bench`` (or ``make bench ONLY=swap`` for one section). Every figure is
+printed under the command that reproduces it, and the whole run is written to
 ``benchmarks/results/latest.json``. The machine is noisy: the result of a section is a
 ratio or a median over repeats, never one absolute time. Targets are checked here, never
 in ``make test``; a missed target makes the exit code 1 after everything has run.
@@ -64,7 +64,14 @@ SMOLLM2_PROJ = {
 
 
 def _cmd(section: str) -> str:
-    return f".venv/bin/python benchmarks/run.py --only {section}"
+    """The command that reproduces one section (``make bench`` waits for other runs that
+    start vLLM, as integration tests do)."""
+    return f"make bench ONLY={section}"
+
+
+def section(title: str, name: str) -> None:
+    """A section's heading, with the command that reproduces every figure below it."""
+    print(f"\n== {name}: {title}\n   reproduce: {_cmd(name)}")
 
 
 def median(values: list[float]) -> float:
@@ -87,7 +94,14 @@ class Report:
     def target(self, name: str, value: float, limit: float, unit: str, command: str) -> None:
         met = value <= limit
         self.targets.append(
-            {"target": name, "value": round(value, 3), "limit": limit, "unit": unit, "met": met}
+            {
+                "target": name,
+                "value": round(value, 3),
+                "limit": limit,
+                "unit": unit,
+                "met": met,
+                "reproduce": command,
+            }
         )
         print(f"  target {name}: {value:.3f} {unit} (limit {limit}) -> {'met' if met else 'MISSED'}")
         print(f"    reproduce: {command}")
@@ -212,7 +226,7 @@ def write_synthetic_adapter(folder: Path, rank: int) -> int:
 
 
 def bench_startup(report: Report, repeats: int = 5) -> None:
-    print("\n== startup: command start-up, wall time and peak memory")
+    section("command start-up, wall time and peak memory", "startup")
     figures: dict[str, Any] = {}
     for label, args in (("--help", ["--help"]), ("version", ["version"])):
         walls, peaks = [], []
@@ -287,7 +301,7 @@ def _latency_summary(rows: list[tuple[float, float, bool, str]]) -> dict[str, An
 
 
 def bench_swap(report: Report, swaps: int = 10, quiet_s: float = 15.0) -> None:
-    print("\n== swap: 8 clients on one slot, 10 swaps, per strategy")
+    section("8 clients on one slot, 10 swaps, per strategy", "swap")
     stack, info = only_stack("r16")
     roots = []
     for name in ("aws-rag-qa-v1", "aws-rag-qa-v2"):
@@ -351,7 +365,6 @@ def bench_swap(report: Report, swaps: int = 10, quiet_s: float = 15.0) -> None:
                 stack.down()
                 info = stack.up()
                 vllm = VllmClient(info.vllm_url, timeout=httpx.Timeout(60.0))
-    print(f"  reproduce: {_cmd('swap')}")
     report.sections["swap"] = figures
     inplace = figures.get("inplace", {}).get("during_swaps", {})
     if inplace:
@@ -436,7 +449,7 @@ def _floor(
 
 
 def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16, 82, 320)) -> None:
-    print("\n== deploy: load-adapter end to end against the floor (fetch from MLflow + place + vLLM load)")
+    section("load-adapter end to end against the floor (fetch from MLflow + place + vLLM load)", "deploy")
     stack, info = only_stack("r320")
     env = stack_env(stack)
     scratch = stack.config.adapters_root / "bench-floor"
@@ -553,7 +566,7 @@ def bench_serving(
     On vLLM before 0.33 the in-place flag stays on the request vLLM keeps for the name, so
     every engine step loads the adapter from disk again (vLLM issue 33791). Then the only
     call that clears it, unloading the name and loading it again, is measured too."""
-    print(f"\n== serving: {tokens}-token greedy completions from a slot swapped in place vs loaded plainly")
+    section(f"{tokens}-token greedy completions from a slot swapped in place vs loaded plainly", "serving")
     stack, info = only_stack("r320")
     root = stack.config.adapters_root / "bench-serving"
     figures: dict[str, Any] = {}
@@ -599,7 +612,6 @@ def bench_serving(
                 f"{item['after_unload_load_s_median']:.2f}s ({item['ratio_after_unload_load']:.2f}x) "
                 f"(median of {repeats}, interleaved)"
             )
-    print(f"  reproduce: {_cmd('serving')}")
     report.sections["serving"] = figures
 
 
@@ -608,7 +620,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def bench_restore(report: Report, repeats: int = 3) -> None:
-    print("\n== restore: init-load-adapters (live + staged) against the floor")
+    section("init-load-adapters (live + staged) against the floor", "restore")
     stack, info = only_stack("r16")
     env = stack_env(stack)
     model = "bench-restore"
@@ -671,7 +683,6 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
         f"  init-load-adapters: {figures['end_to_end_s']:.2f}s, floor {figures['floor_s']:.2f}s, "
         f"ratio {figures['ratio']:.2f}, overhead {figures['overhead_s']:.2f}s"
     )
-    print(f"  reproduce: {_cmd('restore')}")
     report.sections["restore"] = figures
 
 
@@ -685,7 +696,7 @@ def _set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
 
 
 def bench_replicas(report: Report, counts: tuple[int, ...] = (1, 2, 4), repeats: int = 3) -> None:
-    print(f"\n== replicas: roll one version to {', '.join(map(str, counts))} tiny-model replicas")
+    section(f"roll one version to {', '.join(map(str, counts))} tiny-model replicas", "replicas")
     figures: dict[str, Any] = {}
     stack, info = only_stack("tiny")
     env = stack_env(stack)
@@ -743,7 +754,7 @@ def bench_signing(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16
     from loradeploy.domain.signing import SIGNATURE_FILE, parse_signature, signature_tags, subject_for
     from loradeploy.steps.sign import check_signature
 
-    print("\n== signing: sign and verify the 7 MB demo adapter and the 391 MB synthetic one")
+    section("sign and verify the 7 MB demo adapter and the 391 MB synthetic one", "signing")
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-signing-", dir=ASSETS) as scratch:
         root = Path(scratch)
@@ -869,9 +880,12 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    print("\n| target | value | limit | met |\n|---|---|---|---|")
+    print("\n| target | value | limit | met | reproduce |\n|---|---|---|---|---|")
     for item in report.targets:
-        print(f"| {item['target']} | {item['value']} {item['unit']} | {item['limit']} | {item['met']} |")
+        print(
+            f"| {item['target']} | {item['value']} {item['unit']} | {item['limit']} | {item['met']} "
+            f"| `{item['reproduce']}` |"
+        )
     return 0 if all(t["met"] for t in report.targets) else 1
 
 

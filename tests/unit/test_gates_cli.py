@@ -186,3 +186,38 @@ def test_a_missing_ml_python_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist") as raised:
         MlWorker(tmp_path / "nope" / "python").run("w.py", [], log=tmp_path / "w.log")
     assert "make setup" in raised.value.one_line()
+
+
+def test_train_shows_each_workers_step_loss_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from loradeploy import cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, width=120, force_terminal=False))
+    with cli._worker_progress("m (3 steps, seed 0)") as show:
+        show(WorkerProgress("load", 0, 3, 0.0))
+        show(WorkerProgress("train", 1, 3, 2.0, loss=1.5))
+        show(WorkerProgress("train", 3, 3, 6.0, loss=0.75))
+        show(WorkerProgress("load", 0, 2, 0.0))
+        show(WorkerProgress("evaluate", 2, 2, 10.0))
+    lines = [line for line in screen.getvalue().splitlines() if line.strip()]
+    assert lines[0].startswith("m (3 steps, seed 0): training") and "3/3" in lines[0]
+    assert "loss 0.750" in lines[0] and "took 6s" in lines[0]
+    assert lines[1].startswith("m (3 steps, seed 0): evaluating") and "2/2" in lines[1]
+
+
+def test_the_time_left_is_shown_while_a_worker_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from loradeploy import cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, width=120, force_terminal=False))
+    with cli._worker_progress("m") as show:
+        show(WorkerProgress("train", 1, 40, 3.0, loss=2.0))  # 39 steps left at 3 s each
+    assert "loss 2.000, 1m 57s left" in screen.getvalue()
