@@ -867,8 +867,11 @@ def main() -> int:
                     bench_stack(kind).down()
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     sections = {**previous.get("sections", {}), **report.sections}
+    rerun = {_cmd(name) for name in chosen}  # a section run again replaces all its targets
     targets = [
-        t for t in previous.get("targets", []) if t["target"] not in {x["target"] for x in report.targets}
+        t
+        for t in previous.get("targets", [])
+        if t["target"] not in {x["target"] for x in report.targets} and t.get("reproduce") not in rerun
     ]
     payload = {
         "machine": machine(),
