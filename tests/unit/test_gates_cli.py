@@ -193,7 +193,7 @@ def test_train_shows_each_workers_step_loss_and_time_left(monkeypatch: pytest.Mo
 
     from rich.console import Console
 
-    from loradeploy import cli
+    from loradeploy.cli import registry_commands as cli
 
     screen = io.StringIO()
     monkeypatch.setattr(cli, "err", Console(file=screen, width=120, force_terminal=False))
@@ -214,7 +214,7 @@ def test_the_time_left_is_shown_while_a_worker_runs(monkeypatch: pytest.MonkeyPa
 
     from rich.console import Console
 
-    from loradeploy import cli
+    from loradeploy.cli import registry_commands as cli
 
     screen = io.StringIO()
     monkeypatch.setattr(cli, "err", Console(file=screen, width=120, force_terminal=False))
