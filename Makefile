@@ -87,7 +87,7 @@ lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.
 # two busy vLLM servers on a small machine distort every figure.
 SERVER_LOCK := /tmp/loradeploy-integration.lock
 
-bench: setup ## Benchmarks on their own local stack (about 20 min; ONLY=deploy,serving runs sections); writes benchmarks/results/latest.json.
+bench: setup ## Benchmarks on their own local stack (about 40 min; ONLY=deploy,serving runs some sections); writes benchmarks/results/latest.json.
 	$(if $(shell command -v flock),flock $(SERVER_LOCK)) $(BIN)/python benchmarks/run.py $(if $(ONLY),--only $(ONLY))
 
 workflows: $(BIN)/loradeploy ## Re-render deploy/argo/*.yaml from deploy/argo/workflows.py (Hera).
