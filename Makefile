@@ -83,8 +83,12 @@ lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.
 	$(BIN)/mypy --strict deploy/argo/workflows.py
 	$(BIN)/lint-imports
 
-bench: setup ## Benchmarks on the real local stack (about 15 min); writes benchmarks/results/latest.json.
-	$(BIN)/python benchmarks/run.py
+# Runs that start vLLM wait for each other (and for integration tests run the same way):
+# two busy vLLM servers on a small machine distort every figure.
+SERVER_LOCK := /tmp/loradeploy-integration.lock
+
+bench: setup ## Benchmarks on their own local stack (about 40 min; ONLY=deploy,serving runs some sections); writes benchmarks/results/latest.json.
+	$(if $(shell command -v flock),flock $(SERVER_LOCK)) $(BIN)/python benchmarks/run.py $(if $(ONLY),--only $(ONLY))
 
 workflows: $(BIN)/loradeploy ## Re-render deploy/argo/*.yaml from deploy/argo/workflows.py (Hera).
 	$(BIN)/python deploy/argo/workflows.py

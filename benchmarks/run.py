@@ -1,7 +1,7 @@
 """loradeploy benchmarks: the deployer against the physical floor, on the real local stack.
 
-Run with ``make bench`` (or ``.venv/bin/python benchmarks/run.py --only swap``). Every
-figure is printed next to the command that reproduces it, and the whole run is written to
+Run with ``make bench`` (or ``make bench ONLY=swap`` for one section). Every figure is
+printed under the command that reproduces it, and the whole run is written to
 ``benchmarks/results/latest.json``. The machine is noisy: the result of a section is a
 ratio or a median over repeats, never one absolute time. Targets are checked here, never
 in ``make test``; a missed target makes the exit code 1 after everything has run.
@@ -10,7 +10,8 @@ Sections:
   startup  ``loradeploy --help`` and ``loradeploy version``: wall time and peak memory.
   swap     8 clients on one slot while it is swapped 10 times, per strategy.
   deploy   ``load-adapter`` end to end for ~7, ~100 and ~400 MB adapters vs the floor
-           (a raw copy of the same bytes plus vLLM's own load call).
+           (a plain fetch of the same bytes from MLflow, a copy into place, vLLM's load).
+  serving  decoding speed of a slot swapped in place vs the same files loaded plainly.
   restore  ``init-load-adapters`` (live + staged) against the same kind of floor.
   replicas rolling one version to 1, 2 and 4 vLLM replicas of the tiny model.
 """
@@ -63,7 +64,14 @@ SMOLLM2_PROJ = {
 
 
 def _cmd(section: str) -> str:
-    return f".venv/bin/python benchmarks/run.py --only {section}"
+    """The command that reproduces one section (``make bench`` waits for other runs that
+    start vLLM, as integration tests do)."""
+    return f"make bench ONLY={section}"
+
+
+def section(title: str, name: str) -> None:
+    """A section's heading, with the command that reproduces every figure below it."""
+    print(f"\n== {name}: {title}\n   reproduce: {_cmd(name)}")
 
 
 def median(values: list[float]) -> float:
@@ -86,7 +94,14 @@ class Report:
     def target(self, name: str, value: float, limit: float, unit: str, command: str) -> None:
         met = value <= limit
         self.targets.append(
-            {"target": name, "value": round(value, 3), "limit": limit, "unit": unit, "met": met}
+            {
+                "target": name,
+                "value": round(value, 3),
+                "limit": limit,
+                "unit": unit,
+                "met": met,
+                "reproduce": command,
+            }
         )
         print(f"  target {name}: {value:.3f} {unit} (limit {limit}) -> {'met' if met else 'MISSED'}")
         print(f"    reproduce: {command}")
@@ -211,7 +226,7 @@ def write_synthetic_adapter(folder: Path, rank: int) -> int:
 
 
 def bench_startup(report: Report, repeats: int = 5) -> None:
-    print("\n== startup: command start-up, wall time and peak memory")
+    section("command start-up, wall time and peak memory", "startup")
     figures: dict[str, Any] = {}
     for label, args in (("--help", ["--help"]), ("version", ["version"])):
         walls, peaks = [], []
@@ -286,7 +301,7 @@ def _latency_summary(rows: list[tuple[float, float, bool, str]]) -> dict[str, An
 
 
 def bench_swap(report: Report, swaps: int = 10, quiet_s: float = 15.0) -> None:
-    print("\n== swap: 8 clients on one slot, 10 swaps, per strategy")
+    section("8 clients on one slot, 10 swaps, per strategy", "swap")
     stack, info = only_stack("r16")
     roots = []
     for name in ("aws-rag-qa-v1", "aws-rag-qa-v2"):
@@ -350,7 +365,6 @@ def bench_swap(report: Report, swaps: int = 10, quiet_s: float = 15.0) -> None:
                 stack.down()
                 info = stack.up()
                 vllm = VllmClient(info.vllm_url, timeout=httpx.Timeout(60.0))
-    print(f"  reproduce: {_cmd('swap')}")
     report.sections["swap"] = figures
     inplace = figures.get("inplace", {}).get("during_swaps", {})
     if inplace:
@@ -365,7 +379,7 @@ def _unload(vllm: VllmClient, *slots: str) -> None:
             vllm.unload_lora_adapter(slot)
 
 
-def _floor(vllm: VllmClient, source: Path, scratch: Path, name: str) -> tuple[float, float]:
+def _copy_floor(vllm: VllmClient, source: Path, scratch: Path, name: str) -> tuple[float, float]:
     """Raw copy of the adapter's bytes next to the served folders, then vLLM's own load."""
     target = scratch / name
     shutil.rmtree(target, ignore_errors=True)
@@ -380,46 +394,66 @@ def _floor(vllm: VllmClient, source: Path, scratch: Path, name: str) -> tuple[fl
     return copied, loaded
 
 
-def _registry_transfer(tracking_uri: str, model: str, version: str, scratch: Path) -> float:
-    """Seconds to fetch the version's files from MLflow with plain streaming GETs (no
-    MLflow client, no hashing): the part of any registry-based deploy that moving the
-    bytes over HTTP costs on this server."""
+def _artifact_base(http: httpx.Client, model: str, version: str) -> tuple[str, list[str]]:
+    """The artifact proxy path of a version's files and their names (plain REST)."""
+    got = http.get(
+        "/api/2.0/mlflow/model-versions/get-download-uri", params={"name": model, "version": version}
+    )
+    got.raise_for_status()
+    uri = str(got.json()["artifact_uri"])
+    if uri.startswith("models:/"):
+        logged = http.get(f"/api/2.0/mlflow/logged-models/{uri.removeprefix('models:/')}")
+        logged.raise_for_status()
+        uri = str(logged.json()["model"]["info"]["artifact_uri"])
+    rel = uri.removeprefix("mlflow-artifacts:/").lstrip("/")
+    listing = http.get("/api/2.0/mlflow-artifacts/artifacts", params={"path": rel})
+    listing.raise_for_status()
+    names = [f["path"].rsplit("/", 1)[-1] for f in listing.json().get("files", []) if not f.get("is_dir")]
+    if not names:
+        raise RuntimeError(f"no files listed under {uri}")
+    return f"/api/2.0/mlflow-artifacts/artifacts/{rel}", names
+
+
+def _floor(
+    vllm: VllmClient, tracking_uri: str, model: str, version: str, staging: Path, scratch: Path, name: str
+) -> dict[str, float]:
+    """The physical floor of a registry deploy, in this process: fetch the version's bytes
+    from MLflow with plain streaming GETs (no MLflow client, no hashing, no checks) into a
+    staging folder, copy them next to the served folders, and one bare vLLM load call."""
+    source, target = staging / name, scratch / name
+    for folder in (source, target):
+        shutil.rmtree(folder, ignore_errors=True)
+    source.mkdir(parents=True)
     with httpx.Client(base_url=tracking_uri, timeout=httpx.Timeout(300.0)) as http:
-        got = http.get(
-            "/api/2.0/mlflow/model-versions/get-download-uri", params={"name": model, "version": version}
-        )
-        got.raise_for_status()
-        uri = str(got.json()["artifact_uri"])
-        if uri.startswith("models:/"):
-            logged = http.get(f"/api/2.0/mlflow/logged-models/{uri.removeprefix('models:/')}")
-            logged.raise_for_status()
-            uri = str(logged.json()["model"]["info"]["artifact_uri"])
-        rel = uri.removeprefix("mlflow-artifacts:/").lstrip("/")
-        base = f"/api/2.0/mlflow-artifacts/artifacts/{rel}"
-        listing = http.get("/api/2.0/mlflow-artifacts/artifacts", params={"path": rel})
-        listing.raise_for_status()
-        names = [f["path"].rsplit("/", 1)[-1] for f in listing.json().get("files", []) if not f.get("is_dir")]
-        target = scratch / "transfer"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
+        base, names = _artifact_base(http, model, version)  # what to fetch: not timed
         started = time.perf_counter()
-        for name in names:
-            with http.stream("GET", f"{base}/{name}") as response, (target / name).open("wb") as handle:
+        for file_name in names:
+            with (
+                http.stream("GET", f"{base}/{file_name}") as response,
+                (source / file_name).open("wb") as handle,
+            ):
                 response.raise_for_status()
                 for chunk in response.iter_bytes(1 << 20):
                     handle.write(chunk)
-        elapsed = time.perf_counter() - started
-        shutil.rmtree(target, ignore_errors=True)
-        if not names:
-            raise RuntimeError(f"no files listed under {uri}")
-        return elapsed
+        fetched = time.perf_counter() - started
+    started = time.perf_counter()
+    shutil.copytree(source, target)
+    placed = time.perf_counter() - started
+    started = time.perf_counter()
+    vllm.load_lora_adapter(name, str(target))
+    loaded = time.perf_counter() - started
+    vllm.unload_lora_adapter(name)
+    for folder in (source, target):
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"fetch": fetched, "place": placed, "load": loaded}
 
 
 def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16, 82, 320)) -> None:
-    print("\n== deploy: load-adapter end to end against the floor (copy + vLLM load)")
+    section("load-adapter end to end against the floor (fetch from MLflow + place + vLLM load)", "deploy")
     stack, info = only_stack("r320")
     env = stack_env(stack)
     scratch = stack.config.adapters_root / "bench-floor"
+    staging = stack.home / "bench-floor-staging"  # outside the adapters folder, as a deploy stages
     scratch.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {}
     with VllmClient(info.vllm_url, timeout=httpx.Timeout(300.0)) as vllm:
@@ -429,8 +463,8 @@ def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16,
             model = f"bench-deploy-r{rank}"
             version = register(stack, model, source)
             slot = f"bench-slot-r{rank}"
-            end_to_end, phases, floors, transfers = [], [], [], []
-            for _ in range(repeats):
+            end_to_end, phases, floors = [], [], []
+            for _ in range(repeats):  # interleaved: the machine's noise hits both alike
                 _unload(vllm, slot)
                 shutil.rmtree(stack.config.adapters_root / slot, ignore_errors=True)
                 code, elapsed, result, err = run_cli(
@@ -445,37 +479,140 @@ def bench_deploy(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16,
                     raise RuntimeError(f"load-adapter r={rank} failed ({code}): {err}")
                 end_to_end.append(elapsed)
                 phases.append(result.get("timings_s", {}))
-                floors.append(sum(_floor(vllm, source, scratch, f"floor-r{rank}")))
-                transfers.append(_registry_transfer(info.tracking_uri, model, version, scratch))
-            e2e, floor = median(end_to_end), median(floors)
+                floors.append(
+                    _floor(vllm, info.tracking_uri, model, version, staging, scratch, f"floor-r{rank}")
+                )
+            e2e = median(end_to_end)
+            floor_parts = {key: median([f[key] for f in floors]) for key in ("fetch", "place", "load")}
+            floor = median([sum(f.values()) for f in floors])
             phase_medians = {
                 key: median([p.get(key, 0.0) for p in phases])
                 for key in sorted({k for p in phases for k in p})
             }
-            transfer = median(transfers)
             figures[f"r{rank}"] = {
                 "bytes": size,
                 "end_to_end_s": e2e,
                 "floor_s": floor,
-                "registry_transfer_s": transfer,
-                "ratio_to_floor_plus_transfer": e2e / (floor + transfer),
+                "floor_parts_s": floor_parts,
                 "ratio": e2e / floor,
                 "overhead_s": e2e - floor,
                 "phases_s": phase_medians,
             }
             print(
-                f"  r={rank:<3d} {size / 1e6:6.1f} MB: end to end {e2e:.2f}s, floor {floor:.2f}s, "
-                f"ratio {e2e / floor:.2f}, overhead {e2e - floor:.2f}s; plain HTTP fetch from MLflow "
-                f"{transfer:.2f}s (ratio to floor + fetch {e2e / (floor + transfer):.2f}); phases "
+                f"  r={rank:<3d} {size / 1e6:6.1f} MB: end to end {e2e:.2f}s, floor {floor:.2f}s ("
+                + ", ".join(f"{k} {v:.2f}" for k, v in floor_parts.items())
+                + f"), ratio {e2e / floor:.2f}, overhead {e2e - floor:.2f}s; phases "
                 + ", ".join(f"{k} {v:.2f}" for k, v in phase_medians.items())
             )
             _unload(vllm, slot)
+    # The fixed cost (process start, imports, lock, round trips) is what the smallest
+    # adapter adds to its floor; the size-dependent part is the rest, against the floor.
+    smallest = min(figures.values(), key=lambda item: item["bytes"])
+    fixed = max(smallest["overhead_s"], 0.0)
+    for key, item in figures.items():
+        item["size_dependent_ratio"] = (item["end_to_end_s"] - fixed) / item["floor_s"]
+        if item["bytes"] >= 90e6:
+            print(
+                f"  r={key[1:]}: (end to end - fixed {fixed:.2f}s) / floor = "
+                f"{item['size_dependent_ratio']:.2f}"
+            )
     report.sections["deploy"] = figures
+    report.target("deploy fixed overhead (7 MB: end to end - floor)", fixed, 1.0, "s", _cmd("deploy"))
     for key, item in figures.items():
         if item["bytes"] >= 90e6:
-            report.target(f"deploy {key} ratio to floor", item["ratio"], 1.5, "x", _cmd("deploy"))
-    smallest = min(figures.values(), key=lambda item: item["bytes"])
-    report.target("deploy fixed overhead", smallest["overhead_s"], 1.0, "s", _cmd("deploy"))
+            report.target(
+                f"deploy {key}: (end to end - fixed) / floor",
+                item["size_dependent_ratio"],
+                1.3,
+                "x",
+                _cmd("deploy"),
+            )
+
+
+def _decode_s(http: httpx.Client, slot: str, tokens: int) -> float:
+    """Seconds for one greedy completion of exactly ``tokens`` tokens from ``slot``."""
+    started = time.perf_counter()
+    response = http.post(
+        "/v1/completions",
+        json={"model": slot, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True},
+    )
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    got = response.json()["usage"]["completion_tokens"]
+    if got != tokens:
+        raise RuntimeError(f"{slot} generated {got} tokens, asked for {tokens}")
+    return elapsed
+
+
+def _interleaved(
+    http: httpx.Client, first: str, second: str, repeats: int, tokens: int
+) -> dict[str, list[float]]:
+    """``repeats`` completions from each slot, alternating which goes first, after one
+    unmeasured warm-up each."""
+    times: dict[str, list[float]] = {first: [], second: []}
+    for slot in (first, second):
+        _decode_s(http, slot, tokens)
+    for index in range(repeats):
+        for slot in (first, second) if index % 2 == 0 else (second, first):
+            times[slot].append(_decode_s(http, slot, tokens))
+    return times
+
+
+def bench_serving(
+    report: Report, repeats: int = 8, sizes: tuple[int, ...] = (16, 82, 320), tokens: int = 48
+) -> None:
+    """A slot swapped in place against the same bytes loaded plainly under another name.
+
+    On vLLM before 0.33 the in-place flag stays on the request vLLM keeps for the name, so
+    every engine step loads the adapter from disk again (vLLM issue 33791). Then the only
+    call that clears it, unloading the name and loading it again, is measured too."""
+    section(f"{tokens}-token greedy completions from a slot swapped in place vs loaded plainly", "serving")
+    stack, info = only_stack("r320")
+    root = stack.config.adapters_root / "bench-serving"
+    figures: dict[str, Any] = {}
+    with (
+        VllmClient(info.vllm_url, timeout=httpx.Timeout(600.0)) as vllm,
+        httpx.Client(base_url=info.vllm_url, timeout=httpx.Timeout(600.0)) as http,
+    ):
+        figures["vllm_version"] = vllm.server_version()
+        for rank in sizes:
+            source = ADAPTERS_SRC / "aws-rag-qa-v1" if rank == 16 else HOME / "synthetic" / f"smollm2-r{rank}"
+            size = write_synthetic_adapter(source, rank) if rank != 16 else _folder_bytes(source)
+            # Three folders with the same bytes: the plain slot's, the swapped slot's first
+            # version, and the one it is swapped to in place (every version has its folder).
+            plain_dir, first_dir, swapped_dir = (root / f"r{rank}-{n}" for n in ("plain", "first", "swapped"))
+            for folder in (plain_dir, first_dir, swapped_dir):
+                if not folder.exists():
+                    shutil.copytree(source, folder)
+            plain, swapped = f"bench-plain-r{rank}", f"bench-swapped-r{rank}"
+            _unload(vllm, plain, swapped)
+            vllm.load_lora_adapter(plain, str(plain_dir))
+            vllm.load_lora_adapter(swapped, str(first_dir))
+            vllm.load_lora_adapter(swapped, str(swapped_dir), load_inplace=True)
+            inplace = _interleaved(http, plain, swapped, repeats, tokens)
+            vllm.unload_lora_adapter(swapped)  # the name is missing until the next call returns
+            vllm.load_lora_adapter(swapped, str(swapped_dir))
+            reloaded = _interleaved(http, plain, swapped, repeats, tokens)
+            _unload(vllm, plain, swapped)
+            shutil.rmtree(root, ignore_errors=True)
+            item = {
+                "bytes": size,
+                "plain_s_median": median(inplace[plain]),
+                "swapped_inplace_s_median": median(inplace[swapped]),
+                "ratio_inplace": median(inplace[swapped]) / median(inplace[plain]),
+                "after_unload_load_s_median": median(reloaded[swapped]),
+                "ratio_after_unload_load": median(reloaded[swapped]) / median(reloaded[plain]),
+                "repeats": repeats,
+                "tokens": tokens,
+            }
+            figures[f"r{rank}"] = item
+            print(
+                f"  r={rank:<3d} {size / 1e6:6.1f} MB: plain {item['plain_s_median']:.2f}s, swapped in place "
+                f"{item['swapped_inplace_s_median']:.2f}s ({item['ratio_inplace']:.2f}x); after unload+load "
+                f"{item['after_unload_load_s_median']:.2f}s ({item['ratio_after_unload_load']:.2f}x) "
+                f"(median of {repeats}, interleaved)"
+            )
+    report.sections["serving"] = figures
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -483,7 +620,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def bench_restore(report: Report, repeats: int = 3) -> None:
-    print("\n== restore: init-load-adapters (live + staged) against the floor")
+    section("init-load-adapters (live + staged) against the floor", "restore")
     stack, info = only_stack("r16")
     env = stack_env(stack)
     model = "bench-restore"
@@ -513,8 +650,8 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
             scratch = stack.home / "restore-floor"
             scratch.mkdir(exist_ok=True)
             floors.append(
-                sum(_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v1", scratch, "floor-live"))
-                + sum(_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v2", scratch, "floor-candidate"))
+                sum(_copy_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v1", scratch, "floor-live"))
+                + sum(_copy_floor(vllm, ADAPTERS_SRC / "aws-rag-qa-v2", scratch, "floor-candidate"))
             )
         # reconcile: what the sidecar does when vLLM lost both slots (a restart of the
         # vLLM container; here the slots are unloaded, the folders stay, as on the volume).
@@ -546,7 +683,6 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
         f"  init-load-adapters: {figures['end_to_end_s']:.2f}s, floor {figures['floor_s']:.2f}s, "
         f"ratio {figures['ratio']:.2f}, overhead {figures['overhead_s']:.2f}s"
     )
-    print(f"  reproduce: {_cmd('restore')}")
     report.sections["restore"] = figures
 
 
@@ -560,7 +696,7 @@ def _set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
 
 
 def bench_replicas(report: Report, counts: tuple[int, ...] = (1, 2, 4), repeats: int = 3) -> None:
-    print(f"\n== replicas: roll one version to {', '.join(map(str, counts))} tiny-model replicas")
+    section(f"roll one version to {', '.join(map(str, counts))} tiny-model replicas", "replicas")
     figures: dict[str, Any] = {}
     stack, info = only_stack("tiny")
     env = stack_env(stack)
@@ -618,7 +754,7 @@ def bench_signing(report: Report, repeats: int = 3, sizes: tuple[int, ...] = (16
     from loradeploy.domain.signing import SIGNATURE_FILE, parse_signature, signature_tags, subject_for
     from loradeploy.steps.sign import check_signature
 
-    print("\n== signing: sign and verify the 7 MB demo adapter and the 391 MB synthetic one")
+    section("sign and verify the 7 MB demo adapter and the 391 MB synthetic one", "signing")
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-signing-", dir=ASSETS) as scratch:
         root = Path(scratch)
@@ -693,6 +829,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {  # ordered so each bench stack
     "swap": bench_swap,
     "restore": bench_restore,
     "deploy": bench_deploy,
+    "serving": bench_serving,
     "replicas": bench_replicas,
     "signing": bench_signing,
 }
@@ -730,8 +867,11 @@ def main() -> int:
                     bench_stack(kind).down()
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     sections = {**previous.get("sections", {}), **report.sections}
+    rerun = {_cmd(name) for name in chosen}  # a section run again replaces all its targets
     targets = [
-        t for t in previous.get("targets", []) if t["target"] not in {x["target"] for x in report.targets}
+        t
+        for t in previous.get("targets", [])
+        if t["target"] not in {x["target"] for x in report.targets} and t.get("reproduce") not in rerun
     ]
     payload = {
         "machine": machine(),
@@ -743,9 +883,12 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    print("\n| target | value | limit | met |\n|---|---|---|---|")
+    print("\n| target | value | limit | met | reproduce |\n|---|---|---|---|---|")
     for item in report.targets:
-        print(f"| {item['target']} | {item['value']} {item['unit']} | {item['limit']} | {item['met']} |")
+        print(
+            f"| {item['target']} | {item['value']} {item['unit']} | {item['limit']} | {item['met']} "
+            f"| `{item['reproduce']}` |"
+        )
     return 0 if all(t["met"] for t in report.targets) else 1
 
 

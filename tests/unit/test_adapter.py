@@ -455,3 +455,25 @@ def test_registry_tags_round_trip_to_digests(adapter_dir: Path) -> None:
 def test_digests_from_tags_ignores_other_tags() -> None:
     tags = {"loradeploy.sha256.a.json": "ab", "loradeploy.rank": "8", "owner": "x", "sha256.b": "cd"}
     assert digests_from_tags(tags) == {"a.json": "ab"}
+
+
+def test_digests_inspect_took_are_compared_with_the_tags_without_reading_the_files_again(
+    tmp_path: Path,
+) -> None:
+    folder = write_adapter(tmp_path / "a")
+    real = inspect_adapter(folder).files
+    claimed = {**real, "adapter_model.safetensors": "0" * 64}
+    with pytest.raises(InvalidAdapterError, match=r"sha256 of adapter_model\.safetensors"):
+        check_digests(folder, real, "downloaded", computed=claimed)  # the given digest is the one compared
+    check_digests(folder, real, "downloaded", computed=real)
+    check_digests(folder, real, "downloaded")  # the files themselves are fine
+
+
+def test_digests_given_for_some_files_leave_the_others_hashed(tmp_path: Path) -> None:
+    folder = write_adapter(tmp_path / "a")
+    real = inspect_adapter(folder).files
+    (folder / "adapter_model.safetensors").write_bytes(b"changed")
+    with pytest.raises(InvalidAdapterError, match=r"sha256 of adapter_model\.safetensors"):
+        check_digests(
+            folder, real, "downloaded", computed={"adapter_config.json": real["adapter_config.json"]}
+        )

@@ -12,8 +12,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from loradeploy.cli import app
-from loradeploy.clients.mlworker import MlWorker
-from loradeploy.errors import PermanentError, UsageError
+from loradeploy.clients.mlworker import MlWorker, WorkerProgress, parse_progress
+from loradeploy.errors import DeadlineExceededError, PermanentError, UsageError
 
 NOTHING_LISTENS = "http://127.0.0.1:9"
 EVAL = Path(__file__).resolve().parents[2] / "data" / "aws-rag-qa" / "eval.jsonl"
@@ -92,6 +92,81 @@ def test_the_worker_summary_is_the_last_stdout_line(tmp_path: Path) -> None:
     assert (tmp_path / "w.log").read_text() == "log\n"
 
 
+def test_progress_lines_reach_the_callback_in_order_and_the_summary_is_still_the_last(
+    tmp_path: Path,
+) -> None:
+    body = (
+        'print(json.dumps({"progress": {"phase": "load", "step": 0, "steps": 2, "elapsed_s": 0}}),'
+        " flush=True)\n"
+        "for n in (1, 2):\n"
+        '    print(json.dumps({"progress": {"phase": "train", "step": n, "steps": 2, "elapsed_s": n * 1.5,'
+        ' "loss": 2.0 / n}}), flush=True)\n'
+        'print(json.dumps({"ok": 1}))\n'
+    )
+    seen: list[WorkerProgress] = []
+    assert worker_script(tmp_path, body).run("w.py", [], log=tmp_path / "w.log", on_progress=seen.append) == {
+        "ok": 1
+    }
+    assert seen == [
+        WorkerProgress("load", 0, 2, 0.0),
+        WorkerProgress("train", 1, 2, 1.5, loss=2.0),
+        WorkerProgress("train", 2, 2, 3.0, loss=1.0),
+    ]
+
+
+def test_a_worker_that_prints_only_progress_printed_no_summary(tmp_path: Path) -> None:
+    body = 'print(json.dumps({"progress": {"phase": "load", "step": 0, "steps": 2, "elapsed_s": 0}}))\n'
+    with pytest.raises(PermanentError, match="no JSON summary"):
+        worker_script(tmp_path, body).run("w.py", [], log=tmp_path / "w.log")
+
+
+def test_a_worker_past_its_deadline_is_killed_and_named(tmp_path: Path) -> None:
+    worker = worker_script(tmp_path, "import time\ntime.sleep(60)\n")
+    worker.timeout_s = 0.5
+    with pytest.raises(DeadlineExceededError, match=r"w\.py did not finish"):
+        worker.run("w.py", [], log=tmp_path / "w.log")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            '{"progress": {"phase": "train", "step": 3, "steps": 40, "elapsed_s": 6.0, "loss": 1.25}}',
+            WorkerProgress("train", 3, 40, 6.0, loss=1.25),
+        ),
+        (
+            '{"progress": {"phase": "evaluate", "step": 1, "steps": 16, "elapsed_s": 2}}',
+            WorkerProgress("evaluate", 1, 16, 2.0),
+        ),
+        ('{"ok": 1}', None),  # the summary
+        ('{"progress": {"phase": "train", "step": "3", "steps": 40, "elapsed_s": 1}}', None),
+        ('{"progress": {"phase": "train", "step": -1, "steps": 40, "elapsed_s": 1}}', None),
+        ('{"progress": {"phase": "train", "step": true, "steps": 40, "elapsed_s": 1}}', None),
+        ('{"progress": {"phase": "", "step": 1, "steps": 40, "elapsed_s": 1}}', None),
+        ('{"progress": {"phase": "train", "step": 1, "steps": 40, "elapsed_s": -2}}', None),
+        ('{"progress": {"phase": "train", "step": 1, "steps": 40, "elapsed_s": 1}, "x": 1}', None),
+        ('{"progress": [1, 2]}', None),
+        ('{"progress": {"phase": "train", "step": 1', None),
+        ("noise", None),
+    ],
+)
+def test_parse_progress(line: str, expected: WorkerProgress | None) -> None:
+    assert parse_progress(line) == expected
+
+
+def test_a_loss_that_is_not_a_finite_number_is_dropped_not_fatal() -> None:
+    parsed = parse_progress(
+        '{"progress": {"phase": "train", "step": 1, "steps": 2, "elapsed_s": 1, "loss": NaN}}'
+    )
+    assert parsed == WorkerProgress("train", 1, 2, 1.0, loss=None)
+
+
+def test_time_left_is_the_pace_so_far_times_the_steps_left() -> None:
+    assert WorkerProgress("train", 4, 40, 10.0).remaining_s == pytest.approx(90.0)
+    assert WorkerProgress("train", 40, 40, 100.0).remaining_s == 0.0
+    assert WorkerProgress("load", 0, 40, 0.0).remaining_s is None
+
+
 def test_a_worker_that_refuses_its_input_is_a_usage_error(tmp_path: Path) -> None:
     worker = worker_script(
         tmp_path, 'sys.stderr.write("w.py: error: --data x: no such file\\n")\nsys.exit(2)\n'
@@ -111,3 +186,38 @@ def test_a_missing_ml_python_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist") as raised:
         MlWorker(tmp_path / "nope" / "python").run("w.py", [], log=tmp_path / "w.log")
     assert "make setup" in raised.value.one_line()
+
+
+def test_train_shows_each_workers_step_loss_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from loradeploy.cli import registry_commands as cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, width=120, force_terminal=False))
+    with cli._worker_progress("m (3 steps, seed 0)") as show:
+        show(WorkerProgress("load", 0, 3, 0.0))
+        show(WorkerProgress("train", 1, 3, 2.0, loss=1.5))
+        show(WorkerProgress("train", 3, 3, 6.0, loss=0.75))
+        show(WorkerProgress("load", 0, 2, 0.0))
+        show(WorkerProgress("evaluate", 2, 2, 10.0))
+    lines = [line for line in screen.getvalue().splitlines() if line.strip()]
+    assert lines[0].startswith("m (3 steps, seed 0): training") and "3/3" in lines[0]
+    assert "loss 0.750" in lines[0] and "took 6s" in lines[0]
+    assert lines[1].startswith("m (3 steps, seed 0): evaluating") and "2/2" in lines[1]
+
+
+def test_the_time_left_is_shown_while_a_worker_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from loradeploy.cli import registry_commands as cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, width=120, force_terminal=False))
+    with cli._worker_progress("m") as show:
+        show(WorkerProgress("train", 1, 40, 3.0, loss=2.0))  # 39 steps left at 3 s each
+    assert "loss 2.000, 1m 57s left" in screen.getvalue()

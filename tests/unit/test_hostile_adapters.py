@@ -278,6 +278,27 @@ def test_a_valid_version_is_deployed_by_the_same_harness(deployer: Deployer, tmp
     assert sorted(deployer.store.downloads) == [CONFIG_FILE, WEIGHTS_FILE]
 
 
+def test_a_deploy_hashes_each_downloaded_file_once_and_the_placed_copy_once(
+    deployer: Deployer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loradeploy.domain import adapter
+
+    hashed: list[Path] = []
+    real = adapter.sha256_file
+
+    def counting(path: Path, chunk: int = 1 << 20) -> str:
+        hashed.append(Path(path))
+        return real(path, chunk)
+
+    monkeypatch.setattr(adapter, "sha256_file", counting)
+    deployer.run(Artefacts.valid())
+    root = Path(version_dir(str(deployer.around.adapters), SLOT, MODEL, "7"))
+    placed = sorted(p.name for p in hashed if p.parent == root)
+    staged = sorted(p.name for p in hashed if p.parent != root)
+    assert placed == [CONFIG_FILE, WEIGHTS_FILE]  # what vLLM reads is verified
+    assert staged == [CONFIG_FILE, WEIGHTS_FILE]  # validation: one pass, compared with the tags once
+
+
 # -- hostile file names ----------------------------------------------------------------------------
 
 # (name, what the listing-only case must be refused for). In the tags, every one of them

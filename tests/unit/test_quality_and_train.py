@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from loradeploy.clients.mlworker import Progress, WorkerProgress
 from loradeploy.coordination import Actor
 from loradeploy.domain.gates import METRIC_EXACT, METRIC_F1, METRIC_LOSS
 from loradeploy.domain.smoke import PROBES_FILE, PROBES_TAG, parse_probes, probes_digest
@@ -82,9 +83,13 @@ class FakeMlWorker:
         self.answers = answers
         self.calls: list[str] = []
 
-    def run(self, script: str, args: list[str], *, log: Path) -> dict[str, Any]:
+    def run(
+        self, script: str, args: list[str], *, log: Path, on_progress: Progress | None = None
+    ) -> dict[str, Any]:
         self.calls.append(script)
         flags = dict(zip(args[::2], args[1::2], strict=True))
+        if on_progress is not None:
+            on_progress(WorkerProgress(phase=script, step=1, steps=1, elapsed_s=0.5))
         if script == "train_lora.py":
             write_adapter(Path(flags["--out"]))
             steps = int(flags["--steps"])
@@ -152,6 +157,13 @@ def test_train_logs_a_run_and_registers_a_linked_version(
     assert metrics[METRIC_LOSS] == 0.75  # type: ignore[index]
     assert run["params"]["steps"] == "3"  # type: ignore[index]
     assert registry.aliases == {}  # candidate is the quality gate's to set
+
+
+def test_train_passes_both_workers_progress_on(request_: TrainRequest, worker: FakeMlWorker) -> None:
+    seen: list[WorkerProgress] = []
+    registry = FakeGateRegistry(MODEL)
+    train(request_, worker=worker, registry=registry, actor=ACTOR, on_progress=seen.append)  # type: ignore[arg-type]
+    assert [p.phase for p in seen] == ["train_lora.py", "eval_lora.py"]
 
 
 def test_a_second_run_reuses_the_cache_and_the_version(request_: TrainRequest, worker: FakeMlWorker) -> None:

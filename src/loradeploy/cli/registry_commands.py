@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,6 +31,7 @@ from loradeploy.domain import names
 from loradeploy.errors import UsageError
 
 if TYPE_CHECKING:
+    from loradeploy.clients.mlworker import WorkerProgress
     from loradeploy.results import StepResult
 
 
@@ -182,7 +185,49 @@ def train(
             probes_file=probes_file.resolve() if probes_file else None,
         )
         worker = MlWorker(ml_python or Path(str(assets)) / "envs" / "vllm" / "bin" / "python")
-        with err.status(f"training {model_name} ({steps} steps, seed {seed}) and evaluating it"):
-            return step(request, worker=worker, registry=_registry(settings), actor=_actor(settings, "train"))
+        with _worker_progress(f"{model_name} ({steps} steps, seed {seed})") as on_progress:
+            return step(
+                request,
+                worker=worker,
+                registry=_registry(settings),
+                actor=_actor(settings, "train"),
+                on_progress=on_progress,
+            )
 
     _run("train", output_dir, action)
+
+
+@contextmanager
+def _worker_progress(title: str) -> Iterator[Callable[[WorkerProgress], None]]:
+    """A progress bar on stderr fed by the ML workers' progress records: one bar per
+    worker, with the step, the last loss and the time left at the pace so far."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    phases = {"load": "loading the base model", "train": "training", "evaluate": "evaluating"}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    with Progress(*columns, console=err) as bar:
+        tasks: list[TaskID] = []
+
+        def show(progress: WorkerProgress) -> None:
+            if progress.phase == "load" or not tasks:  # a worker starts
+                tasks.append(bar.add_task(title, total=None, detail=""))
+            detail = [f"loss {progress.loss:.3f}"] if progress.loss is not None else []
+            left = progress.remaining_s
+            if left is not None and progress.step < progress.steps:
+                detail.append(f"{left // 60:.0f}m {left % 60:02.0f}s left")
+            elif left is not None:
+                detail.append(f"took {progress.elapsed_s:.0f}s")
+            bar.update(
+                tasks[-1],
+                description=f"{title}: {phases.get(progress.phase, progress.phase)}",
+                total=progress.steps if progress.phase != "load" else None,
+                completed=progress.step,
+                detail=", ".join(detail),
+            )
+
+        yield show

@@ -345,7 +345,8 @@ def _check_safetensors(folder: Path, size: int, rank: int) -> None:
 
 
 def inspect_adapter(folder: Path, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> AdapterInfo:
-    """Validate ``folder`` as a PEFT LoRA adapter vLLM can serve, and describe it."""
+    """Validate ``folder`` as a PEFT LoRA adapter vLLM can serve, and describe it (the
+    sha256 of every file, read once)."""
     sizes = _list_files(folder, max_total_bytes)
     config = _read_config(folder, sizes[CONFIG_FILE])
     base, rank, alpha, targets = _check_config(folder, config)
@@ -396,8 +397,13 @@ def check_compatible(
         )
 
 
-def check_digests(folder: Path, expected: Mapping[str, str], label: str) -> None:
-    """Every file present and equal to the registry's sha256 tags, and nothing else."""
+def check_digests(
+    folder: Path, expected: Mapping[str, str], label: str, *, computed: Mapping[str, str] | None = None
+) -> None:
+    """Every file present and equal to the registry's sha256 tags, and nothing else.
+
+    ``computed``: the digests ``inspect_adapter`` just took of this folder's files, in
+    this process; compared instead of hashing the same bytes a second time."""
     check_file_names(expected, f"{label}: the registry's sha256 tags")
     actual = {e.name: e for e in folder.iterdir()}
     links = sorted(name for name, entry in actual.items() if entry.is_symlink() or not entry.is_file())
@@ -414,7 +420,7 @@ def check_digests(folder: Path, expected: Mapping[str, str], label: str) -> None
             hint="re-register the adapter with 'loradeploy register'",
         )
     for name, digest in sorted(expected.items()):
-        got = sha256_file(actual[name])
+        got = computed[name] if computed is not None and name in computed else sha256_file(actual[name])
         if got != digest:
             raise InvalidAdapterError(
                 f"{label}: sha256 of {name} is {got[:12]}…, expected {digest[:12]}… from the registry tags",

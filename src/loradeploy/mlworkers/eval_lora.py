@@ -11,7 +11,9 @@ For every example of ``--data`` (JSON lines with ``context``, ``question``,
   chat (system: the context, user: the question);
 - the cross-entropy on the reference answer tokens (teacher forcing), as in training.
 
-Stdout carries one line of JSON: ``predictions`` (id, question, reference, prediction),
+Stdout carries progress lines while it runs (``{"progress": {"phase": "load" or
+"evaluate", "step", "steps", "elapsed_s"}}``, one per answered example), then one line
+of JSON, the summary: ``predictions`` (id, question, reference, prediction),
 ``eval_loss`` (mean over answer tokens of all examples) and timings. Scoring (token F1,
 exact match) is left to the caller, so there is one implementation of it. Logs go to
 stderr. Exit status: 0 ok, 2 bad input, 1 unexpected failure.
@@ -31,10 +33,12 @@ from typing import Any, NoReturn
 from train_lora import (  # the script's own folder is sys.path[0]
     IGNORE_INDEX,
     InputError,
+    Report,
     chat_messages,
     emit,
     encode,
     load_examples,
+    no_report,
     stdout_to_stderr,
 )
 
@@ -67,7 +71,9 @@ def read_ids(path: Path) -> list[str]:
     return ids
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, report: Report = no_report) -> dict[str, Any]:
+    """Answer and score every example; ``report`` gets a progress record when the model
+    starts loading and after every example."""
     started = time.monotonic()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,6 +92,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     examples = load_examples(args.data)
     ids = read_ids(args.data)
+    report({"phase": "load", "step": 0, "steps": len(examples), "elapsed_s": 0.0})
     tokenizer = AutoTokenizer.from_pretrained(args.base_model)
     model = AutoModelForCausalLM.from_pretrained(args.base_model, dtype=torch.float32)
     if args.adapter is not None:
@@ -97,6 +104,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     predictions = []
     loss_sum, loss_tokens = 0.0, 0
+    eval_started = time.monotonic()
     with torch.no_grad():
         for example, example_id in zip(examples, ids, strict=True):
             item = encode(tokenizer, example, args.max_length)
@@ -133,6 +141,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     "prediction": text.strip(),
                 }
             )
+            elapsed = round(time.monotonic() - eval_started, 2)
+            report(
+                {"phase": "evaluate", "step": len(predictions), "steps": len(examples), "elapsed_s": elapsed}
+            )
     return {
         "adapter": str(args.adapter.absolute()) if args.adapter else None,
         "base_model": str(args.base_model.absolute()),
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with stdout_to_stderr() as real_stdout:
         try:
-            summary = evaluate(args)
+            summary = evaluate(args, lambda p: emit(real_stdout, {"progress": p}))
         except InputError as exc:
             sys.stderr.write(f"eval_lora.py: error: {exc}\n")
             return 2

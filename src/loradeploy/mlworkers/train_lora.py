@@ -26,8 +26,10 @@ version lives in a new folder.
 
 Training is deterministic for a given seed, data, base model and thread count.
 
-Stdout carries one line of JSON (the summary); logs go to stderr. Exit status: 0 ok,
-2 bad input, 1 unexpected failure.
+Stdout carries JSON lines: progress while it runs (``{"progress": {"phase": "load" or
+"train", "step", "steps", "elapsed_s", "loss"}}``, one when the model starts loading and
+one per optimiser step), then the summary as the last line; logs go to stderr. Exit
+status: 0 ok, 2 bad input, 1 unexpected failure.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -132,6 +134,13 @@ def stdout_to_stderr() -> Iterator[int]:
 
 def emit(fd: int, summary: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(summary) + "\n").encode())
+
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def no_report(_: dict[str, Any]) -> None:
+    return None
 
 
 def validate_args(args: argparse.Namespace) -> list[str]:
@@ -248,8 +257,11 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, Any]:
     }
 
 
-def train(args: argparse.Namespace, targets: list[str]) -> dict[str, Any]:
+def train(args: argparse.Namespace, targets: list[str], report: Report = no_report) -> dict[str, Any]:
+    """Train and save the adapter; ``report`` gets a progress record when the model starts
+    loading and after every step."""
     started = time.monotonic()
+    report({"phase": "load", "step": 0, "steps": args.steps, "elapsed_s": 0.0})
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -320,6 +332,10 @@ def train(args: argparse.Namespace, targets: list[str]) -> dict[str, Any]:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(round(float(loss.item()), 4))
+        elapsed = round(time.monotonic() - train_started, 2)
+        report(
+            {"phase": "train", "step": step, "steps": args.steps, "elapsed_s": elapsed, "loss": losses[-1]}
+        )
         if step == 1 or step % 10 == 0 or step == args.steps:
             log.info(
                 "step %d/%d loss %.4f (%.1f s)",
@@ -390,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     with stdout_to_stderr() as real_stdout:
         try:
             targets = validate_args(args)
-            summary = train(args, targets)
+            summary = train(args, targets, lambda p: emit(real_stdout, {"progress": p}))
         except InputError as exc:
             sys.stderr.write(f"train_lora.py: error: {exc}\n")
             return 2

@@ -83,8 +83,10 @@ def fetch_and_place(
         with timer("signature"):  # first: the signature artifact leaves the folder here
             verdict = check_signature(version, staging, policy.trust)
         with timer("validate"):
+            # One sha256 pass over the files MLflow's download wrote (inspect_adapter's),
+            # compared with the registry's tags; placing hashes the copy again.
             info = inspect_adapter(staging, max_total_bytes=policy.max_adapter_bytes)
-            check_digests(staging, digests, label)
+            check_digests(staging, digests, label, computed=info.files)
             for names in served_names:
                 check_compatible(
                     info,

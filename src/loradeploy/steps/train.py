@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loradeploy.clients.mlworker import MlWorker
+from loradeploy.clients.mlworker import MlWorker, Progress
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.coordination import Actor
 from loradeploy.domain.adapter import inspect_adapter
@@ -86,7 +86,17 @@ def _flags(**values: object) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
 
 
-def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, actor: Actor) -> StepResult:
+def train(
+    request: TrainRequest,
+    *,
+    worker: MlWorker,
+    registry: MLflowHelper,
+    actor: Actor,
+    on_progress: Progress | None = None,
+) -> StepResult:
+    """Train (or take from the cache), evaluate, log the run, register the version.
+    ``on_progress`` gets the workers' progress records (loading, every step, every
+    evaluated question) while they run."""
     result = StepResult(step="train", model=request.model)
     timer = Timer(result.timings_s)
     probes = (
@@ -121,6 +131,7 @@ def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, ac
                     *_flags(out=adapter, steps=request.steps, seed=request.seed),
                 ],
                 log=folder / "train.log",
+                on_progress=on_progress,
             )
             summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     eval_key = _digest(
@@ -143,6 +154,7 @@ def train(request: TrainRequest, *, worker: MlWorker, registry: MLflowHelper, ac
                     max_new_tokens=request.max_new_tokens,
                 ),
                 log=folder / "eval.log",
+                on_progress=on_progress,
             )
             eval_file.write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
     predictions = evaluation["predictions"]
