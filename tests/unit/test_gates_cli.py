@@ -49,6 +49,36 @@ def test_quality_gate_needs_exactly_one_of_version_and_run_id(which: list[str]) 
 
 
 @pytest.mark.parametrize("command", ["compare-decision", "perf-decision"])
+@pytest.mark.parametrize(("given", "expected"), [([], 120.0), (["--request-timeout=45"], 45.0)])
+def test_every_client_of_a_gate_waits_its_request_timeout(
+    command: str, given: list[str], expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gate 1's questions and Gate 2's load queue on the server: their clients wait
+    --request-timeout (default 120 s), not the 30 s of single requests."""
+    from loradeploy.clients import vllm
+
+    seen: list[float | None] = []
+    original = vllm.VllmClient.__init__
+
+    def recording(self: vllm.VllmClient, *args: object, **kwargs: object) -> None:
+        timeout = kwargs.get("timeout")
+        seen.append(timeout.read if timeout is not None else None)  # type: ignore[attr-defined]
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vllm.VllmClient, "__init__", recording)
+    result = invoke(
+        command,
+        "--model-name=aws-rag-qa",
+        f"--vllm-url={NOTHING_LISTENS}",
+        f"--tracking-uri={NOTHING_LISTENS}",
+        f"--eval-data={EVAL}",
+        *given,
+    )
+    assert result.exit_code == 75, result.output
+    assert seen and all(read == expected for read in seen), seen
+
+
+@pytest.mark.parametrize("command", ["compare-decision", "perf-decision"])
 def test_a_gate_that_reaches_no_server_is_transient(command: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = invoke(

@@ -14,7 +14,6 @@ from loradeploy.cli.common import (
     _registry,
     _run,
     _settings,
-    _vllm,
     err,
 )
 from loradeploy.cli.options import (
@@ -127,6 +126,14 @@ def compare_decision(
         float, typer.Option("--min-win-rate", min=0.0, max=1.0, help="Judge: wins + ties/2 over questions.")
     ] = 0.4,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=1024)] = 48,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            "--request-timeout",
+            min=1.0,
+            help="Seconds to wait for one answer (they queue on the server).",
+        ),
+    ] = 120.0,
     seed: GateSeed = 0,
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
@@ -139,6 +146,8 @@ def compare_decision(
     sets eval-passed or eval-failed on the version the candidate slot serves."""
 
     def action() -> StepResult:
+        import httpx
+
         from loradeploy.clients.vllm import VllmClient
         from loradeploy.domain.gates import EvalThresholds
         from loradeploy.domain.scoring import read_qa
@@ -169,12 +178,18 @@ def compare_decision(
             ca_bundle=ca_bundle,
         )
         key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+        # Gate 1 sends its questions at once; under live traffic an answer can queue on a
+        # small server for longer than the default 30 s.
+        timeout = httpx.Timeout(request_timeout, connect=5.0)
         with (
-            _vllm(settings) as vllm,
+            VllmClient(
+                settings.require_vllm_url(), api_key=key, verify=settings.verify, timeout=timeout
+            ) as vllm,
             VllmClient(
                 judge_url or settings.require_vllm_url(),
                 api_key=judge_api_key if judge_url else (judge_api_key or key),
                 verify=settings.verify,
+                timeout=timeout,
             ) as judge,
             err.status(f"Gate 1: {len(request.examples)} questions through {candidate_slot} and {live_slot}"),
         ):
