@@ -47,10 +47,10 @@ def _settings(**flags: Any) -> Settings:
 
 
 @contextmanager
-def _vllm(settings: Settings, url: str | None = None) -> Iterator[Any]:
+def _vllm(settings: Settings, url: str | None = None, *, timeout_s: float | None = None) -> Iterator[Any]:
     from loradeploy.clients import wiring
 
-    with wiring.vllm_client(settings, url) as client:
+    with wiring.vllm_client(settings, url, timeout_s=timeout_s) as client:
         yield client
 
 

@@ -14,6 +14,7 @@ from loradeploy.cli.common import (
     _registry,
     _run,
     _settings,
+    _vllm,
     err,
 )
 from loradeploy.cli.options import (
@@ -182,9 +183,7 @@ def compare_decision(
         # small server for longer than the default 30 s.
         timeout = httpx.Timeout(request_timeout, connect=5.0)
         with (
-            VllmClient(
-                settings.require_vllm_url(), api_key=key, verify=settings.verify, timeout=timeout
-            ) as vllm,
+            _vllm(settings, timeout_s=request_timeout) as vllm,
             VllmClient(
                 judge_url or settings.require_vllm_url(),
                 api_key=judge_api_key if judge_url else (judge_api_key or key),
@@ -240,9 +239,7 @@ def perf_decision(
     throughput ratio, error rate; sets perf-passed or perf-failed."""
 
     def action() -> StepResult:
-        import httpx
 
-        from loradeploy.clients.vllm import VllmClient
         from loradeploy.domain.gates import PerfThresholds
         from loradeploy.domain.scoring import qa_messages, read_qa
         from loradeploy.steps.perf_decision import PerfRequest, perf_plot
@@ -272,12 +269,7 @@ def perf_decision(
             ca_bundle=ca_bundle,
         )
         with (
-            VllmClient(
-                settings.require_vllm_url(),
-                api_key=settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None,
-                verify=settings.verify,
-                timeout=httpx.Timeout(request_timeout, connect=5.0),
-            ) as vllm,
+            _vllm(settings, timeout_s=request_timeout) as vllm,
             err.status(f"Gate 2: {requests} requests per slot, {concurrency} at a time"),
         ):
             result = step(

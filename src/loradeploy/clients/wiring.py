@@ -61,12 +61,20 @@ def registry_client(settings: Settings) -> MLflowHelper:
 
 
 @contextmanager
-def vllm_client(settings: Settings, url: str | None = None) -> Iterator[VllmClient]:
-    """A client of ``url`` (default: the settings' vLLM URL), closed afterwards."""
-    from loradeploy.clients.vllm import VllmClient
+def vllm_client(
+    settings: Settings, url: str | None = None, *, timeout_s: float | None = None
+) -> Iterator[VllmClient]:
+    """A client of ``url`` (default: the settings' vLLM URL), closed afterwards;
+    ``timeout_s`` replaces the client's default read timeout (requests that queue)."""
+    import httpx
+
+    from loradeploy.clients.vllm import DEFAULT_TIMEOUT, VllmClient
 
     api_key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
-    client = VllmClient(url or settings.require_vllm_url(), api_key=api_key, verify=settings.verify)
+    timeout = DEFAULT_TIMEOUT if timeout_s is None else httpx.Timeout(timeout_s, connect=5.0)
+    client = VllmClient(
+        url or settings.require_vllm_url(), api_key=api_key, verify=settings.verify, timeout=timeout
+    )
     try:
         yield client
     finally:
