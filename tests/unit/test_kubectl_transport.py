@@ -315,7 +315,9 @@ def pod_servers(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> dict[s
     servers = {url: FakeVllmServer() for url in ("http://10.0.0.1:8000", "http://10.0.0.2:8000")}
 
     @contextmanager
-    def fake_vllm(settings: Any, url: str | None = None) -> Iterator[VllmClient]:
+    def fake_vllm(
+        settings: Any, url: str | None = None, *, timeout_s: float | None = None
+    ) -> Iterator[VllmClient]:
         assert url in servers, f"addressed {url}, not a Ready pod"
         with VllmClient(url, transport=servers[url].transport()) as client:
             yield client
