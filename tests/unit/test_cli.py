@@ -171,3 +171,31 @@ def test_smoke_test_refuses_a_reference_floor_that_cannot_fail() -> None:
         "--min-reference-f1=0",
     )
     assert result.exit_code == 2, result.output
+
+
+@pytest.mark.parametrize("blocker", ["a file", "a file's child"])
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_the_step_acts(
+    tmp_path: Path, blocker: str
+) -> None:
+    """Found by hand: 'register --output-dir=<a file>' registered the version, moved the
+    alias and then died in a traceback writing result.json. The folder is checked first:
+    with nothing listening at the registry, reaching it would exit 75, not 2."""
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    out = taken if blocker == "a file" else taken / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "load-adapter",
+            "--model-name=aws-rag-qa",
+            "--source=alias:candidate",
+            "--slot-name=aws-rag-qa-candidate",
+            f"--vllm-url={NOTHING_LISTENS}",
+            f"--output-dir={out}",
+        ],
+        env={"MLFLOW_TRACKING_URI": NOTHING_LISTENS},
+    )
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert str(out) in line and "--output-dir" in line
+    assert taken.read_text() == "not a folder"

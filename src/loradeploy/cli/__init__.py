@@ -10,6 +10,7 @@ replicas, adapter policy) is ``clients.wiring``.
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
 import sys
 
@@ -68,7 +69,13 @@ stack_app.command("status")(stack_commands.stack_status)
 
 def main() -> None:
     """Console-script entry point. ``kill -USR1 <pid>`` prints every thread's stack to
-    stderr, for a run that seems stuck."""
+    stderr, for a run that seems stuck.
+
+    MLflow's client reports usage to an outside service from every process that uses it
+    (a DNS look-up and a request per command, found with strace); a release tool runs in
+    clusters that may not reach it, so loradeploy turns that off unless
+    ``MLFLOW_DISABLE_TELEMETRY`` is set already."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

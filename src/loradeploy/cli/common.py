@@ -127,6 +127,15 @@ def _run(
     render: Callable[[StepResult], None] | None = None,
 ) -> None:
     """Run one step, render its result, and turn errors into exit codes."""
+    if output_dir:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # before the step acts: a step that moved an alias must be able to say so
+            _print_error(
+                f"--output-dir {output_dir}: cannot be a folder ({exc.strerror}); "
+                "next: pass a folder path, or remove the file in its way"
+            )
+            raise typer.Exit(int(ExitCode.USAGE)) from None
     try:
         result = action()
     except LoraDeployError as exc:
