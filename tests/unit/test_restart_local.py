@@ -77,3 +77,27 @@ def test_the_restore_enforces_the_policy(tmp_path: Path, registry: FakeRegistry)
     with pytest.raises(InvalidAdapterError):
         restart(tmp_path, registry, AdapterPolicy(max_adapter_bytes=1024))
     assert not (tmp_path / "adapters" / SLOTS["live"]).exists()
+
+
+def test_a_failed_restore_starts_every_vllm_again_on_what_it_served_before(
+    tmp_path: Path, registry: FakeRegistry
+) -> None:
+    """Found reading the step: a restore that failed (here, the policy refuses the file;
+    the same for an unreachable registry) left every vLLM stopped. The servers come back
+    on the slot folders and manifest they had, and the error still reaches the caller."""
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    before = '{"aws-rag-qa-live": "aws-rag-qa-live/aws-rag-qa-v0"}'
+    (adapters / MANIFEST).write_text(before)
+    processes = FakeVllmProcesses(adapters)
+    with pytest.raises(InvalidAdapterError):
+        restart_local(
+            processes,
+            model=MODEL,
+            slot_for_alias=SLOTS,
+            registry=registry,  # type: ignore[arg-type]
+            transport=LocalFolderTransport(adapters, tmp_path / "staging"),
+            policy=AdapterPolicy(max_adapter_bytes=1024),
+            base_model_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        )
+    assert processes.events == [("stop", "vllm-0"), ("stop", "vllm-1"), ("start", before), ("start", before)]

@@ -39,24 +39,30 @@ def restart_local(
     base_model_name: str | None,
     on_tick: Tick | None = None,
 ) -> StepResult:
-    """Stop, restore, start; the checks are the restore's (one per alias)."""
+    """Stop, restore, start (also after a failed restore); the checks are the restore's
+    (one per alias)."""
     result = StepResult(step="restart-deployment", model=model)
     timer = Timer(result.timings_s)
     with timer("stop"):
         for name in stack.vllm_names():
             stack.stop(name)
-    with timer("restore"):
-        restored = init_load_adapters(
-            model=model,
-            slot_for_alias=slot_for_alias,
-            registry=registry,
-            transport=transport,
-            base_model_name=base_model_name,
-            policy=policy,
-        )
-    with timer("start"):
-        for name in stack.vllm_names():
-            stack.start_vllm(name, on_tick=on_tick)
+    try:
+        with timer("restore"):
+            restored = init_load_adapters(
+                model=model,
+                slot_for_alias=slot_for_alias,
+                registry=registry,
+                transport=transport,
+                base_model_name=base_model_name,
+                policy=policy,
+            )
+    finally:
+        # A failed restore leaves lora-modules.json as it was (it is written last, after
+        # every slot was placed), so the servers come back on what they served before
+        # instead of staying down; the restore's error then reaches the caller.
+        with timer("start"):
+            for name in stack.vllm_names():
+                stack.start_vllm(name, on_tick=on_tick)
     result.checks = restored.checks
     result.details = {
         "restored": restored.details.get("restored"),
