@@ -7,7 +7,9 @@ Lookup order for every connection value (first found wins):
    ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``,
    ``LORADEPLOY_BASE_MODEL_ALIASES``: ``ADAPTER_BASE=SERVED_BASE`` pairs separated by
    commas or spaces, used when no ``--base-model-alias`` flag is given;
-   ``LORADEPLOY_STAGING_DIR``;
+   ``LORADEPLOY_STAGING_DIR``; how long a swap waits on a server that stopped answering,
+   ``LORADEPLOY_SWAP_WATCH_S`` (an unanswered load watched on ``/v1/models``, default
+   30) and ``LORADEPLOY_SWAP_RESTORE_S`` (putting the old folder back, default 60);
    the trust policy ``LORADEPLOY_TRUSTED_KEYS``, ``LORADEPLOY_TRUSTED_CAS`` (PEM files,
    separated by ``os.pathsep``), ``LORADEPLOY_REQUIRE_SIGNATURE`` (true/false); signing
    ``LORADEPLOY_SIGN_KEY``, ``LORADEPLOY_SIGN_CERT_CHAIN``);
@@ -78,6 +80,10 @@ class Settings(BaseModel):
     # The same for every retry of one request (Argo: the workflow's uid and step), so a
     # retry recognises an alias plan its own earlier attempt left; empty: none.
     run_key: str = Field(default="", max_length=256)
+    # A swap's patience with a server that stopped answering (steps.swap.Patience); env
+    # only. A GPU server whose restart takes minutes wants a longer restore window.
+    swap_watch_s: float = Field(default=30.0, gt=0, le=3600)
+    swap_restore_s: float = Field(default=60.0, gt=0, le=3600)
     # The trust policy (issue 13): public keys and CA certificates (PEM files) whose
     # signatures are accepted; with require_signature an unsigned version is refused.
     # Nothing configured: signatures are not checked (as before signing existed).
@@ -234,6 +240,8 @@ def load_settings(
             base_model_aliases=parse_base_aliases(*base_alias_pairs(flags, env)),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),
             run_key=env.get("LORADEPLOY_RUN_KEY", ""),
+            swap_watch_s=float(env.get("LORADEPLOY_SWAP_WATCH_S") or 30.0),
+            swap_restore_s=float(env.get("LORADEPLOY_SWAP_RESTORE_S") or 60.0),
             trusted_keys=_paths(flags, "trusted_key", env, "LORADEPLOY_TRUSTED_KEYS", stack),
             trusted_cas=_paths(flags, "trusted_ca", env, "LORADEPLOY_TRUSTED_CAS", None),
             require_signature=_flag(

@@ -43,6 +43,10 @@ TRANSIENT = 75
 # CI samples two boundaries per case; LORADEPLOY_FAULT_BOUNDARIES=0.1,0.2,... runs more
 # (docs/faults.md was written from a run with three).
 BOUNDARIES = tuple(float(f) for f in os.environ.get("LORADEPLOY_FAULT_BOUNDARIES", "0.4,0.95").split(","))
+# A dropped vLLM connection makes the swap watch an unanswered load and then retry the
+# put-back until their deadlines (30 s and 60 s by default): shorter windows keep each
+# faulty run short and still run both waits to their end.
+SHORT_PATIENCE = {"LORADEPLOY_SWAP_WATCH_S": "4", "LORADEPLOY_SWAP_RESTORE_S": "6"}
 
 
 @dataclass
@@ -210,7 +214,7 @@ def test_fault_at_every_boundary_leaves_a_recoverable_state(
         proxy.arm(after=boundary, fault=fault)
         # Argo's retry of the same step carries the same run key (the workflow's uid).
         retry = {"LORADEPLOY_RUN_KEY": f"{case.name}-{server}-{fault}-{boundary}"}
-        faulty = stack.run(*case.args(fleet), *_through(fleet, server), env=retry)
+        faulty = stack.run(*case.args(fleet), *_through(fleet, server), env={**retry, **SHORT_PATIENCE})
         proxy.disarm()
         aliases = stack.aliases(MODEL)
         served = stack.served().get(case.slot)

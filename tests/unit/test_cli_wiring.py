@@ -123,3 +123,44 @@ def test_set_staged_alias_checks_every_replica_of_the_stack(
     assert STACK_URLS[1] in done.stderr
     assert "staged" not in registry.aliases
     assert all(server.calls for server in stack_replicas.values())
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "function"),
+    [
+        ("load-adapter", "loradeploy.steps.load_adapter", "load_adapter"),
+        ("promote-adapter", "loradeploy.steps.promote", "promote_adapter"),
+        ("reconcile", "loradeploy.steps.reconcile", "reconcile"),
+    ],
+)
+def test_every_command_that_swaps_waits_the_patience_of_its_settings(
+    stack_replicas: dict[str, FakeVllmServer],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    module: str,
+    function: str,
+) -> None:
+    """LORADEPLOY_SWAP_WATCH_S and LORADEPLOY_SWAP_RESTORE_S reach the request of each
+    step that swaps (the step itself is replaced by a recorder here)."""
+    import importlib
+
+    from loradeploy.results import StepResult
+
+    seen: list[Any] = []
+
+    def recorder(request: Any, **_: Any) -> StepResult:
+        seen.append(request.patience)
+        return StepResult(step=command, model=MODEL)
+
+    monkeypatch.setattr(importlib.import_module(module), function, recorder)
+    monkeypatch.setenv("LORADEPLOY_SWAP_WATCH_S", "4")
+    monkeypatch.setenv("LORADEPLOY_SWAP_RESTORE_S", "7")
+    args = {
+        "load-adapter": ["--source=alias:live", "--slot-name=aws-rag-qa-candidate"],
+        "promote-adapter": ["--source-alias=staged"],
+        "reconcile": [],
+    }[command]
+    done = CliRunner().invoke(cli.app, [command, f"--model-name={MODEL}", *args])
+    assert done.exit_code == 0, done.output
+    [patience] = seen
+    assert (patience.unknown_load_s, patience.restore_s) == (4.0, 7.0)

@@ -380,3 +380,40 @@ def test_the_cli_writes_the_replicas_left_into_result_json(tmp_path: Path) -> No
     assert written["details"]["replicas_left"] == [
         {"replica": "http://vllm-a.test:8000", "slot": SLOT, "serves": V2, "wanted": V1, "known": True}
     ]
+
+
+def test_load_adapter_waits_the_patience_of_its_request(tmp_path: Path, clock: FakeClock) -> None:
+    """An unanswered load is watched ``unknown_load_s`` and the put-back tried
+    ``restore_s`` of the request's patience (settings: LORADEPLOY_SWAP_WATCH_S and
+    LORADEPLOY_SWAP_RESTORE_S), not the defaults of 30 s and 60 s."""
+    registry = FakeRegistry(model="m")
+    registry.add_version("1", write_adapter(tmp_path / "src" / "v1"))
+    server = FakeVllmServer(clock=clock, adapters={SLOT: V1})
+
+    def silent_after_the_load(request: httpx.Request) -> httpx.Response:
+        if request.url.path == LOAD or loaded:
+            loaded.append(request.url.path)
+            raise httpx.ConnectError("connection dropped", request=request)
+        return server.handle(request)
+
+    loaded: list[str] = []
+    patience = Patience(unknown_load_s=3.0, restore_s=5.0, retry_every_s=1.0, clock=clock, sleep=clock.sleep)
+    started = clock.now
+    with (
+        VllmClient(
+            "http://vllm.test:8000",
+            transport=httpx.MockTransport(silent_after_the_load),
+            clock=clock,
+            sleep=clock.sleep,
+        ) as vllm,
+        pytest.raises(PartialRolloutError),
+    ):  # the put-back never got through
+        load_adapter(
+            LoadRequest(model="m", source=Source("version", "1"), slot=SLOT, patience=patience),
+            registry=registry,  # type: ignore[arg-type]
+            replicas=[vllm],
+            transport=LocalFolderTransport(tmp_path / "adapters"),
+            actor=Actor(who="test@host", step="load-adapter", run_id="run-1"),
+        )
+    waited = clock.now - started
+    assert patience.unknown_load_s + patience.restore_s <= waited < 30.0, waited

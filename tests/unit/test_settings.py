@@ -174,3 +174,20 @@ def test_staging_is_beside_the_stack_adapters_or_from_the_environment(project: P
     env = {"LORADEPLOY_STAGING_DIR": "/scratch/loradeploy"}
     assert load_settings({}, env, project).staging_dir == Path("/scratch/loradeploy")
     assert load_settings({}, {}, tmp_path).staging_dir is None  # the transport's default: system temp
+
+
+def test_a_swaps_patience_comes_from_the_environment(tmp_path: Path) -> None:
+    assert (load_settings({}, {}, tmp_path).swap_watch_s, load_settings({}, {}, tmp_path).swap_restore_s) == (
+        30.0,
+        60.0,
+    )
+    env = {"LORADEPLOY_SWAP_WATCH_S": "5", "LORADEPLOY_SWAP_RESTORE_S": "300.5"}
+    settings = load_settings({}, env, tmp_path)
+    assert (settings.swap_watch_s, settings.swap_restore_s) == (5.0, 300.5)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "3601", "nan"])
+def test_a_bad_swap_patience_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, {"LORADEPLOY_SWAP_RESTORE_S": value}, tmp_path)
+    assert "settings are invalid" in caught.value.message

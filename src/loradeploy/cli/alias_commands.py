@@ -17,6 +17,7 @@ from loradeploy.cli.common import (
     _settings,
     err,
     out,
+    swap_patience,
 )
 from loradeploy.cli.options import (
     DEFAULT_CANDIDATE_SLOT,
@@ -158,7 +159,7 @@ def promote_adapter(
             trusted_ca=trusted_ca,
             require_signature=require_signature,
         )
-        request = replace(request, policy=wiring.adapter_policy(settings))
+        request = replace(request, policy=wiring.adapter_policy(settings), patience=swap_patience(settings))
         where = wiring.Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl)
         with (
             wiring.targets(settings, where) as (files, replicas),

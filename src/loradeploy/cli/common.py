@@ -25,6 +25,7 @@ from loradeploy.errors import CheckFailedError, ExitCode, LoraDeployError, redac
 if TYPE_CHECKING:  # imported where used: pydantic would double the start-up of --help
     from loradeploy.results import StepResult
     from loradeploy.settings import Settings
+    from loradeploy.steps.swap import Patience
 
 out = Console()
 err = Console(stderr=True)
@@ -97,6 +98,13 @@ def _local_stack(
         assets = read_stack(root / STACK_FILE).assets  # keep what an earlier 'up' used
     found = assets or Path(os.environ.get("LORADEPLOY_ASSETS", str(root)))
     return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas, signing=signing))
+
+
+def swap_patience(settings: Settings) -> Patience:
+    """How long the swaps of this command wait on a server that stopped answering."""
+    from loradeploy.steps.swap import Patience
+
+    return Patience(unknown_load_s=settings.swap_watch_s, restore_s=settings.swap_restore_s)
 
 
 def _print_error(line: str) -> None:

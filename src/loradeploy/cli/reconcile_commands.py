@@ -20,6 +20,7 @@ from loradeploy.cli.common import (
     _settings,
     err,
     out,
+    swap_patience,
 )
 from loradeploy.cli.options import (
     DEFAULT_CANDIDATE_SLOT,
@@ -191,6 +192,7 @@ def reconcile(
             slot_for_alias=slots,
             strategy=swap_strategy,
             policy=wiring.adapter_policy(settings),
+            patience=swap_patience(settings),
             write_manifest=write_manifest,
             base_model_name=base_model_name,
         )

@@ -19,6 +19,7 @@ from loradeploy.cli.common import (
     _settings,
     _vllm,
     err,
+    swap_patience,
 )
 from loradeploy.cli.options import (
     DEFAULT_CANDIDATE_SLOT,
@@ -111,6 +112,7 @@ def load_adapter(
             slot=slot,
             strategy=swap_strategy,
             policy=wiring.adapter_policy(settings),
+            patience=swap_patience(settings),
         )
         with (
             wiring.targets(

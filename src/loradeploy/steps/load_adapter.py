@@ -21,6 +21,7 @@ from loradeploy.results import StepResult, Timer
 from loradeploy.steps.deploy import deploy_version, required_digests
 from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
+from loradeploy.steps.swap import DEFAULT_PATIENCE, Patience
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class LoadRequest:
     slot: str
     strategy: SwapStrategy = SwapStrategy.AUTO
     policy: AdapterPolicy = field(default_factory=AdapterPolicy)  # rank, size, base, trust
+    patience: Patience = DEFAULT_PATIENCE  # how long a swap waits on a silent server
 
 
 def load_adapter(
@@ -59,6 +61,7 @@ def load_adapter(
             registry=registry,
             transport=transport,
             policy=request.policy,
+            patience=request.patience,
             result=result,
             guard=held.lease.ensure_held,
         )

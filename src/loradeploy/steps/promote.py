@@ -35,6 +35,7 @@ from loradeploy.steps.cleanup import remove_unused_folders
 from loradeploy.steps.deploy import deploy_version, required_digests
 from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
+from loradeploy.steps.swap import DEFAULT_PATIENCE, Patience
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class PromoteRequest:
     live_slot: str
     strategy: SwapStrategy = SwapStrategy.AUTO
     policy: AdapterPolicy = field(default_factory=AdapterPolicy)  # rank, size, base, trust
+    patience: Patience = DEFAULT_PATIENCE  # how long a swap waits on a silent server
     reason: str = ""
 
 
@@ -99,6 +101,7 @@ def promote_adapter(
             registry=registry,
             transport=transport,
             policy=request.policy,
+            patience=request.patience,
             result=result,
             guard=held.lease.ensure_held,
         )

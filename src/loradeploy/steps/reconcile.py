@@ -37,6 +37,7 @@ from loradeploy.results import Check, StepResult, Timer
 from loradeploy.steps.deploy import deploy_version
 from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
+from loradeploy.steps.swap import DEFAULT_PATIENCE, Patience
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ReconcileRequest:
     slot_for_alias: Mapping[str, str]  # alias -> slot, e.g. live -> aws-rag-qa-live
     strategy: SwapStrategy = SwapStrategy.AUTO
     policy: AdapterPolicy = field(default_factory=AdapterPolicy)  # rank, size, base, trust
+    patience: Patience = DEFAULT_PATIENCE  # how long a swap waits on a silent server
     # Sidecar: keep lora-modules.json equal to what is served, with this base model name.
     write_manifest: bool = False
     base_model_name: str | None = None
@@ -111,6 +113,7 @@ def _repair(
         registry=registry,
         transport=transport,
         policy=request.policy,
+        patience=request.patience,
         result=scratch,
         guard=guard,
     )
