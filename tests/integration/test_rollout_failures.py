@@ -168,6 +168,7 @@ def test_a_put_back_that_fails_names_the_replica_left_and_reconcile_repairs_it(
             f"--vllm-url={proxy.url}",
             f"--vllm-url={strict_replica}",
             output_dir=tmp_path / "failed",
+            env={"LORADEPLOY_SWAP_RESTORE_S": "8"},  # retried 8 s, not the default 60 s
         )
         assert proxy.loads > 2, "the put-back was tried once, not retried"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from loradeploy.clients.vllm import VllmClient
@@ -338,3 +339,31 @@ def test_a_registry_that_does_not_answer_is_transient() -> None:
     with pytest.raises(ServerUnavailableError) as caught:
         run_step(chat_server(), store=store)
     assert caught.value.exit_code == 75
+
+
+def test_after_the_first_request_the_others_and_the_base_answers_go_at_once() -> None:
+    """Issue 14: requests that can go at once go at once (the server batches them). Every
+    completion after the first waits at a barrier of four: asked one at a time, the
+    barrier breaks after its timeout and the step fails."""
+    import threading
+
+    server = chat_server()
+    barrier = threading.Barrier(4, timeout=10)
+    seen = {"completions": 0}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/completions"):
+            with lock:
+                seen["completions"] += 1
+                first = seen["completions"] == 1
+            if not first:
+                barrier.wait()  # 2 more answers of the slot and 2 of the base (2 distinct probes)
+        with lock:
+            return server.handle(request)
+
+    lock = threading.Lock()
+    probes = [CONTEXT_PROBE, Probe("What is S3?", reference="Object storage")]
+    with VllmClient("http://vllm.test:8000", transport=httpx.MockTransport(handle)) as client:
+        result = smoke_test(client, adapter=SLOT, num_requests=3, max_latency_s=30, probes=probes)
+    assert seen["completions"] == 5  # 3 of the slot, 1 of the base per distinct probe
+    assert [a["base_text"] for a in result.details["answers"]] == ["I am a helpful assistant."] * 3

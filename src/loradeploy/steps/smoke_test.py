@@ -16,6 +16,7 @@ expected model and version, that the slot's ``root`` is that version's folder.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from loradeploy.clients.registry import VersionInfo
@@ -36,6 +37,8 @@ from loradeploy.domain.smoke import (
 )
 from loradeploy.errors import NoChatTemplateError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
+
+PARALLEL_REQUESTS = 4  # at once after the first; the server batches them
 
 CHAT, COMPLETIONS = "chat", "completions"
 
@@ -124,27 +127,29 @@ def smoke_test(
         result.model, result.version = served.model, served.version
     with timer("probes"):
         chosen, origin = choose_probes(probes, served, store)
-    answers = []
+    asked = [chosen[index % len(chosen)] for index in range(num_requests)]
     api = CHAT
     with timer("requests"):
-        for index in range(num_requests):
-            probe = chosen[index % len(chosen)]
-            try:
-                done = _ask(vllm, adapter, probe, api, max_tokens)
-            except NoChatTemplateError:  # decided by the server, once: the base's tokenizer
-                api = COMPLETIONS
-                done = _ask(vllm, adapter, probe, api, max_tokens)
-            answers.append(Answer(probe.prompt, done.text, done.latency_s, reference=probe.reference))
-    if compare_base:
-        with timer("base-comparison"):
+        # The first request settles the API (the server refuses chat once for a model
+        # without a chat template); the others, and the base model's answers, go at once,
+        # a few at a time: the server batches them.
+        try:
+            first = _ask(vllm, adapter, asked[0], api, max_tokens)
+        except NoChatTemplateError:
+            api = COMPLETIONS
+            first = _ask(vllm, adapter, asked[0], api, max_tokens)
+        base_probes = list(dict.fromkeys(asked)) if compare_base else []
+        with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+            rest = [pool.submit(_ask, vllm, adapter, probe, api, max_tokens) for probe in asked[1:]]
+            base = [pool.submit(_ask, vllm, base_id, probe, api, max_tokens) for probe in base_probes]
+            done = [first, *(future.result() for future in rest)]
             base_answers = {
-                probe: _ask(vllm, base_id, probe, api, max_tokens).text
-                for probe in dict.fromkeys(chosen[index % len(chosen)] for index in range(num_requests))
+                probe: future.result().text for probe, future in zip(base_probes, base, strict=True)
             }
-        answers = [
-            Answer(a.prompt, a.text, a.latency_s, base_answers[chosen[i % len(chosen)]], a.reference)
-            for i, a in enumerate(answers)
-        ]
+    answers = [
+        Answer(probe.prompt, d.text, d.latency_s, base_answers.get(probe), probe.reference)
+        for probe, d in zip(asked, done, strict=True)
+    ]
     result.checks.extend(
         evaluate(
             answers, max_latency_s, min_different=min_different, min_reference_f1=min_reference_f1, api=api
