@@ -871,7 +871,11 @@ def main() -> int:
     targets = [
         t
         for t in previous.get("targets", [])
-        if t["target"] not in {x["target"] for x in report.targets} and t.get("reproduce") not in rerun
+        if t["target"] not in {x["target"] for x in report.targets}
+        and t.get("reproduce") not in rerun
+        # results written before targets named their command: kept only while their
+        # section is not run again
+        and not (t.get("reproduce") is None and t["target"].split()[0] in chosen)
     ]
     payload = {
         "machine": machine(),
