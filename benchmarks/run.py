@@ -13,6 +13,7 @@ Sections:
            (a plain fetch of the same bytes from MLflow, a copy into place, vLLM's load).
   serving  decoding speed of a slot swapped in place vs the same files loaded plainly.
   restore  ``init-load-adapters`` (live + staged) against the same kind of floor.
+  mixed    base-model answers sent in one batch with a LoRA's, against the base alone.
   replicas rolling one version to 1, 2 and 4 vLLM replicas of the tiny model.
 """
 
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -686,6 +688,74 @@ def bench_restore(report: Report, repeats: int = 3) -> None:
     report.sections["restore"] = figures
 
 
+MIXED_QUESTIONS = (
+    "How long can an S3 bucket name be?",
+    "What is a presigned URL?",
+    "What is a Savings Plan?",
+    "What does Amazon S3 store?",
+)
+
+
+def bench_mixed(report: Report, rounds: int = 3) -> None:
+    """Base-model requests sent together with LoRA requests: does the server answer them
+    as the base model does alone? With the adapter loaded plainly, after it was swapped in
+    place (``load_inplace``, as a promotion does), and with a second adapter resident
+    (as many as ``--max-loras``, 2). smoke-test and Gate 1 never send the base model's
+    requests beside an adapter's."""
+    section("base-model answers batched with a LoRA's (greedy chat, 24 tokens)", "mixed")
+    _, info = only_stack("r16")
+    slot, other = "bench-mixed", "bench-mixed-other"
+
+    def ask(vllm: VllmClient, model: str, question: str) -> str:
+        messages = [{"role": "user", "content": question}]
+        return vllm.chat_completion(model, messages, max_tokens=24).text
+
+    def batched(vllm: VllmClient, base_id: str, alone_base: list[str]) -> dict[str, int]:
+        alone_lora = [ask(vllm, slot, q) for q in MIXED_QUESTIONS]
+        counts = {"asked": 0, "changed": 0, "as_lora": 0, "changed_among_base": 0}
+        for _ in range(rounds):
+            with ThreadPoolExecutor(max_workers=2 * len(MIXED_QUESTIONS)) as pool:
+                lora = [pool.submit(ask, vllm, slot, q) for q in MIXED_QUESTIONS]
+                base = [pool.submit(ask, vllm, base_id, q) for q in MIXED_QUESTIONS]
+                together = [f.result() for f in base]
+                for f in lora:
+                    f.result()
+                only_base = list(pool.map(lambda q: ask(vllm, base_id, q), MIXED_QUESTIONS))
+            for text, alone, as_lora in zip(together, alone_base, alone_lora, strict=True):
+                counts["asked"] += 1
+                counts["changed"] += text != alone
+                counts["as_lora"] += text == as_lora != alone
+            counts["changed_among_base"] += sum(t != b for t, b in zip(only_base, alone_base, strict=True))
+        return counts
+
+    figures: dict[str, Any] = {}
+    with VllmClient(info.vllm_url, timeout=httpx.Timeout(120.0)) as vllm:
+        _unload(vllm, slot, other)
+        base_id = vllm.base_model().id
+        figures["vllm_version"] = vllm.server_version()
+        alone_base = [ask(vllm, base_id, q) for q in MIXED_QUESTIONS]
+        try:
+            vllm.load_lora_adapter(slot, str(ADAPTERS_SRC / "aws-rag-qa-v1"))
+            figures["plain_load"] = batched(vllm, base_id, alone_base)
+            vllm.load_lora_adapter(slot, str(ADAPTERS_SRC / "aws-rag-qa-v2"), load_inplace=True)
+            figures["after_inplace_swap"] = batched(vllm, base_id, alone_base)
+            # a second adapter resident: as many as --max-loras (2, the live and candidate
+            # slots of the specification)
+            vllm.load_lora_adapter(other, str(ADAPTERS_SRC / "aws-rag-qa-v1"))
+            ask(vllm, other, MIXED_QUESTIONS[0])
+            figures["max_loras_resident"] = batched(vllm, base_id, alone_base)
+        finally:
+            _unload(vllm, slot, other)
+    for label in ("plain_load", "after_inplace_swap", "max_loras_resident"):
+        c = figures[label]
+        print(
+            f"  {label}: {c['asked']} base answers sent with LoRA requests: {c['changed']} differ from "
+            f"the base alone ({c['as_lora']} are the LoRA's answer); sent among base requests only: "
+            f"{c['changed_among_base']} differ"
+        )
+    report.sections["mixed"] = figures
+
+
 def _set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
     response = httpx.post(
         f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
@@ -828,6 +898,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {  # ordered so each bench stack
     "startup": bench_startup,
     "swap": bench_swap,
     "restore": bench_restore,
+    "mixed": bench_mixed,
     "deploy": bench_deploy,
     "serving": bench_serving,
     "replicas": bench_replicas,
