@@ -16,6 +16,7 @@ from loradeploy.errors import AliasMovedError, NotFoundError, ServerUnavailableE
 from loradeploy.steps.compare_decision import CompareRequest, compare_decision, eval_plot
 from loradeploy.steps.gates import write_report
 from loradeploy.steps.perf_decision import PerfRequest, perf_decision, round_plan
+from support.batch_watch import BatchWatch
 from support.fake_gate_registry import FakeGateRegistry
 from support.fakes import BASE_ID, FakeClock, FakeVllmServer
 
@@ -310,37 +311,10 @@ def test_without_a_live_slot_the_base_model_is_asked_after_the_candidate_never_b
     LoRA applied (the demo's smoke test showed it): Gate 1's base stand-in would then
     answer as the candidate. Every candidate request waits a moment for a base request to
     show up beside it; none may."""
-    import json
-    import threading
-
     del served.adapters[LIVE]
     served.chat_reply = answering({CANDIDATE})  # type: ignore[assignment]
-    lock = threading.Lock()
-    in_flight: list[str] = []
-    mixed: list[list[str]] = []
-    base_asked = threading.Event()
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        if not request.url.path.endswith("/completions"):
-            with lock:
-                return served.handle(request)
-        model = json.loads(request.content)["model"]
-        with lock:
-            in_flight.append(model)
-            if len(set(in_flight)) > 1:
-                mixed.append(list(in_flight))
-        try:
-            if model == BASE_ID:
-                base_asked.set()
-            else:
-                base_asked.wait(0.5)  # a candidate request stays in flight a moment
-            with lock:
-                return served.handle(request)
-        finally:
-            with lock:
-                in_flight.remove(model)
-
-    with VllmClient("http://vllm.test:8000/", transport=httpx.MockTransport(handle)) as vllm:
+    watch = BatchWatch(served, BASE_ID)
+    with VllmClient("http://vllm.test:8000/", transport=watch.transport()) as vllm:
         result = compare(registry, vllm, min_win_rate=0.0)
     assert result.details["live_target"] == BASE_ID  # type: ignore[attr-defined]
-    assert not mixed
+    assert not watch.mixed

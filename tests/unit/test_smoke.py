@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loradeploy.clients.vllm import VllmClient
@@ -31,6 +30,7 @@ from loradeploy.domain.smoke import (
 from loradeploy.errors import PermanentError, ServerUnavailableError, UsageError
 from loradeploy.results import StepResult
 from loradeploy.steps.smoke_test import smoke_test
+from support.batch_watch import BatchWatch
 from support.fake_gate_registry import FakeGateRegistry
 from support.fakes import BASE_ID, FakeVllmServer
 
@@ -349,44 +349,13 @@ def test_the_probes_go_at_once_and_the_base_model_is_never_asked_beside_the_slot
     to base requests batched with it (found by the demo's smoke test)."""
     import threading
 
-    server = chat_server()
     barriers = {SLOT: threading.Barrier(2, timeout=10), BASE_ID: threading.Barrier(2, timeout=10)}
-    lock = threading.Lock()
-    in_flight: list[str] = []
-    mixed: list[list[str]] = []
-    seen = {"completions": 0}
-    base_asked = threading.Event()
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        if not request.url.path.endswith("/completions"):
-            with lock:
-                return server.handle(request)
-        model = json.loads(request.content)["model"]
-        with lock:
-            seen["completions"] += 1
-            first = seen["completions"] == 1
-            in_flight.append(model)
-            if len(set(in_flight)) > 1:
-                mixed.append(list(in_flight))
-        try:
-            if not first:
-                barriers[model].wait()
-            if model == SLOT and not first:
-                base_asked.wait(1.0)  # give a base request asked beside the slot time to show
-                with lock:
-                    if len(set(in_flight)) > 1:
-                        mixed.append(list(in_flight))
-            elif model == BASE_ID:
-                base_asked.set()
-            with lock:
-                return server.handle(request)
-        finally:
-            with lock:
-                in_flight.remove(model)
-
+    watch = BatchWatch(
+        chat_server(), BASE_ID, hold_s=1.0, before=lambda count, model: count > 1 and barriers[model].wait()
+    )
     probes = [CONTEXT_PROBE, Probe("What is S3?", reference="Object storage")]
-    with VllmClient("http://vllm.test:8000", transport=httpx.MockTransport(handle)) as client:
+    with VllmClient("http://vllm.test:8000", transport=watch.transport()) as client:
         result = smoke_test(client, adapter=SLOT, num_requests=3, max_latency_s=30, probes=probes)
-    assert seen["completions"] == 5  # 3 of the slot, 1 of the base per distinct probe
-    assert not mixed
+    assert watch.completions == 5  # 3 of the slot, 1 of the base per distinct probe
+    assert not watch.mixed
     assert [a["base_text"] for a in result.details["answers"]] == ["I am a helpful assistant."] * 3
