@@ -23,6 +23,7 @@ import pytest
 
 from loradeploy.settings import StackInfo
 from loradeploy.stack.local import LocalStack, StackConfig
+from support.stuck import describe_stuck
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / ".loradeploy"
@@ -39,20 +40,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def run_or_dump(
     command: list[str], *, env: dict[str, str], cwd: Path, timeout_s: float
 ) -> subprocess.CompletedProcess[str]:
-    """Run a CLI command; one that outlives ``timeout_s`` is asked for every thread's stack
-    (SIGUSR1, see ``cli.main``) before it is killed, and the test fails showing them."""
+    """Run a CLI command. One that outlives ``timeout_s`` is described first (its Python
+    stacks by py-spy, its CPU use, the machine's load: ``support.stuck``), then asked for
+    every thread's stack (SIGUSR1, see ``cli.main``) and killed; the test fails showing
+    all of it."""
     process = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        described = describe_stuck(process.pid)
         process.send_signal(signal.SIGUSR1)
         time.sleep(2)
         process.kill()
         stdout, stderr = process.communicate()
         stacks = f"{stderr[-12000:]}\n{stdout[-2000:]}"
-        pytest.fail(f"{command[1:3]} still running after {timeout_s:.0f} s; its stacks:\n{stacks}")
+        pytest.fail(
+            f"{command[1:3]} still running after {timeout_s:.0f} s (exit {process.returncode} after"
+            f" SIGUSR1: -10 means it had not reached cli.main)\n{described}\nits own dump:\n{stacks}"
+        )
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 

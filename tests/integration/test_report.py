@@ -46,7 +46,7 @@ def ok(stack: Stack, out: Path, *args: str, codes: tuple[int, ...] = (0,)) -> di
     return done.result
 
 
-def stage(stack: Stack, adapter: str, out: Path) -> str:
+def register(stack: Stack, adapter: str, out: Path) -> str:
     registered = ok(
         stack,
         out / "register",
@@ -56,17 +56,24 @@ def stage(stack: Stack, adapter: str, out: Path) -> str:
         "--reuse-identical",
         "--alias=candidate",
     )
+    return str(registered["version"])
+
+
+def stage(stack: Stack, out: Path) -> None:
     source = ["--source=alias:candidate", f"--slot-name={CANDIDATE}"]
     ok(stack, out / "load", "load-adapter", f"--model-name={MODEL}", *source)
     ok(stack, out / "staged", "set-staged-alias", f"--model-name={MODEL}", *source)
-    return str(registered["version"])
 
 
 class LiveClient:
     """One client asking the live slot while v2 is loaded beside it, recording every
     request as the demo does (``--traffic``); stopped by the fixture. Its deadline only
     guards against a fixture that never stops it: a shorter one ended the traffic before
-    v2's load on a slow CI machine, and the report then rightly drew no swap figure."""
+    v2's load on a slow CI machine, and the report then rightly drew no swap figure.
+    It pauses between requests: the figure needs requests around the swap, not a vLLM
+    kept busy on both cores of a 2-core machine while the steps start."""
+
+    PAUSE_S = 0.2
 
     def __init__(self, url: str, deadline_s: float = 3600.0) -> None:
         self.url, self.deadline = url, time.monotonic() + deadline_s
@@ -84,6 +91,7 @@ class LiveClient:
                 except httpx.HTTPError:
                     ok = False
                 self.requests.append({"start": started, "latency_s": time.perf_counter() - clock, "ok": ok})
+                self.stop.wait(self.PAUSE_S)
 
     def __enter__(self) -> LiveClient:
         self.thread.start()
@@ -106,11 +114,15 @@ def release(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     out = tmp_path_factory.mktemp("report")
     eval4 = out / "eval4.jsonl"
     eval4.write_text("".join(EVAL.read_text(encoding="utf-8").splitlines(keepends=True)[:4]))
-    stage(stack, "aws-rag-qa-v1", out / "v1")
+    register(stack, "aws-rag-qa-v1", out / "v1")
+    stage(stack, out / "v1")
     promote = ["promote-adapter", f"--model-name={MODEL}", f"--live-slot={LIVE}"]
     ok(stack, out / "v1" / "promote", *promote, "--source-alias=staged", "--reason=report test v1")
+    # registering touches no server the client asks, so it runs before the traffic; the
+    # steps that swap what vLLM serves run during it
+    v2 = register(stack, "aws-rag-qa-v2", out / "v2")
     with LiveClient(stack.info.vllm_url) as client:
-        v2 = stage(stack, "aws-rag-qa-v2", out / "v2")
+        stage(stack, out / "v2")
     assert client.requests and all(r["ok"] for r in client.requests)
     began = client.requests[0]["start"]
     print(f"live client: {len(client.requests)} requests, {began:.0f} to {time.time():.0f}")
