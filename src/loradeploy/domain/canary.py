@@ -1,0 +1,242 @@
+"""Progressive delivery's decisions, pure: the immutable names a routed release serves,
+the weight steps of a canary, the analysis of one window of live figures, what the
+canary does next, and what the next run does with a canary that was interrupted.
+
+In routed mode every version is served under its own name (``aws-rag-qa@v7``), loaded
+once and never reloaded in place; a router maps the stable name clients call to those
+names with weights. A canary moves the candidate's weight up step by step; between two
+steps it compares the candidate's figures with the current version's over the same
+window, with thresholds like Gate 2's. No evidence is no pass: a window with too few
+requests waits, and after ``max_waits`` such windows the canary aborts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from loradeploy.domain.gates import GateDecision, ceiling_check, floor_check
+from loradeploy.domain.names import model_name
+from loradeploy.domain.stats import percentile, ratio
+from loradeploy.errors import UsageError
+
+VERSION_MARK = "@v"
+_VERSIONED = re.compile(r"(?P<model>.+)@v(?P<version>[1-9][0-9]{0,17})")
+CANARY_FAILED = "canary-failed"  # the tag a candidate gets when its analysis fails
+
+
+def versioned_name(model: str, version: str | int) -> str:
+    """The name one version is served under in routed mode, e.g. ``aws-rag-qa@v7``."""
+    text = str(version)
+    if not (text.isascii() and text.isdigit() and int(text) > 0 and len(text) <= 18):
+        raise UsageError(
+            f"version {text!r} of model {model!r} is not a registry version number",
+            hint="pass a version such as 7",
+        )
+    return f"{model_name(model)}{VERSION_MARK}{int(text)}"
+
+
+def parse_versioned_name(name: str) -> tuple[str, str] | None:
+    """``(model, version)`` for a versioned name, None for any other served name (a slot
+    of direct mode, another team's adapter), which routed mode never touches."""
+    match = _VERSIONED.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        model_name(match["model"])
+    except UsageError:
+        return None
+    return match["model"], match["version"]
+
+
+def parse_steps(text: str) -> list[int]:
+    """``--steps`` such as ``5,25,50,100``: whole percentages, strictly increasing, from
+    1 to 100, ending at 100 (the step that promotes)."""
+    hint = "pass for example --steps=5,25,50,100"
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise UsageError(f"canary steps {text!r} are not whole percentages separated by commas", hint=hint)
+    steps = [int(part) for part in parts]
+    if any(not 1 <= step <= 100 for step in steps):
+        raise UsageError(f"canary steps {text!r} must each be between 1 and 100", hint=hint)
+    if any(later <= earlier for earlier, later in pairwise(steps)):
+        raise UsageError(f"canary steps {text!r} must increase strictly", hint=hint)
+    if steps[-1] != 100:
+        raise UsageError(f"canary steps {text!r} must end at 100, the step that promotes", hint=hint)
+    return steps
+
+
+def split(current: str, candidate: str, candidate_percent: int) -> dict[str, int]:
+    """Router weights for one step: whole percentages that sum to 100; a name with no
+    share is left out (the router sends it nothing)."""
+    if current == candidate:
+        raise UsageError(
+            f"candidate {candidate!r} is the current version: there is nothing to split",
+            hint="stage a different version as the candidate",
+        )
+    if not 0 <= candidate_percent <= 100:
+        raise UsageError(f"candidate weight {candidate_percent} is not a percentage", hint="use 0 to 100")
+    weights = {current: 100 - candidate_percent, candidate: candidate_percent}
+    return {name: weight for name, weight in weights.items() if weight > 0}
+
+
+class VersionWindow(BaseModel):
+    """What one versioned name did during one analysis window, from the router's records."""
+
+    name: str
+    latencies_s: list[float] = Field(default_factory=list)  # successful requests only
+    errors: int = 0
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_s) + self.errors
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_s, q)
+
+
+class CanaryThresholds(BaseModel):
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # share of the candidate's requests
+    max_p50_ratio: float = Field(1.5, gt=0)  # candidate p50 latency / current p50
+    max_p95_ratio: float = Field(1.75, gt=0)  # candidate p95 latency / current p95
+    min_requests: int = Field(20, ge=1)  # per version and window before figures count
+    max_waits: int = Field(3, ge=0)  # windows one step may wait for min_requests
+
+
+Verdict = Literal["pass", "fail", "insufficient"]
+
+
+class Analysis(BaseModel):
+    verdict: Verdict
+    decision: GateDecision
+    reason: str
+
+
+def analyse(candidate: VersionWindow, current: VersionWindow, thresholds: CanaryThresholds) -> Analysis:
+    """Compare the candidate with the current version over the same window.
+
+    Errors count as soon as they happen: a candidate whose failed requests already
+    exceed the ceiling fails even in a window too short for latency figures (a share of
+    ``min_requests`` is the least that can be exceeded before the window is full)."""
+    least = thresholds.min_requests
+    errors_over = candidate.errors > thresholds.max_error_rate * max(candidate.requests, least)
+    errors = ceiling_check(
+        "error-rate",
+        candidate.error_rate,
+        thresholds.max_error_rate,
+        f"{candidate.errors} of {candidate.requests} candidate requests failed "
+        f"(current: {current.errors} of {current.requests})",
+    )
+    checks = [
+        errors.model_copy(update={"passed": not errors_over}),
+        floor_check("candidate-requests", candidate.requests, least, f"{candidate.name} in this window"),
+        floor_check("current-requests", current.requests, least, f"{current.name} in this window"),
+    ]
+    enough = candidate.requests >= least and current.requests >= least
+    if enough:
+        p50, p95 = ratio(candidate.p(50), current.p(50)), ratio(candidate.p(95), current.p(95))
+        checks += [
+            ceiling_check(
+                "p50-latency-ratio",
+                p50,
+                thresholds.max_p50_ratio,
+                f"p50 {candidate.p(50):.3f}s vs {current.p(50):.3f}s",
+            ),
+            ceiling_check(
+                "p95-latency-ratio",
+                p95,
+                thresholds.max_p95_ratio,
+                f"p95 {candidate.p(95):.3f}s vs {current.p(95):.3f}s",
+            ),
+        ]
+    figures: dict[str, float | int | None] = {}
+    for role, window in (("candidate", candidate), ("current", current)):
+        figures.update(
+            {
+                f"{role}_requests": window.requests,
+                f"{role}_errors": window.errors,
+                f"{role}_p50_s": round(window.p(50), 4) if window.latencies_s else None,
+                f"{role}_p95_s": round(window.p(95), 4) if window.latencies_s else None,
+            }
+        )
+    decision = GateDecision(gate="canary", checks=checks, figures=figures)
+    failed = [
+        c.name for c in checks if not c.passed and c.name not in {"candidate-requests", "current-requests"}
+    ]
+    if errors_over or (enough and failed):
+        return Analysis(verdict="fail", decision=decision, reason=f"failed: {', '.join(failed)}")
+    if not enough:
+        return Analysis(
+            verdict="insufficient",
+            decision=decision,
+            reason=f"{candidate.requests} candidate and {current.requests} current requests, "
+            f"fewer than {least} each",
+        )
+    return Analysis(verdict="pass", decision=decision, reason="every check passed")
+
+
+class Action(BaseModel):
+    """What the canary does after one window."""
+
+    kind: Literal["advance", "wait", "promote", "abort"]
+    candidate_percent: int  # the candidate's weight once the action is done
+    reason: str
+
+
+def next_action(
+    steps: Sequence[int], index: int, analysis: Analysis, waits: int, thresholds: CanaryThresholds
+) -> Action:
+    """After the window at ``steps[index]`` (never the last step, 100, which promotes):
+    fail aborts to 0 %; too little traffic waits another window at the same weight, up
+    to ``max_waits`` times, then aborts; a pass moves to the next step, or promotes when
+    the next step is 100."""
+    if not 0 <= index < len(steps) - 1:
+        raise ValueError(f"step {index} of {list(steps)} is not one that is analysed")
+    here = steps[index]
+    if analysis.verdict == "fail":
+        return Action(kind="abort", candidate_percent=0, reason=f"at {here} %: {analysis.reason}")
+    if analysis.verdict == "insufficient":
+        if waits < thresholds.max_waits:
+            return Action(kind="wait", candidate_percent=here, reason=f"at {here} %: {analysis.reason}")
+        return Action(
+            kind="abort",
+            candidate_percent=0,
+            reason=f"at {here} %: no evidence after {waits + 1} windows ({analysis.reason})",
+        )
+    following = steps[index + 1]
+    if following == 100:
+        return Action(kind="promote", candidate_percent=100, reason=f"passed at {here} %")
+    return Action(kind="advance", candidate_percent=following, reason=f"passed at {here} %")
+
+
+class CanaryRecord(BaseModel):
+    """What a running canary writes before every weight change, so that the next run or
+    ``reconcile`` can finish or undo it."""
+
+    model: str
+    current_version: str
+    candidate_version: str
+    candidate_percent: int = Field(ge=0, le=100)
+    run_id: str = ""
+
+
+def recovery(record: CanaryRecord, live_version: str | None) -> Action:
+    """An interrupted canary is never left at a half weight: when ``live`` already names
+    the candidate the promotion's alias moves were done, so all weight goes to it;
+    otherwise all weight goes back to the current version (the candidate is not marked
+    failed: it was never judged)."""
+    if live_version == record.candidate_version:
+        return Action(kind="promote", candidate_percent=100, reason="live names the candidate: finish")
+    return Action(
+        kind="abort",
+        candidate_percent=0,
+        reason=f"interrupted at {record.candidate_percent} %: all weight back to v{record.current_version}",
+    )
