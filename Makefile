@@ -9,6 +9,7 @@ HOME_DIR := .loradeploy
 ML_ENV := $(HOME_DIR)/envs/vllm
 MLFLOW_ENV := $(HOME_DIR)/envs/mlflow
 CHECKOV_ENV := $(HOME_DIR)/envs/checkov
+ROUTER_ENV := $(HOME_DIR)/envs/router
 MODELS := $(HOME_DIR)/models
 DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
 # pip's warnings about local index folders that do not exist are noise here.
@@ -39,6 +40,12 @@ $(MLFLOW_ENV)/.ok: requirements/mlflow-server.txt
 	$(MLFLOW_ENV)/bin/pip install -q -r requirements/mlflow-server.txt $(PIP_QUIET)
 	@touch $@
 
+$(ROUTER_ENV)/.ok: requirements/router.txt
+	@echo "== router virtualenv (LiteLLM proxy, routed mode)"
+	$(PYTHON) -m venv $(ROUTER_ENV)
+	$(ROUTER_ENV)/bin/pip install -q -r requirements/router.txt $(PIP_QUIET)
+	@touch $@
+
 $(CHECKOV_ENV)/.ok: deploy/policy/requirements.txt
 	@echo "== checkov (policy scanner) in its own virtualenv: its pins conflict with the dev tools"
 	$(PYTHON) -m venv $(CHECKOV_ENV)
@@ -59,7 +66,7 @@ $(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-l
 		--models $(MODELS) --out $(DEMO_ADAPTERS)
 	@touch $@
 
-setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(CHECKOV_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build both environments, the base model and the demo adapters (cached).
+setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(ROUTER_ENV)/.ok $(CHECKOV_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build the environments, the base model and the demo adapters (cached).
 
 browser: ## Headless Chromium from Debian's packages (the release report's browser test); apt-get as root.
 	@command -v chromium >/dev/null || { \

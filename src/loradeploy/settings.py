@@ -56,6 +56,11 @@ class StackInfo(BaseModel):
     trusted_keys: list[Path] = Field(default_factory=list)
     require_signature: bool = False
     sign_key: Path | None = None
+    # Routed mode's router (absent when 'stack up' ran without it).
+    router_url: str | None = None
+    router_config: Path | None = None
+    router_key_file: Path | None = None
+    router_record: Path | None = None
 
 
 class Settings(BaseModel):

@@ -88,7 +88,11 @@ def _manifest(settings: Settings, model: str, live_slot: str, candidate_slot: st
 
 
 def _local_stack(
-    home: Path | None, replicas: int = 1, assets: Path | None = None, signing: bool = False
+    home: Path | None,
+    replicas: int = 1,
+    assets: Path | None = None,
+    signing: bool = False,
+    router: bool = False,
 ) -> Any:
     from loradeploy.settings import STACK_FILE, read_stack
     from loradeploy.stack.local import LocalStack, StackConfig
@@ -97,7 +101,9 @@ def _local_stack(
     if assets is None and (root / STACK_FILE).is_file():
         assets = read_stack(root / STACK_FILE).assets  # keep what an earlier 'up' used
     found = assets or Path(os.environ.get("LORADEPLOY_ASSETS", str(root)))
-    return LocalStack(StackConfig(home=root, assets=found.resolve(), replicas=replicas, signing=signing))
+    return LocalStack(
+        StackConfig(home=root, assets=found.resolve(), replicas=replicas, signing=signing, router=router)
+    )
 
 
 def swap_patience(settings: Settings) -> Patience:

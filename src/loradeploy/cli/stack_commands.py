@@ -29,10 +29,17 @@ StackHome = Annotated[
 def stack_up(
     home: StackHome = None,
     replicas: Annotated[int, typer.Option("--replicas", min=1, max=4)] = 1,
+    router: Annotated[
+        bool,
+        typer.Option(
+            "--router/--no-router",
+            help="Also start routed mode's router (the LiteLLM proxy) in front of vLLM.",
+        ),
+    ] = False,
 ) -> None:
     """Start MLflow and vLLM (idempotent) and write the connection details, with a demo
     signing key pair (keys/ in the stack folder) that the stack trusts and requires."""
-    stack = _local_stack(home, replicas, signing=True)
+    stack = _local_stack(home, replicas, signing=True, router=router)
     try:
         with err.status("starting the local stack") as status:
             info = stack.up(
@@ -43,6 +50,8 @@ def stack_up(
         raise typer.Exit(int(exc.exit_code)) from None
     _render_stack(stack)
     out.print(f"tracking URI {info.tracking_uri}  vLLM {info.vllm_url}  adapters {info.adapters_root}")
+    if info.router_url is not None:
+        out.print(f"router {info.router_url} (key in {info.router_key_file}, routes in {info.router_config})")
     if info.sign_key is not None:
         out.print(
             f"signing key {info.sign_key} (trusted and required: {', '.join(map(str, info.trusted_keys))})"

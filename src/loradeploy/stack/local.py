@@ -6,6 +6,7 @@ State lives under one folder (the *home*, ``.loradeploy/`` by default)::
     mlflow/             SQLite database and proxied artifacts (kept by ``down``)
     adapters/           the folder vLLM reads adapters from (kept by ``down``)
     logs/, run/         server logs and process records
+    router/             routed mode's router (the LiteLLM proxy): config.yaml, its key
 
 The virtualenvs and the converted base model (``envs/``, ``models/``) are built by
 ``make setup`` and may live in another folder (``assets``), so tests can run a
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.clients.signing import generate_key_pair
 from loradeploy.errors import DeadlineExceededError, UsageError
 from loradeploy.settings import STACK_FILE, StackInfo
@@ -32,6 +35,8 @@ SERVED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BASE_MODEL_DIR = "models/smollm2-135m-instruct"
 MLFLOW_START_TIMEOUT_S = 120.0
 VLLM_START_TIMEOUT_S = 600.0
+ROUTER_START_TIMEOUT_S = 180.0
+HEALTH_PATHS = {"router": "/health/liveliness"}  # the proxy's /health asks every backend
 
 Tick = Callable[[str, float], None]
 
@@ -53,6 +58,9 @@ class StackConfig:
     # Signed adapters: a demo key pair in <home>/keys, trusted and required by the stack
     # file, used by register and train. 'loradeploy stack up' turns it on.
     signing: bool = False
+    # Routed mode's router (the LiteLLM proxy from envs/router) in front of the vLLM
+    # servers. 'loradeploy stack up' turns it on.
+    router: bool = False
 
     @property
     def base_model_dir(self) -> Path:
@@ -76,9 +84,9 @@ class ServiceStatus:
     log: Path | None
 
 
-def _healthy(url: str, api_key: str | None = None) -> bool:
+def _healthy(url: str, path: str = "/health") -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+        return httpx.get(f"{url}{path}", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -98,6 +106,7 @@ class LocalStack:
                 self.config.env_python("mlflow"),
                 self.config.env_python("vllm"),
                 self.config.base_model_dir / "config.json",
+                *([Path(self.router_command()[0])] if self.config.router else []),
             )
             if not p.exists()
         ]
@@ -109,7 +118,11 @@ class LocalStack:
 
     def _running(self, name: str) -> ProcessRecord | None:
         record = processes.load(self._record_path(name))
-        if record and processes.group_alive(record.pid) and _healthy(record.url):
+        if (
+            record
+            and processes.group_alive(record.pid)
+            and _healthy(record.url, HEALTH_PATHS.get(name, "/health"))
+        ):
             return record
         if record:
             processes.stop_group(record.pid, grace_s=5)  # half-dead leftovers
@@ -139,7 +152,7 @@ class LocalStack:
         try:
             processes.wait_for(
                 f"{name} at {url}",
-                lambda: _healthy(url),
+                lambda: _healthy(url, HEALTH_PATHS.get(name, "/health")),
                 timeout_s=timeout_s,
                 alive=lambda: processes.leader_alive(record.pid),
                 log=record.log,
@@ -257,6 +270,9 @@ class LocalStack:
         for name in self.vllm_names():
             record = self._running(name) or self.start_vllm(name, on_tick=on_tick)
             urls.append(record.url)
+        router = None
+        if self.config.router:
+            router = self._running("router") or self.start_router(urls, on_tick=on_tick)
         info = StackInfo(
             home=self.home.resolve(),
             assets=self.config.assets.resolve(),
@@ -266,6 +282,10 @@ class LocalStack:
             adapters_root=self.config.adapters_root.resolve(),
             served_model=self.config.served_model,
             max_lora_rank=self.config.max_lora_rank,
+            router_url=router.url if router else None,
+            router_config=self.router_config.resolve() if router else None,
+            router_key_file=self.router_key_file.resolve() if router else None,
+            router_record=self._record_path("router").resolve() if router else None,
         )
         if self.config.signing:
             info = self.signed(info)
@@ -288,6 +308,78 @@ class LocalStack:
         if not (private.is_file() and public.is_file()):
             generate_key_pair(private, public)
         return private, public
+
+    # -- routed mode's router ------------------------------------------------------------
+
+    @property
+    def router_config(self) -> Path:
+        return self.home / "router" / "config.yaml"
+
+    @property
+    def router_key_file(self) -> Path:
+        return self.home / "router" / "master.key"
+
+    def router_key(self) -> str:
+        """The proxy's master key, made once (``router/master.key``, owner-only): the
+        proxy refuses to start without one, and clients send it."""
+        path = self.router_key_file
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(f"sk-{secrets.token_hex(24)}\n")
+        return path.read_text(encoding="utf-8").strip()
+
+    def router_client(self, backends: list[str], url: str = "") -> LiteLLMRouter:
+        return LiteLLMRouter(
+            url=url,
+            key=self.router_key(),
+            config=self.router_config,
+            record=self._record_path("router"),
+            backends=backends,
+        )
+
+    def router_command(self) -> list[str]:
+        return [
+            str(self.config.assets / "envs" / "router" / "bin" / "litellm"),
+            "--config",
+            str(self.router_config.resolve()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--run_gunicorn",
+            "--num_workers",
+            "1",
+        ]
+
+    def router_env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("LITELLM_", "MLFLOW_", "LORADEPLOY_"))
+        }
+        env.update(
+            {
+                "LITELLM_MASTER_KEY": self.router_key(),
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the price list
+                "LITELLM_TELEMETRY": "False",
+                "VLLM_API_KEY": self.config.api_key or "none",  # the config points here
+            }
+        )
+        return env
+
+    def start_router(self, backends: list[str], on_tick: Tick | None = None) -> ProcessRecord:
+        """Start the proxy on the routes its configuration file holds (none the first
+        time), rendered again for the vLLM servers running now."""
+        router = self.router_client(backends)
+        router.write(router.routes())
+        return self._start(
+            "router",
+            self.router_command(),
+            self.router_env(),
+            timeout_s=ROUTER_START_TIMEOUT_S,
+            port=processes.free_port(self._previous_port("router")),
+            on_tick=on_tick,
+        )
 
     def start_mlflow(
         self,
@@ -334,7 +426,7 @@ class LocalStack:
     def down(self) -> list[str]:
         """Stop every server (whole process groups); keep data, logs and records."""
         stopped = []
-        for name in [*self.vllm_names(), "mlflow", *self._extra_records()]:
+        for name in ["router", *self.vllm_names(), "mlflow", *self._extra_records()]:
             record = processes.load(self._record_path(name))
             if record and processes.group_alive(record.pid):
                 processes.stop_group(record.pid)
@@ -343,7 +435,7 @@ class LocalStack:
 
     def _extra_records(self) -> list[str]:
         """Servers from an earlier ``up`` with more replicas."""
-        known = {*self.vllm_names(), "mlflow"}
+        known = {*self.vllm_names(), "mlflow", "router"}
         run = self.home / "run"
         found = sorted(p.stem for p in run.glob("*.json")) if run.is_dir() else []
         extra = []
@@ -355,7 +447,8 @@ class LocalStack:
 
     def status(self) -> list[ServiceStatus]:
         rows = []
-        for name in ["mlflow", *self.vllm_names(), *self._extra_records()]:
+        optional = ["router"] if self.config.router or self._record_path("router").exists() else []
+        for name in ["mlflow", *self.vllm_names(), *optional, *self._extra_records()]:
             record = processes.load(self._record_path(name))
             if record is None:
                 rows.append(ServiceStatus(name, None, None, False, False, None))
@@ -367,7 +460,7 @@ class LocalStack:
                     record.url,
                     record.pid,
                     running,
-                    running and _healthy(record.url),
+                    running and _healthy(record.url, HEALTH_PATHS.get(name, "/health")),
                     record.log,
                 )
             )

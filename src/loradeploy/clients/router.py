@@ -1,0 +1,153 @@
+"""Client for the router of routed mode on the local stack: the LiteLLM proxy, run under
+gunicorn, configured by one YAML file.
+
+The proxy has no API to change weights without a database, so a change is made the way
+its process model allows: the new configuration is rendered and read back, replaces the
+file in one rename, and the gunicorn master gets SIGHUP; it starts new workers on the
+new file and stops the old ones gracefully. ``apply`` returns once the proxy's own
+``/model/info`` has shown the new routes on several answers in a row (old and new
+workers answer side by side for about a second), within a deadline. A rendering that
+does not read back as the routes asked for is never written (a file the proxy cannot
+read would stop it at the SIGHUP).
+
+Requests whose keep-alive connection an old worker closes fail to connect and never
+reach vLLM; clients that retry connection errors (the OpenAI SDK does by default) see
+no failure. Every failure leaves this module as one of the project's errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import httpx
+import yaml
+
+from loradeploy.domain.routes import Routes, check_routes, litellm_config, routes_of
+from loradeploy.errors import DeadlineExceededError, PermanentError, ServerUnavailableError, UsageError
+
+CONFIRMATIONS = 3  # answers in a row that must show the new routes
+POLL_S = 0.3
+
+
+class LiteLLMRouter:
+    def __init__(
+        self,
+        *,
+        url: str,
+        key: str,
+        config: Path,
+        record: Path,
+        backends: list[str],
+        http: httpx.Client | None = None,
+        hangup: Callable[[int], None] | None = None,
+    ) -> None:
+        self.url, self.config, self.record, self.backends = url.rstrip("/"), config, record, backends
+        self.http = http or httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.hangup = hangup or (lambda pid: os.kill(pid, signal.SIGHUP))
+
+    # -- what is configured, what is served --------------------------------------------
+
+    def routes(self) -> Routes:
+        """The routes in the configuration file (what the proxy serves once settled)."""
+        try:
+            data = yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PermanentError(
+                f"router configuration {self.config} cannot be read: {exc}",
+                hint="run 'loradeploy stack up' to write it again",
+            ) from exc
+        return routes_of(data.get("model_list") or [])
+
+    def serving(self) -> Routes:
+        """The routes the proxy's answering worker serves, from ``GET /model/info``."""
+        try:
+            response = self.http.get(f"{self.url}/model/info", headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise ServerUnavailableError(
+                f"router at {self.url} did not answer: {type(exc).__name__}",
+                hint="check it with 'loradeploy stack status'",
+            ) from exc
+        if response.status_code in (401, 403):
+            raise UsageError(f"router at {self.url} refused the key", hint="use the key 'stack up' wrote")
+        if response.status_code != 200:
+            raise ServerUnavailableError(
+                f"router at {self.url} answered {response.status_code} to /model/info",
+                hint="check it with 'loradeploy stack status'",
+            )
+        try:
+            data = response.json().get("data", [])
+        except (ValueError, AttributeError) as exc:
+            raise ServerUnavailableError(
+                f"router at {self.url} answered /model/info with no JSON list",
+                hint="check that the URL is the router's",
+            ) from exc
+        return routes_of(data if isinstance(data, list) else [])
+
+    # -- change ---------------------------------------------------------------------------
+
+    def render(self, routes: Mapping[str, Mapping[str, int]]) -> str:
+        """The configuration text for ``routes``; refused unless it reads back as them."""
+        wanted = check_routes(routes)
+        text = yaml.safe_dump(litellm_config(wanted, self.backends), sort_keys=False)
+        if routes_of(yaml.safe_load(text)["model_list"]) != wanted:
+            raise PermanentError(
+                "the router configuration did not read back as the routes asked for",
+                hint="report this: nothing was changed",
+            )
+        return text
+
+    def write(self, routes: Mapping[str, Mapping[str, int]]) -> None:
+        """Replace the configuration file in one rename (no signal)."""
+        text = self.render(routes)
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.config.with_name(f".{self.config.name}.tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(self.config)
+
+    def master_pid(self) -> int:
+        try:
+            pid = int(json.loads(self.record.read_text(encoding="utf-8"))["pid"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ServerUnavailableError(
+                f"router is not running (no live process in {self.record})",
+                hint="start it with 'loradeploy stack up'",
+            ) from exc
+        return pid
+
+    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
+        """Make the proxy serve ``routes`` (every stable name it serves: a name left out
+        is no longer routed). Returns the seconds until the change was confirmed."""
+        wanted = check_routes(routes)
+        pid = self.master_pid()
+        started = time.monotonic()
+        self.write(wanted)
+        self.hangup(pid)
+        seen, last = 0, None
+        while seen < CONFIRMATIONS:
+            elapsed = time.monotonic() - started
+            if elapsed > deadline_s:
+                raise DeadlineExceededError(
+                    f"router at {self.url} did not serve the new routes within {deadline_s:.0f}s "
+                    f"(last seen: {last})",
+                    hint="check it with 'loradeploy stack status'; the file holds the new routes",
+                )
+            try:
+                last = self.serving()
+            except ServerUnavailableError:
+                last = None  # workers being replaced
+            seen = seen + 1 if last == wanted else 0
+            if seen < CONFIRMATIONS:
+                time.sleep(POLL_S)
+        return time.monotonic() - started
