@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from loradeploy.domain.names import slot_name
+from loradeploy.domain.routes import check_routes
 from loradeploy.errors import UsageError
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha2"
@@ -36,61 +36,33 @@ def _k8s_name(what: str, value: str, *, namespace: bool = False) -> None:
         )
 
 
-def _served_name(ref: str, role: str, value: str) -> None:
-    try:
-        slot_name(value)
-    except UsageError as exc:
-        raise UsageError(f"{ref}: {role} {exc.message}", hint=exc.hint) from exc
-
-
 def render_rewrite(
     *, name: str, namespace: str, pool: str, stable_model: str, weights: Mapping[str, int]
 ) -> dict[str, object]:
-    """The object that sends requests for ``stable_model`` to the served adapters in
-    ``weights`` (served name -> percent of the traffic), in the mapping's order.
+    """The object that sends requests for ``stable_model`` to the versioned names in
+    ``weights`` (``aws-rag-qa@v7`` -> percent of the traffic), checked as every route is
+    (``domain.routes.check_routes``), in the mapping's order.
 
     Weights are whole percentages in 0..100 that sum to 100. A target with weight 0 is
     left out of the object: the CRD's minimum weight is 1, and a target that is listed
     without a weight would make every weight optional (an even split). So 100/0 renders
     a single target with weight 100. Raises ``UsageError`` naming the object for an
     empty split, a weight outside 0..100, a sum other than 100, a target that is no
-    served adapter name, or a stable name that is also a target.
+    versioned name, or a stable name that is versioned.
     """
     _k8s_name(f"{KIND} name", name)
     _k8s_name(f"{KIND} namespace", namespace, namespace=True)
     ref = f"{KIND} {namespace}/{name}"
     _k8s_name(f"{ref}: pool", pool)
-    _served_name(ref, "stable model:", stable_model)
-    if not weights:
+    try:
+        checked = check_routes({stable_model: weights})[stable_model]
+    except UsageError as exc:
+        raise UsageError(f"{ref}: {exc.message}", hint=exc.hint) from exc
+    if not checked:
         raise UsageError(
-            f"{ref}: no targets for {stable_model!r}",
-            hint="give each served adapter a percentage, for example 'aws-rag-qa-v7': 100",
+            f"{ref}: no targets for {stable_model!r}", hint="give the versioned names weights summing to 100"
         )
-    for target, weight in weights.items():
-        _served_name(ref, "target", target)
-        if not isinstance(weight, int) or isinstance(weight, bool):
-            raise UsageError(
-                f"{ref}: weight {weight!r} of {target!r} is not a whole number",
-                hint="give weights as whole percentages from 0 to 100",
-            )
-        if not 0 <= weight <= 100:
-            raise UsageError(
-                f"{ref}: weight {weight} of {target!r} is outside 0..100",
-                hint="give weights as whole percentages from 0 to 100",
-            )
-    if stable_model in weights:
-        raise UsageError(
-            f"{ref}: stable model {stable_model!r} is also a target, so requests would be "
-            "rewritten to the name they were sent for",
-            hint="route the stable name only to versioned adapter names, such as 'aws-rag-qa-v8'",
-        )
-    total = sum(weights.values())
-    if total != 100:
-        raise UsageError(
-            f"{ref}: weights must sum to 100, they sum to {total} ({dict(weights)})",
-            hint="adjust the percentages so they add up to 100, for example 95 and 5",
-        )
-    targets = [{"modelRewrite": target, "weight": weight} for target, weight in weights.items() if weight]
+    targets = [{"modelRewrite": target, "weight": weight} for target, weight in checked.items()]
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -28,16 +28,17 @@ def check_routes(routes: Mapping[str, Mapping[str, int]]) -> Routes:
     weight 0 is dropped (the proxy would still pick it)."""
     checked: Routes = {}
     for stable, weights in routes.items():
-        slot_name(stable)
         hint = "give every route versioned targets whose weights sum to 100, e.g. m@v1=95,m@v2=5"
         if parse_versioned_name(stable) is not None:
             raise UsageError(f"route {stable!r}: a stable name cannot be a versioned name", hint=hint)
+        slot_name(stable)
         for target, weight in weights.items():
             if parse_versioned_name(target) is None:
                 raise UsageError(f"route {stable!r}: target {target!r} is not a versioned name", hint=hint)
             if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
                 raise UsageError(
-                    f"route {stable!r}: weight {weight!r} of {target!r} is not 0 to 100", hint=hint
+                    f"route {stable!r}: weight {weight!r} of {target!r} is not a whole number within 0..100",
+                    hint=hint,
                 )
         if sum(weights.values()) != 100:
             raise UsageError(f"route {stable!r}: weights sum to {sum(weights.values())}, not 100", hint=hint)

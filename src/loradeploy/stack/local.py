@@ -26,8 +26,8 @@ import httpx
 
 from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.clients.signing import generate_key_pair
-from loradeploy.errors import DeadlineExceededError, UsageError
-from loradeploy.settings import STACK_FILE, StackInfo
+from loradeploy.errors import DeadlineExceededError, LoraDeployError, UsageError
+from loradeploy.settings import STACK_FILE, StackInfo, read_stack
 from loradeploy.stack import processes
 from loradeploy.stack.processes import ProcessRecord
 
@@ -445,9 +445,16 @@ class LocalStack:
                 extra.append(name)
         return extra
 
+    def _router_in_stack_file(self) -> bool:
+        """Whether the last ``up`` started the router (so ``status`` reports it)."""
+        try:
+            return read_stack(self.home / STACK_FILE).router_url is not None
+        except (OSError, ValueError, LoraDeployError):
+            return False
+
     def status(self) -> list[ServiceStatus]:
         rows = []
-        optional = ["router"] if self.config.router or self._record_path("router").exists() else []
+        optional = ["router"] if self.config.router or self._router_in_stack_file() else []
         for name in ["mlflow", *self.vllm_names(), *optional, *self._extra_records()]:
             record = processes.load(self._record_path(name))
             if record is None:

@@ -1,0 +1,170 @@
+"""Routed mode's router on the real stack: the LiteLLM proxy (envs/router, as
+'stack up --router' starts it) in front of the real vLLM, which serves two versions of a
+real PEFT adapter under immutable versioned names.
+
+- weights split real traffic: the share each version answered (the proxy's
+  ``x-litellm-model-id`` header) is within 4.5 standard errors of its weight;
+- weight changes, an abort to the current version among them, fail no request of a
+  client that retries connection errors as the OpenAI SDK does, and once a change is
+  applied only versions with weight answer;
+- a restarted router serves the routes it had.
+
+The versioned names are loaded with vLLM's own API here: no step loads them yet.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from loradeploy.clients.router import LiteLLMRouter
+from loradeploy.stack.local import LocalStack, StackConfig
+
+from .conftest import ASSETS, DEMO_ADAPTERS, Stack
+
+STABLE = "it-router-live"
+V1, V2 = "it-router@v1", "it-router@v2"
+RETRIES = 2  # the OpenAI SDK's default max_retries, for connection errors
+
+
+@dataclass
+class Routed:
+    local: LocalStack
+    client: LiteLLMRouter
+    url: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def routed(stack: Stack) -> Iterator[Routed]:
+    if not (ASSETS / "envs" / "router" / "bin" / "litellm").exists():
+        pytest.fail("the router virtualenv is not built: run 'make setup'")
+    for name, adapter in ((V1, "aws-rag-qa-v1"), (V2, "aws-rag-qa-v2")):
+        response = httpx.post(
+            f"{stack.info.vllm_url}/v1/load_lora_adapter",
+            json={"lora_name": name, "lora_path": str(DEMO_ADAPTERS / adapter)},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+    local = LocalStack(StackConfig(home=stack.home, assets=ASSETS, router=True))
+    record = local.start_router([stack.info.vllm_url])
+    client = local.router_client([stack.info.vllm_url], url=record.url)
+    try:
+        yield Routed(local, client, record.url, local.router_key())
+    finally:
+        local.stop("router")
+        for name in (V1, V2):
+            httpx.post(f"{stack.info.vllm_url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+
+
+@dataclass
+class Caller:
+    """Asks the stable name through the router; retries connection errors (never a
+    request the router answered), and records which version answered each request."""
+
+    url: str
+    key: str
+    answered: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    retried: int = 0
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60
+        )
+
+    def ask(self) -> str | None:
+        body = {"model": STABLE, "prompt": "What does Amazon S3 store?", "max_tokens": 1, "temperature": 0}
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self.http.post("/v1/completions", json=body)
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+                if attempt == RETRIES:
+                    self.failures.append(type(exc).__name__)
+                    return None
+                self.retried += 1
+                time.sleep(0.1)
+                continue
+            if response.status_code != 200:
+                self.failures.append(f"{response.status_code} {response.text[:200]}")
+                return None
+            version = response.headers.get("x-litellm-model-id", "?").split("#")[0]
+            self.answered.append(version)
+            return version
+        return None
+
+
+def test_weights_split_real_traffic(routed: Routed) -> None:
+    took = routed.client.apply({STABLE: {V1: 75, V2: 25}})
+    caller = Caller(routed.url, routed.key)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: caller.ask(), range(400)))
+    counts = Counter(caller.answered)
+    n = len(caller.answered)
+    print(f"applied in {took:.1f}s; split over {n} requests: {dict(counts)}; failures {caller.failures}")
+    assert caller.failures == []
+    assert set(counts) == {V1, V2}
+    for version, weight in ((V1, 0.75), (V2, 0.25)):
+        share = counts[version] / n
+        allowed = 4.5 * math.sqrt(weight * (1 - weight) / n)  # false alarm about 1 in 150,000
+        assert abs(share - weight) <= allowed, (version, share, weight, allowed)
+
+
+def test_weight_changes_and_an_abort_fail_no_request(routed: Routed) -> None:
+    routed.client.apply({STABLE: {V1: 95, V2: 5}})
+    caller, stop = Caller(routed.url, routed.key), threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            caller.ask()
+
+    threads = [threading.Thread(target=keep_asking) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    after: dict[str, Counter[str]] = {}
+    try:
+        time.sleep(2)
+        for label, weights in (
+            ("75/25", {V1: 75, V2: 25}),
+            ("abort", {V1: 100}),
+            ("promote", {V2: 100}),
+            ("rollback", {V1: 100}),
+        ):
+            routed.client.apply({STABLE: weights})
+            probe = Caller(routed.url, routed.key)
+            for _ in range(20):
+                probe.ask()
+            after[label] = Counter(probe.answered)
+            assert probe.failures == [], (label, probe.failures)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    print(f"{len(caller.answered)} requests during 4 changes, {caller.retried} retried; after each: {after}")
+    assert caller.failures == []
+    assert len(caller.answered) > 20
+    # once a change is applied, only versions with weight answer
+    assert set(after["abort"]) == {V1}
+    assert set(after["promote"]) == {V2}
+    assert set(after["rollback"]) == {V1}
+
+
+def test_a_restarted_router_serves_the_routes_it_had(routed: Routed, stack: Stack) -> None:
+    routed.client.apply({STABLE: {V1: 40, V2: 60}})
+    routed.local.stop("router")
+    record = routed.local.start_router([stack.info.vllm_url])
+    assert record.url == routed.url  # the same port again
+    assert routed.client.routes() == {STABLE: {V1: 40, V2: 60}}
+    assert routed.client.serving() == {STABLE: {V1: 40, V2: 60}}
+    caller = Caller(routed.url, routed.key)
+    for _ in range(10):
+        caller.ask()
+    assert caller.failures == [] and set(caller.answered) <= {V1, V2}

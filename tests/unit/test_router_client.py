@@ -1,0 +1,116 @@
+"""clients/router.py against an in-process fake of the proxy's /model/info (httpx
+MockTransport) and a fake SIGHUP: what is written, when a change counts as applied, and
+that refused changes leave the file and the proxy alone. The real proxy is exercised in
+tests/integration/test_router.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loradeploy.clients import router as router_module
+from loradeploy.clients.router import LiteLLMRouter
+from loradeploy.domain.routes import litellm_config
+from loradeploy.errors import DeadlineExceededError, ServerUnavailableError, UsageError
+
+OLD = {"m-live": {"m@v1": 100}}
+NEW = {"m-live": {"m@v1": 75, "m@v2": 25}}
+BACKENDS = ["http://127.0.0.1:9"]
+
+
+class FakeProxy:
+    """Answers /model/info with the entries of ``answers`` in turn (the last repeats)."""
+
+    def __init__(self, *answers: dict[str, dict[str, int]] | int) -> None:
+        self.answers = list(answers)
+        self.hups: list[int] = []
+        self.calls = 0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer sk-test"
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        if isinstance(answer, int):
+            return httpx.Response(answer, text="no")
+        return httpx.Response(200, json={"data": litellm_config(answer, BACKENDS)["model_list"]})
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(router_module, "POLL_S", 0.01)
+    yield
+
+
+def make(tmp_path: Path, proxy: FakeProxy, *, alive: bool = True) -> LiteLLMRouter:
+    record = tmp_path / "run" / "router.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps({"pid": os.getpid() if alive else 2**22 + 7}))
+    client = LiteLLMRouter(
+        url="http://router.test",
+        key="sk-test",
+        config=tmp_path / "router" / "config.yaml",
+        record=record,
+        backends=BACKENDS,
+        http=httpx.Client(transport=httpx.MockTransport(proxy.handler)),
+        hangup=proxy.hups.append,
+    )
+    client.write(OLD)
+    return client
+
+
+def test_apply_writes_signals_the_master_and_waits_for_answers_in_a_row(tmp_path: Path) -> None:
+    # old worker, new, old again (both answer for a while), then new for good
+    proxy = FakeProxy(OLD, NEW, OLD, NEW)
+    client = make(tmp_path, proxy)
+    client.apply(NEW, deadline_s=10)
+    assert proxy.hups == [os.getpid()]
+    assert client.routes() == NEW
+    assert proxy.calls == 3 + router_module.CONFIRMATIONS  # the run of 3 had to start again
+    assert not list(client.config.parent.glob(".*tmp"))  # no temporary file left
+
+
+def test_a_change_the_proxy_never_shows_fails_after_the_deadline(tmp_path: Path) -> None:
+    proxy = FakeProxy(OLD, 503)
+    client = make(tmp_path, proxy)
+    with pytest.raises(DeadlineExceededError, match="did not serve the new routes within") as caught:
+        client.apply(NEW, deadline_s=0.2)
+    assert "file holds the new routes" in (caught.value.hint or "")
+    assert client.routes() == NEW
+
+
+def test_bad_routes_change_nothing(tmp_path: Path) -> None:
+    proxy = FakeProxy(OLD)
+    client = make(tmp_path, proxy)
+    before = client.config.read_bytes()
+    with pytest.raises(UsageError, match="sum to 80"):
+        client.apply({"m-live": {"m@v1": 40, "m@v2": 40}})
+    assert client.config.read_bytes() == before and proxy.hups == [] and proxy.calls == 0
+
+
+def test_a_router_that_is_not_running_changes_nothing(tmp_path: Path) -> None:
+    proxy = FakeProxy(OLD)
+    client = make(tmp_path, proxy, alive=False)
+    before = client.config.read_bytes()
+    with pytest.raises(ServerUnavailableError, match="router is not running") as caught:
+        client.apply(NEW)
+    assert "stack up" in (caught.value.hint or "")
+    assert client.config.read_bytes() == before and proxy.hups == []
+
+
+def test_a_refused_key_is_a_usage_error(tmp_path: Path) -> None:
+    client = make(tmp_path, FakeProxy(401))
+    with pytest.raises(UsageError, match="refused the key"):
+        client.serving()
+
+
+def test_an_unreadable_configuration_names_the_file(tmp_path: Path) -> None:
+    client = make(tmp_path, FakeProxy(OLD))
+    client.config.write_text("model_list: [unclosed\n")
+    with pytest.raises(Exception, match="cannot be read") as caught:
+        client.routes()
+    assert str(client.config) in str(caught.value)
