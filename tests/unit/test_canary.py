@@ -92,7 +92,11 @@ def test_a_candidate_like_the_current_version_passes() -> None:
     result = analyse(window("m@v2", 30, 0.11), window("m@v1", 300, 0.1), LIMITS)
     assert result.verdict == "pass", result.reason
     assert result.decision.figures["candidate_requests"] == 30
-    assert {c.name for c in result.decision.checks} >= {"error-rate", "p50-latency-ratio", "p95-latency-ratio"}
+    assert {c.name for c in result.decision.checks} >= {
+        "error-rate",
+        "p50-latency-ratio",
+        "p95-latency-ratio",
+    }
 
 
 def test_a_slow_candidate_fails_on_latency() -> None:
@@ -117,7 +121,9 @@ def test_too_few_requests_is_no_evidence_not_a_pass() -> None:
 
 
 def test_errors_within_the_ceiling_of_a_full_window_pass() -> None:
-    result = analyse(window("m@v2", 199, errors=1), window("m@v1", 200), CanaryThresholds(max_error_rate=0.01))
+    result = analyse(
+        window("m@v2", 199, errors=1), window("m@v1", 200), CanaryThresholds(max_error_rate=0.01)
+    )
     assert result.verdict == "pass", result.reason
 
 
@@ -156,7 +162,9 @@ def verdict(kind: str) -> Analysis:
 
 
 def test_a_pass_advances_and_the_step_before_100_promotes() -> None:
-    assert next_action(STEPS, 0, verdict("pass"), 0, LIMITS).model_dump(include={"kind", "candidate_percent"}) == {
+    assert next_action(STEPS, 0, verdict("pass"), 0, LIMITS).model_dump(
+        include={"kind", "candidate_percent"}
+    ) == {
         "kind": "advance",
         "candidate_percent": 25,
     }
