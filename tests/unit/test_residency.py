@@ -39,7 +39,7 @@ def test_versions_in_use_slots_and_other_models_are_never_dropped_for_room() -> 
 
 
 def test_more_versions_with_traffic_than_one_batch_mixes_is_refused() -> None:
-    with pytest.raises(PermanentError, match="3 versions .* --max-loras=2") as caught:
+    with pytest.raises(PermanentError, match=r"3 versions .* --max-loras=2") as caught:
         plan_load("m", "3", served=[], keep=set(), weights={"m@v1": 50, "m@v2": 50}, limits=LIMITS)
     assert "canary" in (caught.value.hint or "")
 
