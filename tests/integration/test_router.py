@@ -7,7 +7,8 @@ real PEFT adapter under immutable versioned names.
 - weight changes, an abort to the current version among them, fail no request of a
   client that retries connection errors as the OpenAI SDK does, and once a change is
   applied only versions with weight answer;
-- a restarted router serves the routes it had.
+- 'stack status' shows the router and its routes; a router started again by
+  'stack up --router' serves the routes it had, on the same port.
 
 The versioned names are loaded with vLLM's own API here: no step loads them yet.
 """
@@ -26,6 +27,7 @@ import httpx
 import pytest
 
 from loradeploy.clients.router import LiteLLMRouter
+from loradeploy.settings import STACK_FILE, read_stack
 from loradeploy.stack.local import LocalStack, StackConfig
 
 from .conftest import ASSETS, DEMO_ADAPTERS, Stack
@@ -45,8 +47,9 @@ class Routed:
 
 @pytest.fixture(scope="module")
 def routed(stack: Stack) -> Iterator[Routed]:
-    if not (ASSETS / "envs" / "router" / "bin" / "litellm").exists():
-        pytest.fail("the router virtualenv is not built: run 'make setup'")
+    """The session stack's vLLM with two versioned names, and the router started as a
+    user starts it ('stack up --router'); the stack file is put back afterwards (that
+    'stack up' also turns on the demo signing key, which later modules do not expect)."""
     for name, adapter in ((V1, "aws-rag-qa-v1"), (V2, "aws-rag-qa-v2")):
         response = httpx.post(
             f"{stack.info.vllm_url}/v1/load_lora_adapter",
@@ -54,13 +57,28 @@ def routed(stack: Stack) -> Iterator[Routed]:
             timeout=120,
         )
         assert response.status_code == 200, response.text
+    stack_file = stack.home / STACK_FILE
+    saved = stack_file.read_bytes()
     local = LocalStack(StackConfig(home=stack.home, assets=ASSETS, router=True))
-    record = local.start_router([stack.info.vllm_url])
-    client = local.router_client([stack.info.vllm_url], url=record.url)
     try:
-        yield Routed(local, client, record.url, local.router_key())
+        up = stack.run("stack", "up", "--router")
+        assert up.code == 0, up.stderr
+        info = read_stack(stack_file)
+        assert info.router_url and info.router_key_file and info.router_config and info.router_record
+        assert f"router {info.router_url}" in up.stdout
+        assert info.router_key_file.stat().st_mode & 0o077 == 0  # the key is the owner's only
+        key = info.router_key_file.read_text(encoding="utf-8").strip()
+        client = LiteLLMRouter(
+            url=info.router_url,
+            key=key,
+            config=info.router_config,
+            record=info.router_record,
+            backends=[stack.info.vllm_url],
+        )
+        yield Routed(local, client, info.router_url, key)
     finally:
         local.stop("router")
+        stack_file.write_bytes(saved)
         for name in (V1, V2):
             httpx.post(f"{stack.info.vllm_url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
 
@@ -157,11 +175,22 @@ def test_weight_changes_and_an_abort_fail_no_request(routed: Routed) -> None:
     assert set(after["rollback"]) == {V1}
 
 
+def test_status_shows_the_router_and_its_routes(routed: Routed, stack: Stack) -> None:
+    routed.client.apply({STABLE: {V1: 90, V2: 10}})
+    status = stack.run("stack", "status")
+    assert status.code == 0, status.stderr
+    assert "router" in status.stdout and routed.url in status.stdout
+    assert f"route {STABLE} -> {V1} 90 %, {V2} 10 %" in status.stdout
+
+
 def test_a_restarted_router_serves_the_routes_it_had(routed: Routed, stack: Stack) -> None:
     routed.client.apply({STABLE: {V1: 40, V2: 60}})
     routed.local.stop("router")
-    record = routed.local.start_router([stack.info.vllm_url])
-    assert record.url == routed.url  # the same port again
+    down = stack.run("stack", "status")
+    assert down.code == 75 and "stopped" in down.stdout  # a router that stopped is reported
+    up = stack.run("stack", "up", "--router")
+    assert up.code == 0, up.stderr
+    assert f"router {routed.url}" in up.stdout  # the same port again
     assert routed.client.routes() == {STABLE: {V1: 40, V2: 60}}
     assert routed.client.serving() == {STABLE: {V1: 40, V2: 60}}
     caller = Caller(routed.url, routed.key)

@@ -76,7 +76,19 @@ def _render_stack(stack: Any) -> None:
     table = Table(title=f"local stack in {stack.home}")
     for column in ("service", "url", "pid", "state", "log"):
         table.add_column(column)
-    for row in stack.status():
+    rows = stack.status()
+    for row in rows:
         state = "healthy" if row.healthy else ("starting/unhealthy" if row.running else "stopped")
         table.add_row(row.name, row.url or "-", str(row.pid or "-"), state, str(row.log or "-"))
     out.print(table)
+    if any(row.name == "router" for row in rows):
+        try:
+            routes = stack.router_client([]).routes()
+        except LoraDeployError as exc:
+            out.print(f"routes: {exc.one_line()}")
+            return
+        for stable, weights in sorted(routes.items()):
+            split = ", ".join(f"{name} {weight} %" for name, weight in sorted(weights.items()))
+            out.print(f"route {stable} -> {split}")
+        if not routes:
+            out.print("routes: none yet")
