@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from loradeploy.clients import router as router_module
 from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.domain.routes import litellm_config
-from loradeploy.errors import DeadlineExceededError, ServerUnavailableError, UsageError
+from loradeploy.errors import DeadlineExceededError, PermanentError, ServerUnavailableError, UsageError
 
 OLD = {"m-live": {"m@v1": 100}}
 NEW = {"m-live": {"m@v1": 75, "m@v2": 25}}
@@ -49,7 +50,8 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def make(tmp_path: Path, proxy: FakeProxy, *, alive: bool = True) -> LiteLLMRouter:
     record = tmp_path / "run" / "router.json"
     record.parent.mkdir()
-    record.write_text(json.dumps({"pid": os.getpid() if alive else 2**22 + 7}))
+    # a live process group leader stands in for the gunicorn master (the signal is faked)
+    record.write_text(json.dumps({"pid": os.getpgrp() if alive else 2**22 + 7}))
     client = LiteLLMRouter(
         url="http://router.test",
         key="sk-test",
@@ -68,7 +70,7 @@ def test_apply_writes_signals_the_master_and_waits_for_answers_in_a_row(tmp_path
     proxy = FakeProxy(OLD, NEW, OLD, NEW)
     client = make(tmp_path, proxy)
     client.apply(NEW, deadline_s=10)
-    assert proxy.hups == [os.getpid()]
+    assert proxy.hups == [os.getpgrp()]
     assert client.routes() == NEW
     assert proxy.calls == 3 + router_module.CONFIRMATIONS  # the run of 3 had to start again
     assert not list(client.config.parent.glob(".*tmp"))  # no temporary file left
@@ -114,3 +116,83 @@ def test_an_unreadable_configuration_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="cannot be read") as caught:
         client.routes()
     assert str(client.config) in str(caught.value)
+
+
+def test_a_failed_write_leaves_the_file_and_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make(tmp_path, FakeProxy(OLD))
+    before = client.config.read_bytes()
+
+    def full_disk(descriptor: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(router_module.os, "fsync", full_disk)
+    with pytest.raises(PermanentError, match="cannot be written") as caught:
+        client.write(NEW)
+    assert str(client.config) in str(caught.value) and caught.value.hint
+    assert client.config.read_bytes() == before
+    assert sorted(p.name for p in client.config.parent.iterdir()) == ["config.yaml"]
+
+
+def test_two_writers_never_share_a_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a second write that runs while the first one is between writing and renaming (two
+    # processes changing routes) must not truncate or rename the first one's file
+    client = make(tmp_path, FakeProxy(OLD))
+    real_fsync, inner = os.fsync, []
+
+    def second_writer(descriptor: int) -> None:
+        if not inner:
+            inner.append(True)
+            client.write(OLD)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(router_module.os, "fsync", second_writer)
+    client.write(NEW)
+    assert client.routes() == NEW  # the last rename wins, whole
+    assert sorted(p.name for p in client.config.parent.iterdir()) == ["config.yaml"]
+
+
+def test_a_live_pid_that_is_not_the_router_group_gets_no_signal(tmp_path: Path) -> None:
+    # the router dies and its pid is reused by a process of another group: a SIGHUP
+    # would end that process (its default action)
+    proxy = FakeProxy(OLD)
+    client = make(tmp_path, proxy)
+    other = subprocess.Popen(["sleep", "30"])  # same process group as this test: not a leader
+    try:
+        client.record.write_text(json.dumps({"pid": other.pid}))
+        with pytest.raises(ServerUnavailableError, match="router is not running"):
+            client.apply(NEW)
+    finally:
+        other.kill()
+        other.wait()
+    assert proxy.hups == [] and client.routes() == OLD
+
+
+def test_a_router_that_exits_before_the_signal_is_a_project_error(tmp_path: Path) -> None:
+    def gone(pid: int) -> None:
+        raise ProcessLookupError(3, "No such process")
+
+    client = make(tmp_path, FakeProxy(OLD))
+    client.hangup = gone
+    with pytest.raises(ServerUnavailableError, match="exited before") as caught:
+        client.apply(NEW)
+    assert "stack up" in (caught.value.hint or "")
+
+
+def test_a_model_info_answer_with_odd_entries_is_read_without_a_crash(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": ["odd", *litellm_config(OLD, BACKENDS)["model_list"]]})
+
+    client = make(tmp_path, FakeProxy(OLD))
+    client.http = httpx.Client(transport=httpx.MockTransport(handler))
+    assert client.serving() == OLD
+
+
+def test_an_unreadable_configuration_says_how_to_get_past_it(tmp_path: Path) -> None:
+    # 'stack up --router' reads this file first, so sending the user there loops
+    client = make(tmp_path, FakeProxy(OLD))
+    client.config.write_text("model_list: [unclosed\n")
+    with pytest.raises(PermanentError) as caught:
+        client.routes()
+    assert "delete" in (caught.value.hint or "")

@@ -17,9 +17,11 @@ no failure. Every failure leaves this module as one of the project's errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -60,9 +62,10 @@ class LiteLLMRouter:
         except FileNotFoundError:
             return {}
         except (OSError, yaml.YAMLError) as exc:
+            problem = " ".join(str(exc).split())[:200]
             raise PermanentError(
-                f"router configuration {self.config} cannot be read: {exc}",
-                hint="run 'loradeploy stack up' to write it again",
+                f"router configuration {self.config} cannot be read: {problem}",
+                hint="fix it, or delete it (its routes are lost), then run 'loradeploy stack up --router'",
             ) from exc
         return routes_of(data.get("model_list") or [])
 
@@ -108,17 +111,32 @@ class LiteLLMRouter:
         """Replace the configuration file in one rename (no signal)."""
         text = self.render(routes)
         self.config.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.config.with_name(f".{self.config.name}.tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(self.config)
+        # a name of its own: a second writer never truncates or renames this one's file
+        descriptor, name = tempfile.mkstemp(
+            prefix=f".{self.config.name}.", suffix=".tmp", dir=self.config.parent
+        )
+        temporary = Path(name)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(self.config)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise PermanentError(
+                f"router configuration {self.config} cannot be written: {exc.strerror or exc}",
+                hint=f"free space or fix the permissions of {self.config.parent}; nothing was changed",
+            ) from exc
 
     def master_pid(self) -> int:
         try:
             pid = int(json.loads(self.record.read_text(encoding="utf-8"))["pid"])
-            os.kill(pid, 0)
+            # the master leads its own process group ('stack up' starts it in a new
+            # session): a pid reused by another process is not signalled
+            if os.getpgid(pid) != pid:
+                raise ProcessLookupError(pid)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServerUnavailableError(
                 f"router is not running (no live process in {self.record})",
@@ -133,7 +151,13 @@ class LiteLLMRouter:
         pid = self.master_pid()
         started = time.monotonic()
         self.write(wanted)
-        self.hangup(pid)
+        try:
+            self.hangup(pid)
+        except OSError as exc:
+            raise ServerUnavailableError(
+                f"router (pid {pid}) exited before it got the new routes: {exc.strerror or exc}",
+                hint="start it with 'loradeploy stack up --router'; the file holds the new routes",
+            ) from exc
         seen, last = 0, None
         while seen < CONFIRMATIONS:
             elapsed = time.monotonic() - started

@@ -92,6 +92,8 @@ def routes_of(model_list: Sequence[Mapping[str, object]]) -> Routes:
     """The routes a proxy configuration (or its ``/model/info`` answer) serves."""
     routes: Routes = {}
     for entry in model_list:
+        if not isinstance(entry, Mapping):
+            continue
         params, info = entry.get("litellm_params"), entry.get("model_info")
         stable = entry.get("model_name")
         if not (isinstance(params, Mapping) and isinstance(info, Mapping) and isinstance(stable, str)):
