@@ -15,9 +15,11 @@ second stack in a temporary home without building them again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,8 @@ BASE_MODEL_DIR = "models/smollm2-135m-instruct"
 MLFLOW_START_TIMEOUT_S = 120.0
 VLLM_START_TIMEOUT_S = 600.0
 ROUTER_START_TIMEOUT_S = 180.0
+# The proxy would use a database named by the caller's environment: it runs without one.
+ROUTER_DB_ENV = frozenset({"DATABASE_URL", "DIRECT_URL", "STORE_MODEL_IN_DB"})
 HEALTH_PATHS = {"router": "/health/liveliness"}  # the proxy's /health asks every backend
 
 Tick = Callable[[str, float], None]
@@ -323,11 +327,22 @@ class LocalStack:
         """The proxy's master key, made once (``router/master.key``, owner-only): the
         proxy refuses to start without one, and clients send it."""
         path = self.router_key_file
+        if path.is_file() and not path.read_text(encoding="utf-8").strip():
+            path.unlink()  # left empty by a crash of an earlier version: no proxy runs with it
         if not path.is_file():
+            # written whole under another name, then linked: a crash leaves no empty key,
+            # and of two first 'up's one key wins for both
             path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(f"sk-{secrets.token_hex(24)}\n")
+            descriptor, name = tempfile.mkstemp(prefix=".master.key.", dir=path.parent)  # 0600
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                    handle.write(f"sk-{secrets.token_hex(24)}\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(name, path)
+            finally:
+                Path(name).unlink()
         return path.read_text(encoding="utf-8").strip()
 
     def router_client(self, backends: list[str], url: str = "") -> LiteLLMRouter:
@@ -355,7 +370,9 @@ class LocalStack:
 
     def router_env(self) -> dict[str, str]:
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("LITELLM_", "MLFLOW_", "LORADEPLOY_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LITELLM_", "MLFLOW_", "LORADEPLOY_")) and k not in ROUTER_DB_ENV
         }
         env.update(
             {
@@ -452,9 +469,16 @@ class LocalStack:
         except (OSError, ValueError, LoraDeployError):
             return False
 
+    def _router_runs(self) -> bool:
+        """A router from an earlier ``up --router`` still runs (a later ``up`` left it)."""
+        record = processes.load(self._record_path("router"))
+        return record is not None and processes.group_alive(record.pid)
+
     def status(self) -> list[ServiceStatus]:
         rows = []
-        optional = ["router"] if self.config.router or self._router_in_stack_file() else []
+        optional = (
+            ["router"] if self.config.router or self._router_in_stack_file() or self._router_runs() else []
+        )
         for name in ["mlflow", *self.vllm_names(), *optional, *self._extra_records()]:
             record = processes.load(self._record_path(name))
             if record is None:
