@@ -196,3 +196,12 @@ def test_an_unreadable_configuration_says_how_to_get_past_it(tmp_path: Path) -> 
     with pytest.raises(PermanentError) as caught:
         client.routes()
     assert "delete" in (caught.value.hint or "")
+
+
+def test_a_folder_the_configuration_cannot_be_written_to_is_a_project_error(tmp_path: Path) -> None:
+    client = make(tmp_path, FakeProxy(OLD))
+    client.config = tmp_path / "a-file" / "config.yaml"
+    client.config.parent.write_text("not a folder")
+    with pytest.raises(PermanentError, match="cannot be written") as caught:
+        client.write(NEW)
+    assert str(client.config) in str(caught.value)

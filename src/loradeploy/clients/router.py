@@ -110,21 +110,23 @@ class LiteLLMRouter:
     def write(self, routes: Mapping[str, Mapping[str, int]]) -> None:
         """Replace the configuration file in one rename (no signal)."""
         text = self.render(routes)
-        self.config.parent.mkdir(parents=True, exist_ok=True)
-        # a name of its own: a second writer never truncates or renames this one's file
-        descriptor, name = tempfile.mkstemp(
-            prefix=f".{self.config.name}.", suffix=".tmp", dir=self.config.parent
-        )
-        temporary = Path(name)
+        temporary = None
         try:
+            self.config.parent.mkdir(parents=True, exist_ok=True)
+            # a name of its own: a second writer never truncates or renames this one's file
+            descriptor, name = tempfile.mkstemp(
+                prefix=f".{self.config.name}.", suffix=".tmp", dir=self.config.parent
+            )
+            temporary = Path(name)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             temporary.replace(self.config)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
             raise PermanentError(
                 f"router configuration {self.config} cannot be written: {exc.strerror or exc}",
                 hint=f"free space or fix the permissions of {self.config.parent}; nothing was changed",
@@ -140,7 +142,7 @@ class LiteLLMRouter:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServerUnavailableError(
                 f"router is not running (no live process in {self.record})",
-                hint="start it with 'loradeploy stack up'",
+                hint="start it with 'loradeploy stack up --router'",
             ) from exc
         return pid
 
