@@ -7,8 +7,11 @@ file in one rename, and the gunicorn master gets SIGHUP; it starts new workers o
 new file and stops the old ones gracefully. ``apply`` returns once the proxy's own
 ``/model/info`` has shown the new routes on several answers in a row (old and new
 workers answer side by side for about a second), within a deadline. A rendering that
-does not read back as the routes asked for is never written (a file the proxy cannot
-read would stop it at the SIGHUP).
+does not read back (with PyYAML) as the routes asked for is never written. That is not
+proof the proxy accepts it: every file has the one shape ``domain.routes`` renders, which
+the integration test runs through the real proxy, and a file the proxy could not read
+would stop it at the SIGHUP. A generation still running when the old worker is stopped
+has gunicorn's 30 s to finish.
 
 Requests whose keep-alive connection an old worker closes fail to connect and never
 reach vLLM; clients that retry connection errors (the OpenAI SDK does by default) see
