@@ -19,9 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from loradeploy.domain.gates import GateDecision, ceiling_check, floor_check
+from loradeploy.domain.gates import GateDecision, Requests, ceiling_check, floor_check
 from loradeploy.domain.names import model_name
-from loradeploy.domain.stats import percentile, ratio
+from loradeploy.domain.stats import ratio
 from loradeploy.errors import UsageError
 
 VERSION_MARK = "@v"
@@ -84,23 +84,10 @@ def split(current: str, candidate: str, candidate_percent: int) -> dict[str, int
     return {name: weight for name, weight in weights.items() if weight > 0}
 
 
-class VersionWindow(BaseModel):
+class VersionWindow(Requests):
     """What one versioned name did during one analysis window, from the router's records."""
 
     name: str
-    latencies_s: list[float] = Field(default_factory=list)  # successful requests only
-    errors: int = 0
-
-    @property
-    def requests(self) -> int:
-        return len(self.latencies_s) + self.errors
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def p(self, q: float) -> float:
-        return percentile(self.latencies_s, q)
 
 
 class CanaryThresholds(BaseModel):

@@ -177,14 +177,12 @@ def decide_eval(
 # -- Gate 2: performance ---------------------------------------------------------------------
 
 
-class SlotLoad(BaseModel):
-    """What one slot did under the load: per-request figures and the time it was busy."""
+class Requests(BaseModel):
+    """Latencies of the successful requests and the count of failed ones: what Gate 2
+    measures per slot and a canary per version."""
 
-    slot: str
     latencies_s: list[float] = Field(default_factory=list)  # successful requests only
     errors: int = 0
-    completion_tokens: int = 0
-    busy_s: float = 0.0  # wall time of this slot's rounds, summed
 
     @property
     def requests(self) -> int:
@@ -194,12 +192,20 @@ class SlotLoad(BaseModel):
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_s, q)
+
+
+class SlotLoad(Requests):
+    """What one slot did under the load: per-request figures and the time it was busy."""
+
+    slot: str
+    completion_tokens: int = 0
+    busy_s: float = 0.0  # wall time of this slot's rounds, summed
+
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.busy_s if self.busy_s > 0 else 0.0
-
-    def p(self, q: float) -> float:
-        return percentile(self.latencies_s, q)
 
 
 class PerfThresholds(BaseModel):
