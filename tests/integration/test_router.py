@@ -197,3 +197,35 @@ def test_a_restarted_router_serves_the_routes_it_had(routed: Routed, stack: Stac
     for _ in range(10):
         caller.ask()
     assert caller.failures == [] and set(caller.answered) <= {V1, V2}
+
+
+def test_the_route_command_moves_weights_only_to_served_versions(
+    routed: Routed, stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    out = tmp_path_factory.mktemp("route")
+    stack.register("it-router", "aws-rag-qa-v1", out / "register")  # the lock is the model's
+    routed.client.apply({STABLE: {V1: 100}})
+    done = stack.run(
+        "route",
+        f"--stable-name={STABLE}",
+        f"--weights={V1}=60,{V2}=40",
+        "--reason=by hand",
+        output_dir=out / "ok",
+    )
+    assert done.code == 0, done.stderr
+    assert done.result is not None and done.result["details"] == {
+        "before": {V1: 100},
+        "after": {V1: 60, V2: 40},
+    }
+    assert routed.client.serving() == {STABLE: {V1: 60, V2: 40}}
+    history = stack.run("history", "--model-name=it-router", output_dir=out / "history")
+    assert history.result is not None
+    reasons = [move["reason"] for move in history.result["details"]["moves"] if move["step"] == "route"]
+    assert reasons == [f"{STABLE}: {V1} 100 % -> {V1} 60 %, {V2} 40 %; by hand"], history.result
+
+    missing = stack.run("route", f"--stable-name={STABLE}", f"--weights={V1}=50,it-router@v9=50")
+    assert missing.code == 3, missing.stderr
+    (line,) = missing.error_lines
+    assert "does not serve it-router@v9" in line
+    assert "was not changed; next: load every version that gets weight on every replica first" in line
+    assert routed.client.serving() == {STABLE: {V1: 60, V2: 40}}

@@ -23,6 +23,7 @@ from loradeploy.cli import (
     reconcile_commands,
     registry_commands,
     report_command,
+    route_command,
     serving_commands,
     stack_commands,
 )
@@ -62,6 +63,7 @@ app.command("compare-decision")(gate_commands.compare_decision)
 app.command("perf-decision")(gate_commands.perf_decision)
 app.command("train")(registry_commands.train)
 app.command("report")(report_command.release_report)
+app.command("route")(route_command.route)
 stack_app.command("up")(stack_commands.stack_up)
 stack_app.command("down")(stack_commands.stack_down)
 stack_app.command("status")(stack_commands.stack_status)

@@ -28,6 +28,7 @@ from loradeploy.settings import Settings
 if TYPE_CHECKING:  # imported where used: kubectl and httpx are not needed by every command
     from loradeploy.clients.files import AdapterTransport, KubectlTransport, LocalFolderTransport
     from loradeploy.clients.registry import MLflowHelper
+    from loradeploy.clients.router import LiteLLMRouter
     from loradeploy.clients.vllm import VllmClient
 
 LOCAL, KUBECTL = "local", "kubectl"
@@ -193,3 +194,32 @@ def other_replica_urls(
         known = list(settings.stack.vllm_urls) if settings.stack else []
     seen = {str(client.base_url).rstrip("/") for client in given}
     return [url for url in known if url.rstrip("/") not in seen]
+
+
+def router_client(settings: Settings) -> LiteLLMRouter:
+    """Routed mode's router of the local stack, from the stack file 'stack up --router'
+    wrote (the router is a local-stack component for now)."""
+    from loradeploy.clients.router import LiteLLMRouter
+
+    stack = settings.stack
+    if not (
+        stack and stack.router_url and stack.router_key_file and stack.router_config and stack.router_record
+    ):
+        raise UsageError(
+            "no router: the stack file names none",
+            hint="start the local stack with 'loradeploy stack up --router'",
+        )
+    try:
+        key = stack.router_key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(
+            f"router key {stack.router_key_file} cannot be read ({exc.strerror})",
+            hint="run 'loradeploy stack up --router' again",
+        ) from exc
+    return LiteLLMRouter(
+        url=stack.router_url,
+        key=key,
+        config=stack.router_config,
+        record=stack.router_record,
+        backends=list(stack.vllm_urls) or [stack.vllm_url],
+    )

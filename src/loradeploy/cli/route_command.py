@@ -1,0 +1,67 @@
+"""``loradeploy route``: routed mode's weights for one stable name on the router."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from loradeploy.cli.common import _actor, _registry, _run, _settings
+from loradeploy.cli.options import ApiKey, CaBundle, OutputDir, TrackingUri
+from loradeploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from loradeploy.results import StepResult
+
+
+def parse_weights(text: str) -> dict[str, int]:
+    """``aws-rag-qa@v1=95,aws-rag-qa@v2=5`` -> names and whole-percent weights."""
+    weights: dict[str, int] = {}
+    hint = "pass for example --weights=aws-rag-qa@v1=95,aws-rag-qa@v2=5"
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or not name or not (value.isascii() and value.isdigit()):
+            raise UsageError(f"--weights part {part.strip()!r} is not NAME@vN=PERCENT", hint=hint)
+        if name in weights:
+            raise UsageError(f"--weights names {name!r} twice", hint=hint)
+        weights[name] = int(value)
+    return weights
+
+
+def route(
+    stable_name: Annotated[
+        str, typer.Option("--stable-name", help="The name clients call, e.g. aws-rag-qa-live.")
+    ],
+    weights: Annotated[
+        str,
+        typer.Option("--weights", help="Versioned names and percentages summing to 100: m@v1=95,m@v2=5."),
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the model's history.")] = "",
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+) -> None:
+    """Routed mode: set what a stable name sends to (local stack's router, 'stack up
+    --router'). Every version with weight must be served by every replica; the change is
+    made under the model's lock and recorded in its history."""
+
+    def action() -> StepResult:
+        from loradeploy.clients import wiring
+        from loradeploy.steps.route import route as step
+
+        parsed = parse_weights(weights)
+        settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
+        router = wiring.router_client(settings)
+        with wiring.replicas(settings, router.backends) as replicas:  # where the router sends
+            return step(
+                _registry(settings),
+                replicas,
+                router,
+                stable=stable_name,
+                weights=parsed,
+                actor=_actor(settings, "route"),
+                reason=reason or "set by hand",
+            )
+
+    _run("route", output_dir, action)

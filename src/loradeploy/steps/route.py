@@ -1,0 +1,81 @@
+"""Routed mode: set the weights of one stable name on the router (``loradeploy route``).
+
+The operator's lever, and the move a canary makes at every step. A version gets weight
+only when every replica serves its versioned name (else the router would send requests
+to a name vLLM answers with 404), all of one model, under that model's lock; the change
+is recorded in the model's history. Other stable names keep their routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from loradeploy.clients.registry import MLflowHelper
+from loradeploy.clients.router import LiteLLMRouter
+from loradeploy.clients.vllm import VllmClient
+from loradeploy.coordination import Actor, model_lock
+from loradeploy.coordination.audit import record_event
+from loradeploy.domain.canary import parse_versioned_name
+from loradeploy.domain.routes import check_routes
+from loradeploy.errors import NotFoundError, UsageError
+from loradeploy.results import Check, StepResult, Timer
+
+
+def describe(weights: Mapping[str, int] | None) -> str:
+    if not weights:
+        return "no route"
+    return ", ".join(f"{name} {weight} %" for name, weight in sorted(weights.items()))
+
+
+def model_of(stable: str, weights: Mapping[str, int]) -> str:
+    """The one model whose versions the route names."""
+    models = sorted({parsed[0] for name in weights if (parsed := parse_versioned_name(name))})
+    if len(models) != 1:
+        raise UsageError(
+            f"route {stable!r} names versions of {len(models)} models ({', '.join(models) or 'none'})",
+            hint="route a stable name to versions of one model, e.g. aws-rag-qa@v1=95,aws-rag-qa@v2=5",
+        )
+    return models[0]
+
+
+def route(
+    registry: MLflowHelper,
+    replicas: Sequence[VllmClient],
+    router: LiteLLMRouter,
+    *,
+    stable: str,
+    weights: Mapping[str, int],
+    actor: Actor,
+    reason: str,
+) -> StepResult:
+    wanted = check_routes({stable: weights})[stable]
+    model = model_of(stable, wanted)
+    result = StepResult(step="route", model=model, slot=stable)
+    timer = Timer(result.timings_s)
+    with model_lock(registry, model, actor):
+        with timer("verify-served"):
+            for vllm in replicas:
+                served = vllm.adapters()
+                missing = sorted(name for name in wanted if name not in served)
+                if missing:
+                    raise NotFoundError(
+                        f"vLLM at {vllm.base_url} does not serve {', '.join(missing)}; the route "
+                        f"{stable!r} was not changed",
+                        hint="load every version that gets weight on every replica first",
+                    )
+                result.checks.append(
+                    Check(name=f"served:{vllm.base_url}", passed=True, detail=", ".join(sorted(wanted)))
+                )
+        routes = router.routes()
+        before = routes.get(stable)
+        with timer("apply"):
+            router.apply({**routes, stable: wanted})
+        record_event(
+            registry,
+            model,
+            "route",
+            actor,
+            reason=f"{stable}: {describe(before)} -> {describe(wanted)}; {reason}",
+        )
+    result.details = {"before": before or {}, "after": wanted}
+    return result
