@@ -199,3 +199,28 @@ def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_the_step_acts(
     [line] = error_lines(result)
     assert str(out) in line and "--output-dir" in line
     assert taken.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("weights", "words"),
+    [
+        ("m@v1=90", "weights sum to 90, not 100"),
+        ("m@v1=50,n@v1=50", "names versions of 2 models"),
+        ("m-v1=100", "'m-v1' is not a versioned name"),
+        ("m@v1", "is not NAME@vN=PERCENT"),
+    ],
+)
+def test_route_checks_its_weights_before_it_looks_for_a_router(weights: str, words: str) -> None:
+    result = invoke("route", "--stable-name=m-live", f"--weights={weights}")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert words in line and line.startswith("error: ")
+
+
+def test_route_without_a_router_says_how_to_start_one() -> None:
+    result = invoke("route", "--stable-name=m-live", "--weights=m@v1=100")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        "error: no router: the stack file names none; next: start the local stack with "
+        "'loradeploy stack up --router'"
+    ]

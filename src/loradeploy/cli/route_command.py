@@ -48,9 +48,12 @@ def route(
 
     def action() -> StepResult:
         from loradeploy.clients import wiring
+        from loradeploy.domain.routes import check_routes
+        from loradeploy.steps.route import model_of
         from loradeploy.steps.route import route as step
 
         parsed = parse_weights(weights)
+        model_of(stable_name, check_routes({stable_name: parsed})[stable_name])  # input first
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
         router = wiring.router_client(settings)
         with wiring.replicas(settings, router.backends) as replicas:  # where the router sends
