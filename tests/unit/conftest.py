@@ -72,3 +72,19 @@ def vllm(server: FakeVllmServer, clock: FakeClock) -> Iterator[VllmClient]:
 def adapter_dir(tmp_path: Path) -> Path:
     """A valid synthetic PEFT LoRA folder (rank 16, SmolLM2 base)."""
     return write_adapter(tmp_path / "adapter")
+
+
+@pytest.fixture(scope="session")
+def group_leader() -> Iterator[int]:
+    """The pid of a sleeping process that leads its own process group, as the router's
+    gunicorn master does ('stack up' starts servers in new sessions). The test's own
+    group cannot stand in: under make or CI its leader may have exited already."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
+    try:
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()

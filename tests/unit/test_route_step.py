@@ -6,7 +6,6 @@ refused change leaves the router's file alone. The real router: tests/integratio
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,13 +46,13 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+def setup(tmp_path: Path, group_leader: int) -> Iterator[Setup]:
     servers = [FakeVllmServer(adapters={"m@v1": "/a/1", "m@v2": "/a/2"}) for _ in range(2)]
     clients = [
         VllmClient(f"http://vllm-{i}.test:8000", transport=s.transport()) for i, s in enumerate(servers)
     ]
     record = tmp_path / "router.json"
-    record.write_text(json.dumps({"pid": os.getpgid(0)}))  # this test's own group leader: never signalled
+    record.write_text(json.dumps({"pid": group_leader}))  # stands in for the master; never signalled
     proxy = FakeProxy(tmp_path / "config.yaml")
     client = LiteLLMRouter(
         url="http://router.test",

@@ -47,11 +47,19 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+MASTER = {"pid": 0}  # the stand-in gunicorn master's pid, set for every test below
+
+
+@pytest.fixture(autouse=True)
+def master(group_leader: int) -> None:
+    MASTER["pid"] = group_leader
+
+
 def make(tmp_path: Path, proxy: FakeProxy, *, alive: bool = True) -> LiteLLMRouter:
     record = tmp_path / "run" / "router.json"
     record.parent.mkdir()
     # a live process group leader stands in for the gunicorn master (the signal is faked)
-    record.write_text(json.dumps({"pid": os.getpgrp() if alive else 2**22 + 7}))
+    record.write_text(json.dumps({"pid": MASTER["pid"] if alive else 2**22 + 7}))
     client = LiteLLMRouter(
         url="http://router.test",
         key="sk-test",
@@ -70,7 +78,7 @@ def test_apply_writes_signals_the_master_and_waits_for_answers_in_a_row(tmp_path
     proxy = FakeProxy(OLD, NEW, OLD, NEW)
     client = make(tmp_path, proxy)
     client.apply(NEW, deadline_s=10)
-    assert proxy.hups == [os.getpgrp()]
+    assert proxy.hups == [MASTER["pid"]]
     assert client.routes() == NEW
     assert proxy.calls == 3 + router_module.CONFIRMATIONS  # the run of 3 had to start again
     assert not list(client.config.parent.glob(".*tmp"))  # no temporary file left
