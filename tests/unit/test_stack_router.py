@@ -3,7 +3,6 @@ its environment, and that 'stack status' never hides a router that runs."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -48,12 +47,14 @@ def test_the_router_gets_no_database_from_the_callers_environment(
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True" and env["LITELLM_TELEMETRY"] == "False"
 
 
-def test_status_shows_a_router_that_runs_though_the_last_up_had_no_router(tmp_path: Path) -> None:
+def test_status_shows_a_router_that_runs_though_the_last_up_had_no_router(
+    tmp_path: Path, group_leader: int
+) -> None:
     # 'stack up --router', then 'stack up': the router still runs ('down' stops it)
     stack = make(tmp_path)
     record = ProcessRecord(
         name="router",
-        pid=os.getpgrp(),  # a live process group stands in for the router's
+        pid=group_leader,  # a live process group stands in for the router's
         port=9,
         url="http://127.0.0.1:9",
         command=["litellm"],
