@@ -63,7 +63,7 @@ class StackConfig:
     # file, used by register and train. 'loradeploy stack up' turns it on.
     signing: bool = False
     # Routed mode's router (the LiteLLM proxy from envs/router) in front of the vLLM
-    # servers. 'loradeploy stack up' turns it on.
+    # servers. 'loradeploy stack up --router' turns it on.
     router: bool = False
 
     @property
