@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from loradeploy.domain.gates import GateDecision, Requests, ceiling_check, floor_check
-from loradeploy.domain.names import model_name
+from loradeploy.domain.names import is_version_number, model_name
 from loradeploy.domain.stats import ratio
 from loradeploy.errors import UsageError
 
@@ -32,7 +32,7 @@ CANARY_FAILED = "canary-failed"  # the tag a candidate gets when its analysis fa
 def versioned_name(model: str, version: str | int) -> str:
     """The name one version is served under in routed mode, e.g. ``aws-rag-qa@v7``."""
     text = str(version)
-    if not (text.isascii() and text.isdigit() and int(text) > 0 and len(text) <= 18):
+    if not is_version_number(text):
         raise UsageError(
             f"version {text!r} of model {model!r} is not a registry version number",
             hint="pass a version such as 7",

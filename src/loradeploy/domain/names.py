@@ -76,19 +76,17 @@ class Source:
         return f"{self.kind}:{self.value}"
 
 
+def is_version_number(text: str) -> bool:
+    """A registry version number: ASCII digits, at most 18 of them, above 0."""
+    return text.isascii() and text.isdigit() and len(text) <= _MAX_VERSION_DIGITS and int(text) > 0
+
+
 def parse_source(text: str) -> Source:
     """Parse ``alias:NAME`` or ``version:N``; anything else is a usage error."""
     kind, sep, value = text.partition(":")
     if sep and kind == "alias":
         return Source("alias", alias_name(value))
-    if (
-        sep
-        and kind == "version"
-        and value.isascii()
-        and value.isdigit()
-        and len(value) <= _MAX_VERSION_DIGITS
-        and int(value) > 0
-    ):
+    if sep and kind == "version" and is_version_number(value):
         return Source("version", str(int(value)))
     raise UsageError(
         f"source {text!r} is not understood: expected 'alias:NAME' or 'version:N' (N >= 1)",
