@@ -82,13 +82,14 @@ def _render_stack(stack: Any) -> None:
         table.add_row(row.name, row.url or "-", str(row.pid or "-"), state, str(row.log or "-"))
     out.print(table)
     if any(row.name == "router" for row in rows):
+        from loradeploy.domain.routes import describe
+
         try:
             routes = stack.router_client([]).routes()
         except LoraDeployError as exc:
             out.print(f"routes: {exc.one_line()}")
             return
         for stable, weights in sorted(routes.items()):
-            split = ", ".join(f"{name} {weight} %" for name, weight in sorted(weights.items()))
-            out.print(f"route {stable} -> {split}")
+            out.print(f"route {stable} -> {describe(weights)}")
         if not routes:
             out.print("routes: none yet")

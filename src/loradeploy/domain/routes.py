@@ -46,6 +46,13 @@ def check_routes(routes: Mapping[str, Mapping[str, int]]) -> Routes:
     return checked
 
 
+def describe(weights: Mapping[str, int] | None) -> str:
+    """``m@v1 95 %, m@v2 5 %`` (by name), or ``no route``."""
+    if not weights:
+        return "no route"
+    return ", ".join(f"{name} {weight} %" for name, weight in sorted(weights.items()))
+
+
 def entry_id(target: str, replica: int, replicas: int) -> str:
     return target if replicas == 1 else f"{target}{REPLICA_MARK}{replica}"
 

@@ -16,15 +16,9 @@ from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
 from loradeploy.coordination.audit import record_event
 from loradeploy.domain.canary import parse_versioned_name
-from loradeploy.domain.routes import check_routes
+from loradeploy.domain.routes import check_routes, describe
 from loradeploy.errors import NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
-
-
-def describe(weights: Mapping[str, int] | None) -> str:
-    if not weights:
-        return "no route"
-    return ", ".join(f"{name} {weight} %" for name, weight in sorted(weights.items()))
 
 
 def model_of(stable: str, weights: Mapping[str, int]) -> str:
