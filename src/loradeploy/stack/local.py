@@ -88,9 +88,10 @@ class ServiceStatus:
     log: Path | None
 
 
-def _healthy(url: str, path: str = "/health") -> bool:
+def _healthy(name: str, url: str) -> bool:
+    """Whether the server ``name`` (mlflow, vllm-N, router) at ``url`` says it is healthy."""
     try:
-        return httpx.get(f"{url}{path}", timeout=2.0).status_code == 200
+        return httpx.get(f"{url}{HEALTH_PATHS.get(name, '/health')}", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -122,11 +123,7 @@ class LocalStack:
 
     def _running(self, name: str) -> ProcessRecord | None:
         record = processes.load(self._record_path(name))
-        if (
-            record
-            and processes.group_alive(record.pid)
-            and _healthy(record.url, HEALTH_PATHS.get(name, "/health"))
-        ):
+        if record and processes.group_alive(record.pid) and _healthy(name, record.url):
             return record
         if record:
             processes.stop_group(record.pid, grace_s=5)  # half-dead leftovers
@@ -156,7 +153,7 @@ class LocalStack:
         try:
             processes.wait_for(
                 f"{name} at {url}",
-                lambda: _healthy(url, HEALTH_PATHS.get(name, "/health")),
+                lambda: _healthy(name, url),
                 timeout_s=timeout_s,
                 alive=lambda: processes.leader_alive(record.pid),
                 log=record.log,
@@ -491,7 +488,7 @@ class LocalStack:
                     record.url,
                     record.pid,
                     running,
-                    running and _healthy(record.url, HEALTH_PATHS.get(name, "/health")),
+                    running and _healthy(name, record.url),
                     record.log,
                 )
             )
