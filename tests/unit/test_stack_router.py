@@ -16,6 +16,21 @@ def make(tmp_path: Path, *, router: bool = False) -> LocalStack:
     return LocalStack(StackConfig(home=tmp_path / "home", assets=tmp_path / "assets", router=router))
 
 
+def router_record(stack: LocalStack, *, pid: int) -> None:
+    """The process record 'stack up --router' leaves in run/router.json."""
+    record = ProcessRecord(
+        name="router",
+        pid=pid,
+        port=9,
+        url="http://127.0.0.1:9",
+        command=["litellm"],
+        log=stack.home / "logs" / "router.log",
+        started_at=time.time(),
+    )
+    (stack.home / "run").mkdir(parents=True)
+    (stack.home / "run" / "router.json").write_text(record.model_dump_json(), encoding="utf-8")
+
+
 def test_the_key_is_made_once_and_is_the_owners_only(tmp_path: Path) -> None:
     stack = make(tmp_path)
     key = stack.router_key()
@@ -52,17 +67,7 @@ def test_status_shows_a_router_that_runs_though_the_last_up_had_no_router(
 ) -> None:
     # 'stack up --router', then 'stack up': the router still runs ('down' stops it)
     stack = make(tmp_path)
-    record = ProcessRecord(
-        name="router",
-        pid=group_leader,  # a live process group stands in for the router's
-        port=9,
-        url="http://127.0.0.1:9",
-        command=["litellm"],
-        log=tmp_path / "router.log",
-        started_at=time.time(),
-    )
-    (stack.home / "run").mkdir(parents=True)
-    (stack.home / "run" / "router.json").write_text(record.model_dump_json(), encoding="utf-8")
+    router_record(stack, pid=group_leader)  # a live process group stands in for the router's
     rows = {row.name: row for row in stack.status()}
     assert "router" in rows and rows["router"].running
 
@@ -70,15 +75,5 @@ def test_status_shows_a_router_that_runs_though_the_last_up_had_no_router(
 def test_status_leaves_out_a_stopped_router_the_last_up_did_not_start(tmp_path: Path) -> None:
     # its record is kept by 'down'; a stopped router nobody asked for is not a failure
     stack = make(tmp_path)
-    record = ProcessRecord(
-        name="router",
-        pid=2**22 + 7,  # above the largest pid: no such process
-        port=9,
-        url="http://127.0.0.1:9",
-        command=["litellm"],
-        log=tmp_path / "router.log",
-        started_at=time.time(),
-    )
-    (stack.home / "run").mkdir(parents=True)
-    (stack.home / "run" / "router.json").write_text(record.model_dump_json(), encoding="utf-8")
+    router_record(stack, pid=2**22 + 7)  # above the largest pid: no such process
     assert "router" not in {row.name for row in stack.status()}
