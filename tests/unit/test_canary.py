@@ -11,15 +11,19 @@ from loradeploy.domain.canary import (
     Analysis,
     CanaryRecord,
     CanaryThresholds,
+    LiveAnswer,
     VersionWindow,
     analyse,
     next_action,
     parse_steps,
     parse_versioned_name,
+    quality_check,
+    quality_scores,
     recovery,
     split,
     versioned_name,
 )
+from loradeploy.domain.scoring import QaExample
 from loradeploy.errors import UsageError
 
 LIMITS = CanaryThresholds()  # 1 % errors, p50 1.5x, p95 1.75x, 20 requests, 3 waits
@@ -215,10 +219,78 @@ def test_any_run_of_windows_ends_at_0_or_100_percent_and_never_skips_a_step(kind
 
 
 def test_an_interrupted_canary_is_undone_unless_live_already_names_the_candidate() -> None:
-    record = CanaryRecord(model="m", current_version="1", candidate_version="2", candidate_percent=25)
+    record = CanaryRecord(
+        model="m", stable="m-live", current_version="1", candidate_version="2", candidate_percent=25
+    )
     undo = recovery(record, live_version="1")
     assert (undo.kind, undo.candidate_percent) == ("abort", 0)
     assert "interrupted at 25 %" in undo.reason
     assert recovery(record, live_version=None).kind == "abort"
     finish = recovery(record, live_version="2")
     assert (finish.kind, finish.candidate_percent) == ("promote", 100)
+
+
+# -- quality of live answers -------------------------------------------------------------------
+
+
+EXAMPLES = [
+    QaExample(id=f"q{i}", context="c", question=f"What does service {i} do?", answer=f"it stores objects {i}")
+    for i in range(12)
+]
+
+
+def answers(name: str, text: str, questions: range) -> list[LiveAnswer]:
+    return [
+        LiveAnswer(
+            name=name, prompt=f'[{{"role": "user", "content": "What does service {i} do?"}}]', answer=text
+        )
+        for i in questions
+    ]
+
+
+def test_live_answers_are_scored_per_question_and_unknown_prompts_are_left_out() -> None:
+    live = [
+        *answers("m@v2", "it stores objects", range(3)),
+        LiveAnswer(name="m@v2", prompt="hello", answer="x"),
+    ]
+    scores = quality_scores(live, EXAMPLES)
+    assert sorted(scores) == ["q0", "q1", "q2"]
+    assert all(0.8 < s[0] <= 1.0 for s in scores.values())
+
+
+def test_a_question_is_matched_by_its_longest_text_not_by_a_prefix_of_it() -> None:
+    examples = [
+        QaExample(id="a", context="", question="What is S3?", answer="x"),
+        QaExample(id="b", context="", question="What is S3? Explain", answer="y"),
+    ]
+    scores = quality_scores([LiveAnswer(name="n", prompt="What is S3? Explain", answer="y")], examples)
+    assert list(scores) == ["b"]
+
+
+def test_a_clearly_worse_candidate_fails_and_an_equal_one_passes() -> None:
+    good = quality_scores(answers("cur", "it stores objects", range(12)), EXAMPLES)
+    bad = quality_scores(answers("cand", "a poem about the sea", range(12)), EXAMPLES)
+    fail = quality_check(bad, good, LIMITS)
+    assert (fail.verdict, fail.check.passed) == ("fail", False)
+    same = quality_check(good, good, LIMITS)
+    assert (same.verdict, same.check.passed) == ("pass", True)
+
+
+def test_too_few_questions_answered_by_both_versions_is_no_evidence() -> None:
+    good = quality_scores(answers("cur", "it stores objects", range(3)), EXAMPLES)
+    bad = quality_scores(answers("cand", "a poem", range(3)), EXAMPLES)
+    result = quality_check(bad, good, LIMITS)
+    assert result.verdict == "insufficient"
+    assert "3 questions" in result.check.detail
+
+
+def test_the_analysis_fails_on_quality_alone_and_waits_when_quality_is_inconclusive() -> None:
+    fast = window("cand", 30), window("cur", 30)
+    good = quality_scores(answers("cur", "it stores objects", range(12)), EXAMPLES)
+    bad = quality_scores(answers("cand", "a poem about the sea", range(12)), EXAMPLES)
+    failed = analyse(*fast, LIMITS, quality=quality_check(bad, good, LIMITS))
+    assert failed.verdict == "fail" and "live-quality" in failed.reason
+    few = quality_scores(answers("cand", "a poem", range(2)), EXAMPLES)
+    waiting = analyse(*fast, LIMITS, quality=quality_check(few, good, LIMITS))
+    assert waiting.verdict == "insufficient"
+    assert analyse(*fast, LIMITS, quality=quality_check(good, good, LIMITS)).verdict == "pass"

@@ -16,7 +16,8 @@ LIVE = "live"
 PREVIOUS = "previous"
 STAGED = "staged"
 CANDIDATE = "candidate"
-GATE_ALIASES = ("eval-passed", "eval-failed", "perf-passed", "perf-failed")
+CANARY_FAILED = "canary-failed"  # the version whose canary's analysis failed
+GATE_ALIASES = ("eval-passed", "eval-failed", "perf-passed", "perf-failed", CANARY_FAILED)
 CLEARED_ON_PROMOTION = (STAGED, *GATE_ALIASES)
 DEPLOYMENT_ALIASES = (LIVE, STAGED, PREVIOUS)  # versions whose folders are kept
 

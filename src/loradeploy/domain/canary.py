@@ -12,8 +12,9 @@ requests waits, and after ``max_waits`` such windows the canary aborts.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Literal
 
@@ -21,12 +22,13 @@ from pydantic import BaseModel, Field
 
 from loradeploy.domain.gates import GateDecision, Requests, ceiling_check, floor_check
 from loradeploy.domain.names import is_version_number, model_name
-from loradeploy.domain.stats import ratio
+from loradeploy.domain.scoring import QaExample, token_f1
+from loradeploy.domain.stats import paired_bootstrap, ratio
 from loradeploy.errors import UsageError
+from loradeploy.results import Check
 
 VERSION_MARK = "@v"
 _VERSIONED = re.compile(r"(?P<model>.+)@v(?P<version>[1-9][0-9]{0,17})")
-CANARY_FAILED = "canary-failed"  # the tag a candidate gets when its analysis fails
 
 
 def versioned_name(model: str, version: str | int) -> str:
@@ -96,9 +98,90 @@ class CanaryThresholds(BaseModel):
     max_p95_ratio: float = Field(1.75, gt=0)  # candidate p95 latency / current p95
     min_requests: int = Field(20, ge=1)  # per version and window before figures count
     max_waits: int = Field(3, ge=0)  # windows one step may wait for min_requests
+    # Live quality (when the router keeps answers and reference answers are given): the
+    # candidate's mean token F1 minus the current version's, over questions both answered.
+    quality_margin: float = Field(0.05, ge=0, le=1)  # as Gate 1's non-inferiority margin
+    min_questions: int = Field(6, ge=2)  # answered by both before quality counts
+    confidence: float = Field(0.9, gt=0, lt=1)
+    seed: int = 0
 
 
 Verdict = Literal["pass", "fail", "insufficient"]
+
+
+class LiveAnswer(BaseModel):
+    """One answer a versioned name gave to a client, as the router logged it."""
+
+    name: str
+    prompt: str  # the request as the router logged it (the messages, as text)
+    answer: str
+
+
+class QualityResult(BaseModel):
+    verdict: Verdict
+    check: Check
+
+
+def _question_of(prompt: str, by_length: Sequence[QaExample]) -> QaExample | None:
+    """The reference question a logged prompt asks: its text (or its JSON-escaped text)
+    appears in the prompt; the longest such question wins."""
+    for example in by_length:
+        escaped = json.dumps(example.question)[1:-1]
+        if example.question in prompt or escaped in prompt:
+            return example
+    return None
+
+
+def quality_scores(answers: Sequence[LiveAnswer], references: Sequence[QaExample]) -> dict[str, list[float]]:
+    """Token F1 of each live answer against the reference answer of the question it
+    asks, per question id; answers to prompts with no reference are left out."""
+    by_length = sorted((e for e in references if e.question), key=lambda e: len(e.question), reverse=True)
+    scores: dict[str, list[float]] = {}
+    for answer in answers:
+        example = _question_of(answer.prompt, by_length)
+        if example is not None:
+            scores.setdefault(example.id, []).append(token_f1(answer.answer, example.answer))
+    return scores
+
+
+def quality_check(
+    candidate: Mapping[str, Sequence[float]],
+    current: Mapping[str, Sequence[float]],
+    thresholds: CanaryThresholds,
+) -> QualityResult:
+    """Gate 1's non-inferiority test on live answers: per question both versions
+    answered, the mean F1 of each; a paired bootstrap interval of the difference. The
+    candidate passes when the interval's low end is above ``-quality_margin``, fails
+    when even its high end is below it, and otherwise the window is no evidence yet."""
+    shared = sorted(set(candidate) & set(current))
+    margin = thresholds.quality_margin
+    if len(shared) < thresholds.min_questions:
+        detail = f"{len(shared)} questions answered by both versions, fewer than {thresholds.min_questions}"
+        return QualityResult(
+            verdict="insufficient", check=Check(name="live-quality", passed=False, detail=detail)
+        )
+    cand = [sum(candidate[q]) / len(candidate[q]) for q in shared]
+    cur = [sum(current[q]) / len(current[q]) for q in shared]
+    interval = paired_bootstrap(cand, cur, confidence=thresholds.confidence, seed=thresholds.seed)
+    detail = (
+        f"mean token F1 {sum(cand) / len(cand):.3f} vs {sum(cur) / len(cur):.3f} on {len(shared)} questions; "
+        f"difference {interval.mean:+.3f}, {thresholds.confidence:.0%} interval "
+        f"[{interval.low:+.3f}, {interval.high:+.3f}], margin -{margin}"
+    )
+    if interval.low >= -margin:
+        verdict: Verdict = "pass"
+    elif interval.high < -margin:
+        verdict = "fail"
+    else:
+        verdict = "insufficient"
+    check = Check(
+        name="live-quality",
+        passed=verdict == "pass",
+        detail=detail,
+        value=round(interval.low, 4),
+        threshold=-margin,
+    )
+    return QualityResult(verdict=verdict, check=check)
 
 
 class Analysis(BaseModel):
@@ -107,12 +190,20 @@ class Analysis(BaseModel):
     reason: str
 
 
-def analyse(candidate: VersionWindow, current: VersionWindow, thresholds: CanaryThresholds) -> Analysis:
+def analyse(
+    candidate: VersionWindow,
+    current: VersionWindow,
+    thresholds: CanaryThresholds,
+    *,
+    quality: QualityResult | None = None,
+) -> Analysis:
     """Compare the candidate with the current version over the same window.
 
     Errors count as soon as they happen: a candidate whose failed requests already
     exceed the ceiling fails even in a window too short for latency figures (a share of
-    ``min_requests`` is the least that can be exceeded before the window is full)."""
+    ``min_requests`` is the least that can be exceeded before the window is full). A
+    live quality check (``quality``), when there is one, fails the window on its own;
+    when it is inconclusive the window is no evidence yet."""
     least = thresholds.min_requests
     errors_over = candidate.errors > thresholds.max_error_rate * max(candidate.requests, least)
     errors = ceiling_check(
@@ -144,6 +235,8 @@ def analyse(candidate: VersionWindow, current: VersionWindow, thresholds: Canary
                 f"p95 {candidate.p(95):.3f}s vs {current.p(95):.3f}s",
             ),
         ]
+    if quality is not None:
+        checks.append(quality.check)
     figures: dict[str, float | int | None] = {}
     for role, window in (("candidate", candidate), ("current", current)):
         figures.update(
@@ -155,10 +248,11 @@ def analyse(candidate: VersionWindow, current: VersionWindow, thresholds: Canary
             }
         )
     decision = GateDecision(gate="canary", checks=checks, figures=figures)
-    failed = [
-        c.name for c in checks if not c.passed and c.name not in {"candidate-requests", "current-requests"}
-    ]
-    if errors_over or (enough and failed):
+    waiting = {"candidate-requests", "current-requests"}
+    if quality is not None and quality.verdict == "insufficient":
+        waiting.add("live-quality")
+    failed = [c.name for c in checks if not c.passed and c.name not in waiting]
+    if errors_over or (quality is not None and quality.verdict == "fail") or (enough and failed):
         return Analysis(verdict="fail", decision=decision, reason=f"failed: {', '.join(failed)}")
     if not enough:
         return Analysis(
@@ -166,6 +260,10 @@ def analyse(candidate: VersionWindow, current: VersionWindow, thresholds: Canary
             decision=decision,
             reason=f"{candidate.requests} candidate and {current.requests} current requests, "
             f"fewer than {least} each",
+        )
+    if quality is not None and quality.verdict == "insufficient":
+        return Analysis(
+            verdict="insufficient", decision=decision, reason=f"live quality: {quality.check.detail}"
         )
     return Analysis(verdict="pass", decision=decision, reason="every check passed")
 
@@ -209,6 +307,7 @@ class CanaryRecord(BaseModel):
     ``reconcile`` can finish or undo it."""
 
     model: str
+    stable: str  # the stable name whose weights the canary moves
     current_version: str
     candidate_version: str
     candidate_percent: int = Field(ge=0, le=100)

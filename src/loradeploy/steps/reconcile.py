@@ -11,7 +11,9 @@ One round:
    nothing), then rewrite ``lora-modules.json`` (``steps.manifest``);
 3. read everything a last time: one check per alias, slot and replica.
 
-Aliases are never changed and nothing is unloaded. ``watch`` repeats rounds: every
+In routed mode a canary an interrupted run left is finished or undone first (all
+weight to one version: ``steps.canary.recover``). Aliases are never changed and nothing
+is unloaded. ``watch`` repeats rounds: every
 ``interval_s``, backing off exponentially (up to a cap) after failed rounds.
 
 As the vLLM pod's sidecar (``ReconcileRequest.write_manifest``), a round that ends in
@@ -34,6 +36,7 @@ from loradeploy.domain.reconcile import Plan, Repair, backoff_s, plan_repairs
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
+from loradeploy.steps.canary import CANARY_TAG, Router, recover
 from loradeploy.steps.deploy import deploy_version
 from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
@@ -129,6 +132,13 @@ def _repair(
     }
 
 
+def _model_tags(registry: MLflowHelper, model: str) -> dict[str, str]:
+    try:
+        return registry.get_model_tags(model)
+    except NotFoundError:
+        return {}  # not registered yet: no canary either
+
+
 def reconcile(
     request: ReconcileRequest,
     *,
@@ -137,10 +147,18 @@ def reconcile(
     transport: AdapterTransport,
     actor: Actor,
     manifest: ManifestSpec | None = None,
+    router: Router | None = None,
 ) -> StepResult:
-    """One round. Raises the first repair's error after trying every repair."""
+    """One round. Raises the first repair's error after trying every repair. With a
+    ``router`` (routed mode), a canary an interrupted run left is finished or undone
+    first (``steps.canary.recover``)."""
     result = StepResult(step="reconcile", model=request.model)
     timer = Timer(result.timings_s)
+    if router is not None and CANARY_TAG in _model_tags(registry, request.model):
+        with timer("canary"), model_lock(registry, request.model, actor) as held:
+            recovered = recover(registry, router, request.model, actor, held.lease)
+        if recovered is not None:
+            result.details["canary_recovered"] = recovered.reason
     with timer("inspect"):
         aliases, plan = _observe(registry, replicas, request)
     repaired: list[dict[str, object]] = []
@@ -196,6 +214,7 @@ def reconcile(
                 )
             )
     result.details = {
+        **result.details,
         "aliases": aliases,
         "planned": [r.describe() for r in plan.repairs],
         "repaired": repaired,

@@ -1,0 +1,361 @@
+"""Routed mode's canary (``loradeploy canary``): the candidate gets a small share of the
+stable name's live traffic, judged on live figures against the current version over the
+same window, and either promoted or rolled back by itself.
+
+Under the model's lock, for the whole run:
+
+1. finish or undo a canary an earlier run left (``recover``): never a half weight left;
+2. resolve the current version (alias ``live``) and the candidate (``--source-alias``);
+   the stable name must route 100 % to the current version, or not exist yet;
+3. serve both versions under their versioned names on every replica (``serve``);
+4. for each step but the last: write the canary record (a model tag), move the weight,
+   wait ``interval``, analyse the window since the weight moved (``domain.canary``:
+   errors, p50/p95 ratios and, where the router keeps answers and reference answers are
+   given, live quality). Too little evidence waits another interval at the same weight;
+5. a failed analysis aborts: all weight back to the current version in one change, the
+   candidate gets alias ``canary-failed``, the history says why, exit 1;
+6. the last step promotes: the alias moves of ``promote-adapter`` (live, previous,
+   staged and gate aliases cleared), then all weight to the candidate. The previous
+   version stays loaded, so a rollback is one weight change.
+
+Any failure after the first weight change puts all weight back on the current version
+before the error is reported; if even that fails, the canary record stays for the next
+run or ``reconcile`` (``recover``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from loradeploy.clients.registry import MLflowHelper, VersionInfo
+from loradeploy.coordination import Actor, Lease, model_lock, move_aliases
+from loradeploy.coordination.audit import record_event
+from loradeploy.domain.aliases import CANARY_FAILED, LIVE, AliasMove, plan_promotion
+from loradeploy.domain.canary import (
+    Action,
+    Analysis,
+    CanaryRecord,
+    CanaryThresholds,
+    LiveAnswer,
+    VersionWindow,
+    analyse,
+    next_action,
+    quality_check,
+    quality_scores,
+    recovery,
+    split,
+    versioned_name,
+)
+from loradeploy.domain.names import Source
+from loradeploy.domain.residency import needed
+from loradeploy.domain.routes import Routes, describe
+from loradeploy.domain.scoring import QaExample
+from loradeploy.errors import LoraDeployError, NotFoundError, PermanentError, UsageError
+from loradeploy.results import Check, StepResult, Timer
+
+CANARY_TAG = "loradeploy.canary"  # the model tag a running canary keeps its record in
+TICK_S = 1.0  # how often a waiting canary checks it still holds the lock
+
+
+class Router(Protocol):
+    """What the canary needs of a router: the routes it serves, and a change confirmed."""
+
+    def routes(self) -> Routes: ...
+
+    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float: ...
+
+
+class Figures(Protocol):
+    """Where one window's live figures come from (the router's request log)."""
+
+    def window(self, names: Sequence[str], start: float, end: float) -> dict[str, VersionWindow]: ...
+
+    def answers(self, names: Sequence[str], start: float, end: float) -> list[LiveAnswer]: ...
+
+
+# serve(version, keep, weights): every replica serves the version's versioned name.
+Serve = Callable[[VersionInfo, set[str], Mapping[str, int]], object]
+
+
+@dataclass(frozen=True)
+class CanaryRequest:
+    model: str
+    source_alias: str
+    stable: str
+    steps: Sequence[int]
+    interval_s: float
+    thresholds: CanaryThresholds = field(default_factory=lambda: CanaryThresholds())
+    references: Sequence[QaExample] = ()  # reference answers for live quality, if any
+    reason: str = ""
+
+
+def read_record(registry: MLflowHelper, model: str) -> CanaryRecord | None:
+    raw = registry.get_model_tags(model).get(CANARY_TAG)
+    if raw is None:
+        return None
+    try:
+        return CanaryRecord.model_validate_json(raw)
+    except ValidationError:
+        raise PermanentError(
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) cannot be read",
+            hint=f"route the stable name by hand ('loradeploy route'), then delete the tag {CANARY_TAG}",
+        ) from None
+
+
+def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, lease: Lease) -> Action | None:
+    """Finish or undo a canary an interrupted run left (the caller holds the lock):
+    all weight to the candidate when ``live`` already names it, else back to the
+    current version; recorded in the history, then the record is removed."""
+    record = read_record(registry, model)
+    if record is None:
+        return None
+    action = recovery(record, registry.get_aliases(model).get(LIVE))
+    keep = record.candidate_version if action.kind == "promote" else record.current_version
+    lease.ensure_held()
+    router.apply({**router.routes(), record.stable: {versioned_name(model, keep): 100}})
+    record_event(registry, model, "canary-recovered", actor, reason=f"{record.stable}: {action.reason}")
+    lease.ensure_held()
+    registry.delete_model_tag(model, CANARY_TAG)
+    return action
+
+
+def canary(
+    request: CanaryRequest,
+    *,
+    registry: MLflowHelper,
+    router: Router,
+    figures: Figures,
+    serve: Serve,
+    actor: Actor,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> StepResult:
+    model, stable = request.model, request.stable
+    result = StepResult(step="canary", model=model, source=f"alias:{request.source_alias}", slot=stable)
+    timer = Timer(result.timings_s)
+    windows: list[dict[str, object]] = []
+    result.details.update({"steps": list(request.steps), "windows": windows})
+    with model_lock(registry, model, actor) as held:
+        with timer("recover"):
+            recovered = recover(registry, router, model, actor, held.lease)
+        if recovered is not None:
+            result.details["recovered"] = recovered.reason
+        aliases = registry.get_aliases(model)
+        if LIVE not in aliases:
+            raise NotFoundError(
+                f"model {model!r} has no live version to compare a canary with",
+                hint="promote a first version with 'loradeploy promote-adapter', then run the canary",
+            )
+        current = registry.get_version(model, aliases[LIVE], via=LIVE)
+        candidate = registry.resolve(model, Source("alias", request.source_alias))
+        if candidate.version == current.version:
+            raise UsageError(
+                f"alias {request.source_alias!r} of model {model!r} names version {candidate.version}, "
+                "which is live already",
+                hint="stage a new version first (set-staged-alias), then run the canary",
+            )
+        result.version = candidate.version
+        current_name = versioned_name(model, current.version)
+        candidate_name = versioned_name(model, candidate.version)
+        routes = router.routes()
+        if routes.get(stable, {current_name: 100}) != {current_name: 100}:
+            raise PermanentError(
+                f"stable name {stable!r} routes {describe(routes.get(stable))}, not {current_name} 100 % "
+                "(the live version); the canary did not start",
+                hint=f"route it to the live version first: loradeploy route --stable-name={stable} "
+                f"--weights={current_name}=100",
+            )
+        weights = {name: w for route in routes.values() for name, w in route.items()}
+        keep = needed(model, aliases.values(), weights)
+        with timer("serve"):
+            serve(current, keep, weights)
+            serve(candidate, keep | {candidate_name}, weights)
+        if stable not in routes:  # the first routed release: clients start on the live version
+            with timer("route"):
+                router.apply({**routes, stable: {current_name: 100}})
+            routes = router.routes()
+        record = CanaryRecord(
+            model=model,
+            stable=stable,
+            current_version=current.version,
+            candidate_version=candidate.version,
+            candidate_percent=0,
+            run_id=actor.run_id,
+        )
+        run = _Run(request, registry, router, figures, held.lease, result, timer, sleep, clock)
+        try:
+            outcome = run.steps(record, current_name, candidate_name)
+            if outcome.kind == "promote":
+                _promote(run, record, aliases, candidate_name, actor, outcome)
+            else:
+                _abort(run, record, current_name, actor, outcome)
+        except BaseException as exc:
+            run.back_to_current(record, current_name, exc)
+            raise
+    if held.release_error:
+        result.details.setdefault("warnings", []).append(f"lock not released: {held.release_error}")
+    return result
+
+
+@dataclass
+class _Run:
+    request: CanaryRequest
+    registry: MLflowHelper
+    router: Router
+    figures: Figures
+    lease: Lease
+    result: StepResult
+    timer: Timer
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
+    moved: bool = False  # a weight change was made (and is not yet undone)
+
+    def set_weight(self, record: CanaryRecord, current: str, candidate: str, percent: int) -> float:
+        """Record first, then move: the record always covers the weight being served."""
+        self.lease.ensure_held()
+        saved = record.model_copy(update={"candidate_percent": percent})
+        self.registry.set_model_tag(record.model, CANARY_TAG, saved.model_dump_json())
+        self.moved = True
+        self.lease.ensure_held()
+        return self.router.apply({**self.router.routes(), record.stable: split(current, candidate, percent)})
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, checking the lock every tick (a lost lock stops the canary)."""
+        until = self.clock() + seconds
+        while (left := until - self.clock()) > 0:
+            self.sleep(min(TICK_S, left))
+            self.lease.ensure_held()
+
+    def analyse(self, current: str, candidate: str, start: float) -> Analysis:
+        end = self.clock()
+        names = [candidate, current]
+        seen = self.figures.window(names, start, end)
+        cand = seen.get(candidate) or VersionWindow(name=candidate)
+        cur = seen.get(current) or VersionWindow(name=current)
+        quality = None
+        if self.request.references:
+            answers = self.figures.answers(names, start, end)
+            by_name = {n: [a for a in answers if a.name == n] for n in names}
+            quality = quality_check(
+                quality_scores(by_name[candidate], self.request.references),
+                quality_scores(by_name[current], self.request.references),
+                self.request.thresholds,
+            )
+        return analyse(cand, cur, self.request.thresholds, quality=quality)
+
+    def steps(self, record: CanaryRecord, current: str, candidate: str) -> Action:
+        """Move through the steps until the canary promotes or aborts."""
+        steps, thresholds = list(self.request.steps), self.request.thresholds
+        if steps == [100]:
+            return Action(kind="promote", candidate_percent=100, reason="a single step of 100 %")
+        for index, percent in enumerate(steps[:-1]):
+            with self.timer(f"step-{percent}"):
+                self.set_weight(record, current, candidate, percent)
+                start, waits = self.clock(), 0
+                while True:
+                    self.wait(self.request.interval_s)
+                    analysis = self.analyse(current, candidate, start)
+                    action = next_action(steps, index, analysis, waits, thresholds)
+                    self.result.details["windows"].append(
+                        {
+                            "candidate_percent": percent,
+                            "verdict": analysis.verdict,
+                            "action": action.kind,
+                            "reason": action.reason,
+                            "figures": analysis.decision.figures,
+                            "checks": [c.model_dump() for c in analysis.decision.checks],
+                        }
+                    )
+                    if action.kind != "wait":
+                        self.result.checks = [
+                            c.model_copy(update={"name": f"canary-{c.name}"})
+                            for c in analysis.decision.checks
+                        ]
+                        break
+                    waits += 1
+            if action.kind in ("abort", "promote"):
+                return action
+        raise AssertionError("the last step is 100 and promotes")  # parse_steps guarantees it
+
+    def back_to_current(self, record: CanaryRecord, current: str, cause: BaseException) -> None:
+        """After a failure: all weight back on the current version, record removed; when
+        that fails too the record stays for the next run or reconcile."""
+        if not self.moved:
+            return
+        try:
+            self.router.apply({**self.router.routes(), record.stable: {current: 100}})
+            self.registry.delete_model_tag(record.model, CANARY_TAG)
+            self.moved = False
+            self.result.details["rolled_back_after"] = type(cause).__name__
+        except LoraDeployError:
+            pass  # the record stays: 'loradeploy reconcile' or the next canary finishes it
+
+
+def _abort(run: _Run, record: CanaryRecord, current: str, actor: Actor, action: Action) -> None:
+    decided = run.clock()
+    with run.timer("abort"):
+        run.lease.ensure_held()
+        run.router.apply({**run.router.routes(), record.stable: {current: 100}})
+        run.result.details["abort_to_current_s"] = round(run.clock() - decided, 3)
+        aliases = run.registry.get_aliases(record.model)
+        failed = aliases.get(CANARY_FAILED)
+        moves = (
+            [AliasMove(CANARY_FAILED, failed, record.candidate_version)]
+            if failed != record.candidate_version
+            else []
+        )
+        move_aliases(
+            run.registry,
+            record.model,
+            moves,
+            actor,
+            run.lease,
+            reason=f"canary of v{record.candidate_version} aborted {action.reason}",
+        )
+        if not moves:
+            record_event(run.registry, record.model, "canary-aborted", actor, reason=action.reason)
+        run.registry.delete_model_tag(record.model, CANARY_TAG)
+        run.moved = False
+    run.result.details.update(
+        {"decision": "rolled-back", "reason": action.reason, "alias_moves": [m.describe() for m in moves]}
+    )
+    if run.result.passed:  # the abort came from waiting too long: say so as a failed check
+        run.result.checks.append(Check(name="canary-evidence", passed=False, detail=action.reason))
+
+
+def _promote(
+    run: _Run,
+    record: CanaryRecord,
+    aliases: Mapping[str, str],
+    candidate: str,
+    actor: Actor,
+    action: Action,
+) -> None:
+    with run.timer("promote"):
+        run.lease.ensure_held()
+        run.registry.set_model_tag(
+            record.model, CANARY_TAG, record.model_copy(update={"candidate_percent": 100}).model_dump_json()
+        )
+        run.moved = True
+        moves = plan_promotion(aliases, record.candidate_version)
+        move_aliases(
+            run.registry,
+            record.model,
+            moves,
+            actor,
+            run.lease,
+            reason=run.request.reason or f"canary passed ({action.reason})",
+            intent=f"canary alias:{run.request.source_alias}",
+        )
+        # Aliases moved: from here a failure is finished by recovery as a promotion.
+        run.moved = False
+        run.router.apply({**run.router.routes(), record.stable: {candidate: 100}})
+        run.registry.delete_model_tag(record.model, CANARY_TAG)
+    run.result.details.update(
+        {"decision": "promoted", "reason": action.reason, "alias_moves": [m.describe() for m in moves]}
+    )

@@ -1,0 +1,258 @@
+"""steps/canary.py with fakes: FakeAliasRegistry (aliases, tags, lock, history),
+FakeRouter (routes in memory, every change kept), FakeFigures (per-version requests in
+proportion to the weights being served, with scripted latency, errors and answers) and
+FakeClock (sleeps advance it at once). The real router and vLLM:
+tests/integration/test_canary.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from loradeploy.clients.registry import VersionInfo
+from loradeploy.coordination import Actor, model_lock
+from loradeploy.domain.canary import CanaryRecord, CanaryThresholds, LiveAnswer, VersionWindow
+from loradeploy.domain.scoring import QaExample
+from loradeploy.errors import LockHeldError, PermanentError, ServerUnavailableError, UsageError
+from loradeploy.steps.canary import CANARY_TAG, CanaryRequest, canary
+from support.fake_registry import FakeAliasRegistry
+from support.fakes import FakeClock
+from support.synthetic import write_adapter
+
+MODEL, STABLE = "m", "m-live"
+V1, V2 = "m@v1", "m@v2"
+ACTOR = Actor(who="ops@test", step="canary", run_id="run-1")
+QUICK = CanaryThresholds(min_requests=10, max_waits=2)
+
+
+@dataclass
+class FakeRouter:
+    """Routes in memory; ``fail_at``: the change with that number (1-based) raises."""
+
+    served: dict[str, dict[str, int]] = field(default_factory=dict)
+    changes: list[dict[str, int]] = field(default_factory=list)
+    fail_at: set[int] = field(default_factory=set)
+
+    def routes(self) -> dict[str, dict[str, int]]:
+        return {k: dict(v) for k, v in self.served.items()}
+
+    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
+        if len(self.changes) + 1 in self.fail_at:
+            self.fail_at.discard(len(self.changes) + 1)
+            raise ServerUnavailableError("router at http://router.test is unreachable (fake)")
+        self.served = {k: dict(v) for k, v in routes.items()}
+        self.changes.append(dict(self.served.get(STABLE, {})))
+        return 0.0
+
+
+@dataclass
+class FakeFigures:
+    """``rate`` requests per second of the stable name, split by the weights served."""
+
+    router: FakeRouter
+    rate: float = 10.0
+    latency: dict[str, float] = field(default_factory=lambda: {V1: 0.1, V2: 0.1})
+    error_share: dict[str, float] = field(default_factory=dict)
+    answer: dict[str, str] = field(default_factory=lambda: {V1: "it stores objects", V2: "it stores objects"})
+    raise_on_call: BaseException | None = None
+
+    def window(self, names: Sequence[str], start: float, end: float) -> dict[str, VersionWindow]:
+        if self.raise_on_call is not None:
+            raise self.raise_on_call
+        weights = self.router.served.get(STABLE, {})
+        out = {}
+        for name in names:
+            count = int(self.rate * (end - start) * weights.get(name, 0) / 100)
+            errors = int(count * self.error_share.get(name, 0.0))
+            out[name] = VersionWindow(
+                name=name, latencies_s=[self.latency[name]] * (count - errors), errors=errors
+            )
+        return out
+
+    def answers(self, names: Sequence[str], start: float, end: float) -> list[LiveAnswer]:
+        counts = self.window(names, start, end)
+        return [
+            LiveAnswer(name=name, prompt=f"question {i % 12}?", answer=self.answer[name])
+            for name in names
+            for i in range(counts[name].requests)
+        ]
+
+
+@dataclass
+class Setup:
+    registry: FakeAliasRegistry
+    router: FakeRouter
+    figures: FakeFigures
+    clock: FakeClock
+    served: list[str] = field(default_factory=list)
+
+    def serve(self, version: VersionInfo, keep: set[str], weights: Mapping[str, int]) -> None:
+        self.served.append(version.version)
+
+    def run(self, steps: Sequence[int] = (5, 25, 50, 100), **request: object):  # type: ignore[no-untyped-def]
+        fields = {"thresholds": QUICK, **request}
+        return canary(
+            CanaryRequest(
+                model=MODEL, source_alias="staged", stable=STABLE, steps=steps, interval_s=60, **fields
+            ),  # type: ignore[arg-type]
+            registry=self.registry,  # type: ignore[arg-type]
+            router=self.router,
+            figures=self.figures,
+            serve=self.serve,
+            actor=ACTOR,
+            sleep=self.clock.sleep,
+            clock=self.clock,
+        )
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    registry = FakeAliasRegistry(MODEL, aliases={"live": "1", "staged": "2"})
+    for version in ("1", "2"):
+        registry.add_version(version, write_adapter(tmp_path / f"v{version}"))
+    router = FakeRouter(served={STABLE: {V1: 100}, "other-live": {"other@v3": 100}})
+    return Setup(registry, router, FakeFigures(router), FakeClock())
+
+
+def test_a_good_candidate_moves_step_by_step_and_is_promoted(setup: Setup) -> None:
+    result = setup.run()
+    assert result.passed and result.details["decision"] == "promoted"
+    assert setup.router.changes == [{V1: 95, V2: 5}, {V1: 75, V2: 25}, {V1: 50, V2: 50}, {V2: 100}]
+    assert setup.router.served["other-live"] == {"other@v3": 100}
+    assert setup.registry.aliases == {"live": "2", "previous": "1"}
+    assert CANARY_TAG not in setup.registry.model_tags
+    assert setup.served == ["1", "2"]
+    assert [w["action"] for w in result.details["windows"]] == ["advance", "advance", "promote"]
+
+
+def test_a_candidate_that_fails_requests_is_rolled_back_at_its_first_step(setup: Setup) -> None:
+    setup.figures.error_share = {V2: 0.5}
+    result = setup.run()
+    assert not result.passed and result.details["decision"] == "rolled-back"
+    assert setup.router.changes == [{V1: 95, V2: 5}, {V1: 100}]
+    assert setup.registry.aliases == {"live": "1", "staged": "2", "canary-failed": "2"}
+    assert CANARY_TAG not in setup.registry.model_tags
+    assert "error-rate" in result.details["reason"]
+    assert result.details["abort_to_current_s"] == 0.0
+    assert any("v2 aborted at 5 %" in str(a["params"]) for a in setup.registry.audit)
+
+
+def test_a_slower_candidate_is_rolled_back(setup: Setup) -> None:
+    setup.figures.latency = {V1: 0.1, V2: 0.3}
+    result = setup.run()
+    assert result.details["decision"] == "rolled-back"
+    assert "p50-latency-ratio" in result.details["reason"]
+
+
+def test_worse_live_answers_roll_back_when_references_are_given(setup: Setup) -> None:
+    setup.figures.answer = {V1: "it stores objects", V2: "a poem about the sea"}
+    references = [
+        QaExample(id=f"q{i}", context="", question=f"question {i}?", answer="it stores objects")
+        for i in range(12)
+    ]
+    result = setup.run(references=references)
+    assert result.details["decision"] == "rolled-back"
+    assert "live-quality" in result.details["reason"]
+    assert setup.router.changes[-1] == {V1: 100}
+
+
+def test_no_traffic_waits_then_aborts_for_lack_of_evidence(setup: Setup) -> None:
+    setup.figures.rate = 0.0
+    result = setup.run()
+    assert result.details["decision"] == "rolled-back"
+    assert [w["action"] for w in result.details["windows"]] == ["wait", "wait", "abort"]
+    assert "no evidence" in result.details["reason"]
+    assert not result.passed
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt(), ServerUnavailableError("log gone (fake)")])
+def test_an_interrupted_canary_puts_all_weight_back_before_it_stops(
+    setup: Setup, interruption: BaseException
+) -> None:
+    setup.figures.raise_on_call = interruption
+    with pytest.raises(type(interruption)):
+        setup.run()
+    assert setup.router.served[STABLE] == {V1: 100}
+    assert CANARY_TAG not in setup.registry.model_tags
+    assert setup.registry.aliases == {"live": "1", "staged": "2"}
+
+
+def test_a_canary_killed_at_half_weight_is_undone_by_the_next_run(setup: Setup) -> None:
+    setup.figures.raise_on_call = ServerUnavailableError("log gone (fake)")
+    setup.router.fail_at = {2}  # the rollback itself fails: the record must stay
+    with pytest.raises(ServerUnavailableError):
+        setup.run()
+    assert setup.router.served[STABLE] == {V1: 95, V2: 5}
+    record = CanaryRecord.model_validate_json(setup.registry.model_tags[CANARY_TAG])
+    assert (record.candidate_percent, record.stable) == (5, STABLE)
+    setup.figures.raise_on_call = None
+    result = setup.run()
+    assert "all weight back to v1" in result.details["recovered"]
+    assert result.details["decision"] == "promoted"
+    assert any("canary-recovered" in str(a["run_name"]) for a in setup.registry.audit)
+
+
+def test_a_canary_killed_after_its_alias_moves_is_finished_as_a_promotion(setup: Setup) -> None:
+    setup.router.fail_at = {4}  # the last change, after live moved to v2
+    with pytest.raises(ServerUnavailableError):
+        setup.run()
+    assert setup.registry.aliases["live"] == "2"
+    assert setup.router.served[STABLE] == {V1: 50, V2: 50}  # never put back on v1: live is v2
+    setup.registry.aliases["staged"] = "2"  # nothing else to run: the next canary finds v2 live
+    with pytest.raises(UsageError, match="live already"):
+        setup.run()
+    assert setup.router.served[STABLE] == {V2: 100}
+    assert CANARY_TAG not in setup.registry.model_tags
+
+
+def test_a_route_not_on_the_live_version_stops_the_canary_before_any_change(setup: Setup) -> None:
+    setup.router.served[STABLE] = {V1: 50, V2: 50}
+    with pytest.raises(PermanentError, match="not m@v1 100 %") as caught:
+        setup.run()
+    assert "loradeploy route" in (caught.value.hint or "")
+    assert setup.router.changes == [] and setup.served == []
+
+
+def test_the_first_routed_release_starts_clients_on_the_live_version(setup: Setup) -> None:
+    del setup.router.served[STABLE]
+    setup.run()
+    assert setup.router.changes[0] == {V1: 100}
+    assert setup.router.changes[-1] == {V2: 100}
+
+
+def test_a_held_lock_changes_nothing(setup: Setup) -> None:
+    other = Actor(who="other@test", step="promote-adapter", run_id="run-2")
+    with model_lock(setup.registry, MODEL, other), pytest.raises(LockHeldError):  # type: ignore[arg-type]
+        setup.run()
+    assert setup.router.changes == [] and setup.registry.aliases == {"live": "1", "staged": "2"}
+
+
+def test_a_candidate_that_is_live_already_is_refused(setup: Setup) -> None:
+    setup.registry.aliases["staged"] = "1"
+    with pytest.raises(UsageError, match="live already"):
+        setup.run()
+    assert setup.router.changes == []
+
+
+def test_reconcile_undoes_a_canary_an_interrupted_run_left(setup: Setup, tmp_path: Path) -> None:
+    from loradeploy.clients.files import LocalFolderTransport
+    from loradeploy.steps.reconcile import ReconcileRequest, reconcile
+
+    setup.figures.raise_on_call = ServerUnavailableError("log gone (fake)")
+    setup.router.fail_at = {2}
+    with pytest.raises(ServerUnavailableError):
+        setup.run()
+    result = reconcile(
+        ReconcileRequest(model=MODEL, slot_for_alias={}),
+        registry=setup.registry,  # type: ignore[arg-type]
+        replicas=[],
+        transport=LocalFolderTransport(tmp_path / "adapters"),
+        actor=ACTOR,
+        router=setup.router,
+    )
+    assert setup.router.served[STABLE] == {V1: 100}
+    assert CANARY_TAG not in setup.registry.model_tags
+    assert "interrupted at 5 %" in result.details["canary_recovered"]
