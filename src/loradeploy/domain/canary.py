@@ -93,16 +93,16 @@ class VersionWindow(Requests):
 
 
 class CanaryThresholds(BaseModel):
-    max_error_rate: float = Field(0.01, ge=0, le=1)  # share of the candidate's requests
-    max_p50_ratio: float = Field(1.5, gt=0)  # candidate p50 latency / current p50
-    max_p95_ratio: float = Field(1.75, gt=0)  # candidate p95 latency / current p95
-    min_requests: int = Field(20, ge=1)  # per version and window before figures count
-    max_waits: int = Field(3, ge=0)  # windows one step may wait for min_requests
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)  # share of the candidate's requests
+    max_p50_ratio: float = Field(default=1.5, gt=0)  # candidate p50 latency / current p50
+    max_p95_ratio: float = Field(default=1.75, gt=0)  # candidate p95 latency / current p95
+    min_requests: int = Field(default=20, ge=1)  # per version and window before figures count
+    max_waits: int = Field(default=3, ge=0)  # windows one step may wait for min_requests
     # Live quality (when the router keeps answers and reference answers are given): the
     # candidate's mean token F1 minus the current version's, over questions both answered.
-    quality_margin: float = Field(0.05, ge=0, le=1)  # as Gate 1's non-inferiority margin
-    min_questions: int = Field(6, ge=2)  # answered by both before quality counts
-    confidence: float = Field(0.9, gt=0, lt=1)
+    quality_margin: float = Field(default=0.05, ge=0, le=1)  # as Gate 1's non-inferiority margin
+    min_questions: int = Field(default=6, ge=2)  # answered by both before quality counts
+    confidence: float = Field(default=0.9, gt=0, lt=1)
     seed: int = 0
 
 
