@@ -52,6 +52,10 @@ class StackInfo(BaseModel):
     adapters_root: Path
     served_model: str
     max_lora_rank: int
+    # The vLLM servers' --max-loras and --max-cpu-loras (absent in older stack files):
+    # routed mode's capacity plan (domain.residency) needs them.
+    max_loras: int | None = None
+    max_cpu_loras: int | None = None
     # Signed adapters: the demo key pair 'stack up' makes (absent in older stack files).
     trusted_keys: list[Path] = Field(default_factory=list)
     require_signature: bool = False
@@ -77,6 +81,10 @@ class Settings(BaseModel):
     vllm_api_key: SecretStr | None = None
     ca_bundle: Path | None = None
     max_lora_rank: int = 16  # vLLM's own default for --max-lora-rank
+    # The replicas' --max-loras and --max-cpu-loras, for routed mode's capacity plan;
+    # None: not known (vLLM reports neither: /metrics has max_loras only once requests ran).
+    max_loras: int | None = Field(default=None, ge=1)
+    max_cpu_loras: int | None = Field(default=None, ge=1)
     # Largest adapter (all files, bytes) downloaded, validated or placed; env only. The
     # default is domain.adapter.DEFAULT_MAX_TOTAL_BYTES (settings sits below domain).
     max_adapter_bytes: int = Field(default=4 << 30, gt=0)
@@ -241,6 +249,10 @@ def load_settings(
             vllm_api_key=pick("api_key", "VLLM_API_KEY", None),
             ca_bundle=pick("ca_bundle", "LORADEPLOY_CA_BUNDLE", None),
             max_lora_rank=int(rank),
+            max_loras=pick("max_loras", "LORADEPLOY_MAX_LORAS", stack.max_loras if stack else None),
+            max_cpu_loras=pick(
+                "max_cpu_loras", "LORADEPLOY_MAX_CPU_LORAS", stack.max_cpu_loras if stack else None
+            ),
             max_adapter_bytes=int(env.get("LORADEPLOY_MAX_ADAPTER_BYTES") or 4 << 30),
             base_model_aliases=parse_base_aliases(*base_alias_pairs(flags, env)),
             actor=env.get("LORADEPLOY_ACTOR") or _default_actor(env),

@@ -224,3 +224,30 @@ def test_route_without_a_router_says_how_to_start_one() -> None:
         "error: no router: the stack file names none; next: start the local stack with "
         "'loradeploy stack up --router'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ([], "needs exactly one of --source-alias and --source"),
+        (["--source-alias=staged", "--source=version:2"], "needs exactly one of"),
+        (["--source=latest"], "source 'latest' is not understood"),
+        (["--source-alias=v3"], "alias 'v3' is not allowed"),
+        (["--source=version:2", "--max-loras=2"], "--max-cpu-loras is not known while the other limit is"),
+    ],
+)
+def test_load_version_refuses_bad_input_before_it_reaches_a_server(
+    tmp_path: Path, flags: list[str], words: str
+) -> None:
+    result = invoke(
+        "load-version",
+        "--model-name=aws-rag-qa",
+        *flags,
+        f"--vllm-url={NOTHING_LISTENS}",
+        "--tracking-uri=http://127.0.0.1:9",
+        f"--output-dir={tmp_path / 'out'}",
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert words in line and line.startswith("error: ") and "next: " in line
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["step"] == "load-version"

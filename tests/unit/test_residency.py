@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loradeploy.domain.residency import Limits, needed, plan_load, unneeded
+from loradeploy.domain.residency import Limits, needed, plan_load, unneeded, weights_of
 from loradeploy.errors import PermanentError
 
 LIMITS = Limits(max_loras=2, max_cpu_loras=4)
@@ -88,3 +88,9 @@ def test_a_plan_never_drops_what_is_needed_and_drops_no_more_than_the_limit_requ
         dropped = sorted(int(n.split("@v")[1]) for n in plan.unload)
         spare = sorted(int(n.split("@v")[1]) for n in ours if n not in keep and n not in weights)
         assert dropped == spare[: len(dropped)]  # the oldest of what is spare
+
+
+def test_a_names_weight_is_its_largest_in_any_route() -> None:
+    routes = {"m-live": {"m@v1": 95, "m@v2": 5}, "m-beta": {"m@v2": 100}, "n-live": {"n@v1": 100}}
+    assert weights_of(routes) == {"m@v1": 95, "m@v2": 100, "n@v1": 100}
+    assert weights_of({}) == {}

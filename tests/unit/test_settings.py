@@ -191,3 +191,24 @@ def test_a_bad_swap_patience_is_a_usage_error(tmp_path: Path, value: str) -> Non
     with pytest.raises(UsageError) as caught:
         load_settings({}, {"LORADEPLOY_SWAP_RESTORE_S": value}, tmp_path)
     assert "settings are invalid" in caught.value.message
+
+
+def test_the_replicas_lora_limits_come_from_flag_environment_or_stack_file(tmp_path: Path) -> None:
+    from loradeploy.clients.wiring import residency_limits
+
+    home = tmp_path / "home"
+    write_stack(home, max_loras=2, max_cpu_loras=4)
+    env = {"LORADEPLOY_HOME": str(home)}
+    from_stack = load_settings({}, env, tmp_path)
+    assert residency_limits(from_stack) is not None
+    assert (from_stack.max_loras, from_stack.max_cpu_loras) == (2, 4)
+    env["LORADEPLOY_MAX_CPU_LORAS"] = "6"
+    from_env = load_settings({"max_loras": 3}, env, tmp_path)
+    assert (from_env.max_loras, from_env.max_cpu_loras) == (3, 6)
+    older = tmp_path / "older"
+    write_stack(older)  # a stack file from before the limits were recorded
+    assert residency_limits(load_settings({}, {"LORADEPLOY_HOME": str(older)}, tmp_path)) is None
+    with pytest.raises(UsageError, match="--max-loras is not known"):
+        residency_limits(load_settings({"max_cpu_loras": 4}, {"LORADEPLOY_HOME": str(older)}, tmp_path))
+    with pytest.raises(UsageError, match="settings are invalid"):
+        load_settings({"max_loras": 0}, {}, tmp_path)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from loradeploy.coordination import Actor
 from loradeploy.domain.policy import AdapterPolicy
+from loradeploy.domain.residency import Limits
 from loradeploy.errors import UsageError
 from loradeploy.settings import Settings
 
@@ -48,6 +49,23 @@ def adapter_policy(settings: Settings) -> AdapterPolicy:
         base_model_aliases=settings.base_model_aliases,
         trust=trust if trust.configured else None,
     )
+
+
+def residency_limits(settings: Settings) -> Limits | None:
+    """The replicas' --max-loras and --max-cpu-loras for routed mode's capacity plan
+    (flags, environment, the stack file); None when neither is known. vLLM does not
+    report them (its /metrics shows max_loras only after requests ran, --max-cpu-loras
+    nowhere), so they come from whoever started the servers."""
+    if settings.max_loras is None and settings.max_cpu_loras is None:
+        return None
+    if settings.max_loras is None or settings.max_cpu_loras is None:
+        missing = "--max-loras" if settings.max_loras is None else "--max-cpu-loras"
+        raise UsageError(
+            f"{missing} is not known while the other limit is: the capacity plan needs both",
+            hint="pass both --max-loras and --max-cpu-loras as the vLLM servers were started with "
+            "(or LORADEPLOY_MAX_LORAS and LORADEPLOY_MAX_CPU_LORAS)",
+        )
+    return Limits(max_loras=settings.max_loras, max_cpu_loras=settings.max_cpu_loras)
 
 
 def actor(settings: Settings, step: str) -> Actor:

@@ -39,6 +39,16 @@ def _ours(model: str, served: Sequence[str]) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def weights_of(routes: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Every versioned name's weight in the router's routes (the largest, when several
+    stable names send to it)."""
+    weights: dict[str, int] = {}
+    for targets in routes.values():
+        for name, weight in targets.items():
+            weights[name] = max(weight, weights.get(name, 0))
+    return weights
+
+
 def needed(model: str, alias_versions: Collection[str], weights: Mapping[str, int]) -> set[str]:
     """The versioned names that must stay served: every alias's version and every name
     with traffic."""

@@ -283,6 +283,8 @@ class LocalStack:
             adapters_root=self.config.adapters_root.resolve(),
             served_model=self.config.served_model,
             max_lora_rank=self.config.max_lora_rank,
+            max_loras=self.config.max_loras,
+            max_cpu_loras=self.config.max_cpu_loras,
             router_url=router.url if router else None,
             router_config=self.router_config.resolve() if router else None,
             router_key_file=self.router_key_file.resolve() if router else None,
