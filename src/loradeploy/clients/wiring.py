@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from loradeploy.coordination import Actor
 from loradeploy.domain.policy import AdapterPolicy
+from loradeploy.domain.routes import proxy_callbacks
 from loradeploy.errors import UsageError
 from loradeploy.settings import Settings
 
@@ -222,4 +223,5 @@ def router_client(settings: Settings) -> LiteLLMRouter:
         config=stack.router_config,
         record=stack.router_record,
         backends=list(stack.vllm_urls) or [stack.vllm_url],
+        callbacks=proxy_callbacks(request_log=stack.router_log is not None),
     )
