@@ -224,3 +224,12 @@ def test_route_without_a_router_says_how_to_start_one() -> None:
         "error: no router: the stack file names none; next: start the local stack with "
         "'loradeploy stack up --router'"
     ]
+
+
+def test_metrics_without_a_router_says_how_to_start_one() -> None:
+    result = invoke("metrics")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        "error: no router: the stack file names none; next: start the local stack with "
+        "'loradeploy stack up --router'"
+    ]

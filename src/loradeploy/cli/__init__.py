@@ -20,6 +20,7 @@ from loradeploy import __version__
 from loradeploy.cli import (
     alias_commands,
     gate_commands,
+    metrics_command,
     reconcile_commands,
     registry_commands,
     report_command,
@@ -64,6 +65,7 @@ app.command("perf-decision")(gate_commands.perf_decision)
 app.command("train")(registry_commands.train)
 app.command("report")(report_command.release_report)
 app.command("route")(route_command.route)
+app.command("metrics")(metrics_command.metrics)
 stack_app.command("up")(stack_commands.stack_up)
 stack_app.command("down")(stack_commands.stack_down)
 stack_app.command("status")(stack_commands.stack_status)
