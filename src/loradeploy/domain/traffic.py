@@ -97,3 +97,16 @@ def windows(
         else:
             window.errors += 1
     return result
+
+
+def figures(window: VersionWindow) -> dict[str, float | int | None]:
+    """One version's window as plain figures (latency percentiles of successful requests,
+    None when it had none)."""
+    has = bool(window.latencies_s)
+    return {
+        "requests": window.requests,
+        "errors": window.errors,
+        "error_rate": round(window.error_rate, 6),
+        "p50_s": round(window.p(50), 6) if has else None,
+        "p95_s": round(window.p(95), 6) if has else None,
+    }
