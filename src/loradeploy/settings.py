@@ -65,6 +65,7 @@ class StackInfo(BaseModel):
     router_config: Path | None = None
     router_key_file: Path | None = None
     router_record: Path | None = None
+    router_log: Path | None = None  # the router's per-request log (JSON lines)
 
 
 class Settings(BaseModel):

@@ -251,3 +251,12 @@ def test_load_version_refuses_bad_input_before_it_reaches_a_server(
     (line,) = error_lines(result)
     assert words in line and line.startswith("error: ") and "next: " in line
     assert json.loads((tmp_path / "out" / "result.json").read_text())["step"] == "load-version"
+
+
+def test_metrics_without_a_router_says_how_to_start_one() -> None:
+    result = invoke("metrics")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        "error: no router: the stack file names none; next: start the local stack with "
+        "'loradeploy stack up --router'"
+    ]

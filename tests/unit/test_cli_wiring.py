@@ -164,3 +164,81 @@ def test_every_command_that_swaps_waits_the_patience_of_its_settings(
     assert done.exit_code == 0, done.output
     [patience] = seen
     assert (patience.unknown_load_s, patience.restore_s) == (4.0, 7.0)
+
+
+def test_status_json_shows_routed_versions_residency_and_live_figures(
+    stack_replicas: dict[str, FakeVllmServer], no_loradeploy_environment: Path, tmp_path: Path
+) -> None:
+    """With the stack's router: the routes to the model's versions, which replica serves
+    each versioned name, and each version's figures from the router's request log."""
+    import time
+
+    import yaml
+
+    from loradeploy.domain.routes import litellm_config
+
+    home = no_loradeploy_environment
+    stack = json.loads((home / "stack.json").read_text())
+    router = home / "router"
+    router.mkdir()
+    (router / "master.key").write_text("sk-test\n")
+    routes = {"aws-rag-qa-live": {"aws-rag-qa@v1": 90, "aws-rag-qa@v2": 10}}
+    (router / "config.yaml").write_text(yaml.safe_dump(litellm_config(routes, STACK_URLS)))
+    now = time.time()
+
+    def line(name: str, ok: bool, took: float, ago: float = 5.0) -> str:
+        end = now - ago
+        return json.dumps(
+            {
+                "v": 1,
+                "start": end - took,
+                "end": end,
+                "stable": "aws-rag-qa-live",
+                "entry": name,
+                "name": name,
+                "ok": ok,
+                "status": 200 if ok else 500,
+                "shadow": False,
+            }
+        )
+
+    lines = [
+        line("aws-rag-qa@v1", True, 0.2),
+        line("aws-rag-qa@v1", True, 0.4),
+        line("aws-rag-qa@v2", False, 0.1),
+        line("aws-rag-qa@v2", True, 1.0, ago=1000.0),
+        "torn {",
+    ]  # one outside the window
+    (router / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    stack.update(
+        router_url="http://127.0.0.1:4000",
+        router_config=str(router / "config.yaml"),
+        router_key_file=str(router / "master.key"),
+        router_record=str(home / "run" / "router.json"),
+        router_log=str(router / "requests.jsonl"),
+    )
+    (home / "stack.json").write_text(json.dumps(stack))
+    stack_replicas[STACK_URLS[0]].adapters = {"aws-rag-qa@v1": "/a/v1", "aws-rag-qa@v2": "/a/v2"}
+    stack_replicas[STACK_URLS[1]].adapters = {"aws-rag-qa@v1": "/a/v1", "other@v3": "/o/v3"}
+    done = CliRunner().invoke(cli.app, ["status", f"--model-name={MODEL}", "--json", "--window=60"])
+    result = json.loads(done.stdout)
+    routed = result["details"]["routed"]
+    assert routed["routes"] == routes
+    assert routed["window"]["skipped_lines"] == 1
+    assert routed["versions"]["aws-rag-qa@v1"] == {
+        "served_on": STACK_URLS,
+        "requests": 2,
+        "errors": 0,
+        "error_rate": 0.0,
+        "p50_s": pytest.approx(0.3),
+        "p95_s": pytest.approx(0.39),
+    }
+    assert routed["versions"]["aws-rag-qa@v2"] == {
+        "served_on": [STACK_URLS[0]],
+        "requests": 1,
+        "errors": 1,
+        "error_rate": 1.0,
+        "p50_s": None,
+        "p95_s": None,
+    }
+    assert set(routed["versions"]) == {"aws-rag-qa@v1", "aws-rag-qa@v2"}  # other models' names left out

@@ -21,6 +21,7 @@ from loradeploy.cli import (
     alias_commands,
     gate_commands,
     load_version_command,
+    metrics_command,
     reconcile_commands,
     registry_commands,
     report_command,
@@ -66,6 +67,7 @@ app.command("train")(registry_commands.train)
 app.command("report")(report_command.release_report)
 app.command("route")(route_command.route)
 app.command("load-version")(load_version_command.load_version)
+app.command("metrics")(metrics_command.metrics)
 stack_app.command("up")(stack_commands.stack_up)
 stack_app.command("down")(stack_commands.stack_down)
 stack_app.command("status")(stack_commands.stack_status)

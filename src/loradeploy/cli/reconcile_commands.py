@@ -54,6 +54,8 @@ from loradeploy.errors import LoraDeployError, UsageError
 
 if TYPE_CHECKING:
     from loradeploy.results import StepResult
+    from loradeploy.settings import Settings
+    from loradeploy.steps.status import Traffic
 
 
 def status(
@@ -68,8 +70,18 @@ def status(
     pods: PodsOpt = None,
     container: Container = "vllm",
     kubectl: Kubectl = "kubectl",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (with routed mode's figures).")
+    ] = False,
+    window: Annotated[
+        float,
+        typer.Option("--window", help="Routed mode: seconds of the router's request log to count.", min=1),
+    ] = 300.0,
 ) -> None:
-    """Aliases next to what every replica serves; drift is marked and exits 1."""
+    """Aliases next to what every replica serves; drift is marked and exits 1. With the
+    local stack's router ('stack up --router'): the routes to the model's versions, which
+    replica serves each versioned name, and each version's requests, errors and latency
+    over the last --window seconds of the router's request log."""
 
     def action() -> StepResult:
         from loradeploy.clients import wiring
@@ -79,10 +91,34 @@ def status(
         slots = {"live": names.slot_name(live_slot), "staged": names.slot_name(candidate_slot)}
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
         urls = wiring.replica_urls(settings, wiring.Where.pods(pods, vllm_url, container, kubectl))
+        traffic = _traffic(settings, window)
         with wiring.replicas(settings, urls) as replicas:
-            return step(_registry(settings), replicas, model=model_name, slot_for_alias=slots)
+            return step(
+                _registry(settings), replicas, model=model_name, slot_for_alias=slots, traffic=traffic
+            )
 
-    _run("status", output_dir, action, _render_status)
+    _run("status", output_dir, action, _render_json if as_json else _render_status)
+
+
+def _traffic(settings: Settings, window_s: float) -> Traffic | None:
+    """The router's records of the last ``window_s`` seconds and its routes, when the
+    stack file names a router with a request log."""
+    stack = settings.stack
+    if stack is None or stack.router_log is None or stack.router_url is None:
+        return None
+    from loradeploy.clients import wiring
+    from loradeploy.clients.request_log import RequestLog
+    from loradeploy.steps.status import Traffic
+
+    end = time.time()
+    log = RequestLog(stack.router_log)
+    records = log.read(since=end - window_s, until=end)
+    routes = wiring.router_client(settings).routes()
+    return Traffic(records=records, start=end - window_s, end=end, routes=routes, skipped_lines=log.skipped)
+
+
+def _render_json(result: StepResult) -> None:
+    typer.echo(result.model_dump_json(indent=2))
 
 
 def _render_status(result: StepResult) -> None:

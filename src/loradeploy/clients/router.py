@@ -26,13 +26,13 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
 import yaml
 
-from loradeploy.domain.routes import Routes, check_routes, litellm_config, routes_of
+from loradeploy.domain.routes import PROXY_CALLBACKS, Routes, check_routes, litellm_config, routes_of
 from loradeploy.errors import DeadlineExceededError, PermanentError, ServerUnavailableError, UsageError
 
 CONFIRMATIONS = 3  # answers in a row that must show the new routes
@@ -50,8 +50,10 @@ class LiteLLMRouter:
         backends: list[str],
         http: httpx.Client | None = None,
         hangup: Callable[[int], None] | None = None,
+        callbacks: Sequence[str] = PROXY_CALLBACKS,
     ) -> None:
         self.url, self.config, self.record, self.backends = url.rstrip("/"), config, record, backends
+        self.callbacks = tuple(callbacks)
         self.http = http or httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
         self.headers = {"Authorization": f"Bearer {key}"}
         self.hangup = hangup or (lambda pid: os.kill(pid, signal.SIGHUP))
@@ -102,7 +104,7 @@ class LiteLLMRouter:
     def render(self, routes: Mapping[str, Mapping[str, int]]) -> str:
         """The configuration text for ``routes``; refused unless it reads back as them."""
         wanted = check_routes(routes)
-        text = yaml.safe_dump(litellm_config(wanted, self.backends), sort_keys=False)
+        text = yaml.safe_dump(litellm_config(wanted, self.backends, self.callbacks), sort_keys=False)
         if routes_of(yaml.safe_load(text)["model_list"]) != wanted:
             raise PermanentError(
                 "the router configuration did not read back as the routes asked for",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from loradeploy.coordination import Actor
 from loradeploy.domain.policy import AdapterPolicy
 from loradeploy.domain.residency import Limits
+from loradeploy.domain.routes import proxy_callbacks
 from loradeploy.errors import UsageError
 from loradeploy.settings import Settings
 
@@ -240,4 +241,5 @@ def router_client(settings: Settings) -> LiteLLMRouter:
         config=stack.router_config,
         record=stack.router_record,
         backends=list(stack.vllm_urls) or [stack.vllm_url],
+        callbacks=proxy_callbacks(request_log=stack.router_log is not None),
     )

@@ -20,6 +20,16 @@ from loradeploy.errors import UsageError
 Routes = dict[str, dict[str, int]]  # stable name -> {versioned name: weight}
 PROVIDER = "hosted_vllm/"  # the proxy's prefix for an OpenAI-compatible vLLM server
 REPLICA_MARK = "#"
+# The proxy's metrics, and the per-request log that the local stack ships next to the
+# configuration (src/loradeploy/routerworkers/request_log.py, loaded by file name).
+PROXY_CALLBACKS = ("prometheus",)
+REQUEST_LOG_MODULE = "loradeploy_request_log"
+REQUEST_LOG_CALLBACK = f"{REQUEST_LOG_MODULE}.request_logger"
+
+
+def proxy_callbacks(*, request_log: bool) -> tuple[str, ...]:
+    """The proxy's callbacks: its metrics, and the request log when it is shipped."""
+    return (*PROXY_CALLBACKS, REQUEST_LOG_CALLBACK) if request_log else PROXY_CALLBACKS
 
 
 def check_routes(routes: Mapping[str, Mapping[str, int]]) -> Routes:
@@ -62,8 +72,13 @@ def version_of(entry: str) -> str:
     return entry.split(REPLICA_MARK, 1)[0]
 
 
-def litellm_config(routes: Mapping[str, Mapping[str, int]], backends: Sequence[str]) -> dict[str, object]:
-    """The proxy's configuration for these routes over these vLLM base URLs.
+def litellm_config(
+    routes: Mapping[str, Mapping[str, int]],
+    backends: Sequence[str],
+    callbacks: Sequence[str] = PROXY_CALLBACKS,
+) -> dict[str, object]:
+    """The proxy's configuration for these routes over these vLLM base URLs, with these
+    callbacks (a custom one must lie next to the configuration file).
 
     Every version gets one entry per replica with the version's weight, so each replica
     takes an equal part of it. The proxy neither retries nor falls back: a failed request
@@ -91,7 +106,7 @@ def litellm_config(routes: Mapping[str, Mapping[str, int]], backends: Sequence[s
     return {
         "model_list": model_list,
         "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 0},
-        "litellm_settings": {"telemetry": False, "num_retries": 0, "callbacks": ["prometheus"]},
+        "litellm_settings": {"telemetry": False, "num_retries": 0, "callbacks": list(callbacks)},
     }
 
 

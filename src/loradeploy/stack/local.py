@@ -6,7 +6,8 @@ State lives under one folder (the *home*, ``.loradeploy/`` by default)::
     mlflow/             SQLite database and proxied artifacts (kept by ``down``)
     adapters/           the folder vLLM reads adapters from (kept by ``down``)
     logs/, run/         server logs and process records
-    router/             routed mode's router (the LiteLLM proxy): config.yaml, its key
+    router/             routed mode's router (the LiteLLM proxy): config.yaml, its key,
+                        its request-log callback and requests.jsonl (one line a request)
 
 The virtualenvs and the converted base model (``envs/``, ``models/``) are built by
 ``make setup`` and may live in another folder (``assets``), so tests can run a
@@ -22,12 +23,14 @@ import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import httpx
 
 from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.clients.signing import generate_key_pair
+from loradeploy.domain.routes import REQUEST_LOG_MODULE, proxy_callbacks
 from loradeploy.errors import DeadlineExceededError, LoraDeployError, UsageError
 from loradeploy.settings import STACK_FILE, StackInfo, read_stack
 from loradeploy.stack import processes
@@ -289,6 +292,7 @@ class LocalStack:
             router_config=self.router_config.resolve() if router else None,
             router_key_file=self.router_key_file.resolve() if router else None,
             router_record=self._record_path("router").resolve() if router else None,
+            router_log=self.router_log.resolve() if router else None,
         )
         if self.config.signing:
             info = self.signed(info)
@@ -322,6 +326,26 @@ class LocalStack:
     def router_key_file(self) -> Path:
         return self.home / "router" / "master.key"
 
+    @property
+    def router_log(self) -> Path:
+        return self.home / "router" / "requests.jsonl"
+
+    @property
+    def router_callback(self) -> Path:
+        """Where the proxy loads the request log's callback from (next to config.yaml)."""
+        return self.router_config.parent / f"{REQUEST_LOG_MODULE}.py"
+
+    def place_router_callback(self) -> None:
+        """Copy the request log's callback (``routerworkers/request_log.py``) next to the
+        configuration, written whole under another name and renamed."""
+        source = resources.files("loradeploy.routerworkers").joinpath("request_log.py").read_bytes()
+        target = self.router_callback
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(source)
+        Path(name).replace(target)
+
     def router_key(self) -> str:
         """The proxy's master key, made once (``router/master.key``, owner-only): the
         proxy refuses to start without one, and clients send it."""
@@ -351,6 +375,7 @@ class LocalStack:
             config=self.router_config,
             record=self._record_path("router"),
             backends=backends,
+            callbacks=proxy_callbacks(request_log=True),
         )
 
     def router_command(self) -> list[str]:
@@ -379,6 +404,10 @@ class LocalStack:
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the price list
                 "LITELLM_TELEMETRY": "False",
                 "VLLM_API_KEY": self.config.api_key or "none",  # the config points here
+                # the request log's callback writes here, with prompts and answers: the
+                # local stack is a test bench (shadow answers are compared from the log)
+                "LORADEPLOY_REQUEST_LOG": str(self.router_log.resolve()),
+                "LORADEPLOY_REQUEST_LOG_TEXT": "1",
             }
         )
         return env
@@ -387,6 +416,7 @@ class LocalStack:
         """Start the proxy on the routes its configuration file holds (none the first
         time), rendered again for the vLLM servers running now."""
         router = self.router_client(backends)
+        self.place_router_callback()
         router.write(router.routes())
         return self._start(
             "router",

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from loradeploy.clients.registry import MLflowHelper
 from loradeploy.clients.vllm import VllmClient
+from loradeploy.domain.canary import parse_versioned_name
 from loradeploy.domain.drift import compare
 from loradeploy.domain.signing import recorded_signer
+from loradeploy.domain.traffic import RequestRecord, figures, windows
 from loradeploy.errors import LoraDeployError, NotFoundError
 from loradeploy.results import Check, StepResult
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Routed mode's evidence for ``status``: the router's records of one window and its
+    routes (absent without a router)."""
+
+    records: Sequence[RequestRecord]
+    start: float
+    end: float
+    routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    skipped_lines: int = 0
 
 
 def status(
@@ -18,6 +33,7 @@ def status(
     *,
     model: str,
     slot_for_alias: Mapping[str, str],
+    traffic: Traffic | None = None,
 ) -> StepResult:
     result = StepResult(step="status", model=model)
     aliases = registry.get_aliases(model)
@@ -53,7 +69,46 @@ def status(
         "unreachable": unreachable,
         "signers": signers,
     }
+    if traffic is not None:
+        result.details["routed"] = routed(model, served, traffic)
     return result
+
+
+def routed(model: str, served: Mapping[str, Mapping[str, object]], traffic: Traffic) -> dict[str, object]:
+    """Routed mode's view of ``model``: the routes to its versions, which replica serves
+    each versioned name, and each version's live figures over the window."""
+    routes = {
+        stable: dict(weights)
+        for stable, weights in traffic.routes.items()
+        if any(_of_model(name, model) for name in weights)
+    }
+    names = {
+        name
+        for names in served.values()
+        for name in names
+        if (parse_versioned_name(name) or ("",))[0] == model
+    }
+    names |= {name for weights in routes.values() for name in weights}
+    names |= {
+        r.name for r in traffic.records if r.name and (parse_versioned_name(r.name) or ("",))[0] == model
+    }
+    found = windows(traffic.records, sorted(names), traffic.start, traffic.end)
+    return {
+        "window": {"start": traffic.start, "end": traffic.end, "skipped_lines": traffic.skipped_lines},
+        "routes": routes,
+        "versions": {
+            name: {
+                "served_on": [replica for replica, names in served.items() if name in names],
+                **figures(found[name]),
+            }
+            for name in sorted(names)
+        },
+    }
+
+
+def _of_model(name: str, model: str) -> bool:
+    parsed = parse_versioned_name(name)
+    return parsed is not None and parsed[0] == model
 
 
 def _signers(registry: MLflowHelper, model: str, versions: set[str]) -> dict[str, str]:
