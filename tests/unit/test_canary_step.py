@@ -6,7 +6,7 @@ tests/integration/test_canary.py."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +89,12 @@ class Setup:
     clock: FakeClock
     served: list[str] = field(default_factory=list)
 
-    def serve(self, version: VersionInfo, keep: set[str], weights: Mapping[str, int]) -> None:
+    def serve(
+        self, version: VersionInfo, keep: set[str], weights: Mapping[str, int], guard: Callable[[], None]
+    ) -> dict[str, object]:
+        guard()
         self.served.append(version.version)
+        return {"loaded_on": []}
 
     def run(self, steps: Sequence[int] = (5, 25, 50, 100), **request: object):  # type: ignore[no-untyped-def]
         fields = {"thresholds": QUICK, **request}

@@ -260,3 +260,29 @@ def test_metrics_without_a_router_says_how_to_start_one() -> None:
         "error: no router: the stack file names none; next: start the local stack with "
         "'loradeploy stack up --router'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--steps=5,25,50"], "must end at 100"),
+        (["--steps=50,5,100"], "must increase strictly"),
+        (["--source-alias=v3"], "alias 'v3' is not allowed"),
+        (["--stable-name=a/b"], "a/b"),
+        ([], "no router: the stack file names none"),
+    ],
+)
+def test_canary_refuses_bad_input_before_it_reaches_a_server(
+    tmp_path: Path, flags: list[str], words: str
+) -> None:
+    result = invoke(
+        "canary",
+        "--model-name=aws-rag-qa",
+        *flags,
+        "--tracking-uri=http://127.0.0.1:9",
+        f"--output-dir={tmp_path / 'out'}",
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert words in line and line.startswith("error: ") and "next: " in line
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["step"] == "canary"

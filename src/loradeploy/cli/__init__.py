@@ -19,6 +19,7 @@ import typer
 from loradeploy import __version__
 from loradeploy.cli import (
     alias_commands,
+    canary_command,
     gate_commands,
     load_version_command,
     metrics_command,
@@ -66,6 +67,7 @@ app.command("perf-decision")(gate_commands.perf_decision)
 app.command("train")(registry_commands.train)
 app.command("report")(report_command.release_report)
 app.command("route")(route_command.route)
+app.command("canary")(canary_command.canary)
 app.command("load-version")(load_version_command.load_version)
 app.command("metrics")(metrics_command.metrics)
 stack_app.command("up")(stack_commands.stack_up)

@@ -247,6 +247,7 @@ def reconcile(
                     transport=files,
                     actor=_actor(settings, "reconcile"),
                     manifest=_manifest(settings, request.model, live_slot, candidate_slot),
+                    router=wiring.optional_router(settings),
                 )
 
         if not watch:

@@ -8,9 +8,11 @@ never raised; a file that cannot be read at all is a ``PermanentError``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from loradeploy.domain.traffic import RequestRecord, parse_lines
+from loradeploy.domain.canary import LiveAnswer, VersionWindow
+from loradeploy.domain.traffic import RequestRecord, parse_lines, windows
 from loradeploy.errors import PermanentError
 
 
@@ -35,3 +37,22 @@ class RequestLog:
         lines = data.split(b"\n")[:-1]  # the part after the last newline is not whole yet
         records, self.skipped = parse_lines(lines)
         return [r for r in records if r.end >= since and (until is None or r.end < until)]
+
+
+class LogFigures:
+    """A canary's live figures from the request log: per-version windows, and the answers
+    clients saw (those the log kept text for)."""
+
+    def __init__(self, log: RequestLog) -> None:
+        self.log = log
+
+    def window(self, names: Sequence[str], start: float, end: float) -> dict[str, VersionWindow]:
+        return windows(self.log.read(start, end), names, start, end)
+
+    def answers(self, names: Sequence[str], start: float, end: float) -> list[LiveAnswer]:
+        wanted = set(names)
+        return [
+            LiveAnswer(name=r.name, prompt=r.prompt, answer=r.answer)
+            for r in self.log.read(start, end)
+            if r.ok and not r.shadow and r.name in wanted and r.prompt is not None and r.answer is not None
+        ]

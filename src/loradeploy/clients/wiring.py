@@ -30,6 +30,7 @@ from loradeploy.settings import Settings
 if TYPE_CHECKING:  # imported where used: kubectl and httpx are not needed by every command
     from loradeploy.clients.files import AdapterTransport, KubectlTransport, LocalFolderTransport
     from loradeploy.clients.registry import MLflowHelper
+    from loradeploy.clients.request_log import LogFigures
     from loradeploy.clients.router import LiteLLMRouter
     from loradeploy.clients.vllm import VllmClient
 
@@ -243,3 +244,23 @@ def router_client(settings: Settings) -> LiteLLMRouter:
         backends=list(stack.vllm_urls) or [stack.vllm_url],
         callbacks=proxy_callbacks(request_log=stack.router_log is not None),
     )
+
+
+def optional_router(settings: Settings) -> LiteLLMRouter | None:
+    """The local stack's router when 'stack up --router' started one, else None (direct
+    mode): what 'reconcile' needs to finish or undo an interrupted canary."""
+    stack = settings.stack
+    return router_client(settings) if stack and stack.router_url else None
+
+
+def live_figures(settings: Settings) -> LogFigures:
+    """A canary's live figures: the request log of the local stack's router."""
+    from loradeploy.clients.request_log import LogFigures, RequestLog
+
+    stack = settings.stack
+    if stack is None or stack.router_log is None:
+        raise UsageError(
+            "no request log: the stack file names no router with one",
+            hint="start the local stack with 'loradeploy stack up --router'",
+        )
+    return LogFigures(RequestLog(stack.router_log))

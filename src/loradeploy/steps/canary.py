@@ -52,7 +52,7 @@ from loradeploy.domain.canary import (
     versioned_name,
 )
 from loradeploy.domain.names import Source
-from loradeploy.domain.residency import needed
+from loradeploy.domain.residency import needed, weights_of
 from loradeploy.domain.routes import Routes, describe
 from loradeploy.domain.scoring import QaExample
 from loradeploy.errors import LoraDeployError, NotFoundError, PermanentError, UsageError
@@ -78,8 +78,10 @@ class Figures(Protocol):
     def answers(self, names: Sequence[str], start: float, end: float) -> list[LiveAnswer]: ...
 
 
-# serve(version, keep, weights): every replica serves the version's versioned name.
-Serve = Callable[[VersionInfo, set[str], Mapping[str, int]], object]
+# serve(version, keep, weights, guard): every replica serves the version's versioned name
+# (``steps.load_version.serve_version``), checking the lock with ``guard``; returns what
+# it did, for the result.
+Serve = Callable[[VersionInfo, set[str], Mapping[str, int], Callable[[], None]], Mapping[str, object]]
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,13 @@ def canary(
                 hint=f"route it to the live version first: loradeploy route --stable-name={stable} "
                 f"--weights={current_name}=100",
             )
-        weights = {name: w for route in routes.values() for name, w in route.items()}
-        keep = needed(model, aliases.values(), weights)
+        weights = weights_of(routes)
+        keep = needed(model, aliases.values(), weights) | {candidate_name}
         with timer("serve"):
-            serve(current, keep, weights)
-            serve(candidate, keep | {candidate_name}, weights)
+            result.details["served"] = {
+                name: dict(serve(version, keep, weights, held.lease.ensure_held))
+                for name, version in ((current_name, current), (candidate_name, candidate))
+            }
         if stable not in routes:  # the first routed release: clients start on the live version
             with timer("route"):
                 router.apply({**routes, stable: {current_name: 100}})

@@ -1,0 +1,192 @@
+"""``loradeploy canary``: routed mode's release, judged on live traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from loradeploy.cli.common import _actor, _registry, _run, _settings, err, swap_patience
+from loradeploy.cli.options import (
+    ApiKey,
+    BaseAlias,
+    CaBundle,
+    MaxRank,
+    ModelName,
+    OutputDir,
+    RequireSignature,
+    TrackingUri,
+    TrustedCas,
+    TrustedKeys,
+)
+from loradeploy.domain import names
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from loradeploy.clients.registry import MLflowHelper, VersionInfo
+    from loradeploy.clients.vllm import VllmClient
+    from loradeploy.results import StepResult
+    from loradeploy.settings import Settings
+
+    Serve = Callable[[VersionInfo, set[str], Mapping[str, int], Callable[[], None]], dict[str, object]]
+
+
+def _version_server(settings: Settings, registry: MLflowHelper, replicas: Sequence[VllmClient]) -> Serve:
+    """What the canary calls to have every replica serve a version under its versioned
+    name (``steps.load_version.serve_version``) with this command's transport, adapter
+    policy, the replicas' limits and swap patience."""
+    from loradeploy.clients import wiring
+    from loradeploy.results import StepResult
+    from loradeploy.steps.load_version import serve_version
+
+    files, policy = wiring.local_transport(settings), wiring.adapter_policy(settings)
+    limits, patience = wiring.residency_limits(settings), swap_patience(settings)
+
+    def serve(
+        version: VersionInfo, keep: set[str], weights: Mapping[str, int], guard: Callable[[], None]
+    ) -> dict[str, object]:
+        scratch = StepResult(step="serve-version", model=version.model, version=version.version)
+        serve_version(
+            version,
+            registry=registry,
+            replicas=replicas,
+            transport=files,
+            policy=policy,
+            keep=keep,
+            weights=weights,
+            limits=limits,
+            result=scratch,
+            patience=patience,
+            guard=guard,
+        )
+        return {**scratch.details, "timings_s": scratch.timings_s}
+
+    return serve
+
+
+def canary(
+    model_name: ModelName,
+    source_alias: Annotated[
+        str, typer.Option("--source-alias", help="Alias of the candidate version, e.g. staged.")
+    ] = "staged",
+    stable_name: Annotated[
+        str | None,
+        typer.Option("--stable-name", help="The name clients call on the router (default: MODEL-live)."),
+    ] = None,
+    steps: Annotated[
+        str, typer.Option("--steps", help="The candidate's share at each step, in %, ending at 100.")
+    ] = "5,25,50,100",
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds of live traffic analysed at each step.", min=1)
+    ] = 60.0,
+    max_error_rate: Annotated[
+        float, typer.Option("--max-error-rate", help="Share of the candidate's requests that may fail.")
+    ] = 0.01,
+    max_p50_ratio: Annotated[
+        float, typer.Option("--max-p50-ratio", help="Candidate p50 latency / live p50, at most.")
+    ] = 1.5,
+    max_p95_ratio: Annotated[
+        float, typer.Option("--max-p95-ratio", help="Candidate p95 latency / live p95, at most.")
+    ] = 1.75,
+    min_requests: Annotated[
+        int, typer.Option("--min-requests", help="Requests per version before a window counts.", min=1)
+    ] = 20,
+    max_waits: Annotated[
+        int, typer.Option("--max-waits", help="Windows a step may wait for evidence, then abort.", min=0)
+    ] = 3,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-data",
+            help="Reference answers (JSON lines, as Gate 1's): live answers to these questions are "
+            "scored, and a candidate clearly worse than live aborts. Needs the router's request log text.",
+        ),
+    ] = None,
+    quality_margin: Annotated[
+        float, typer.Option("--quality-margin", help="Mean token F1 the candidate may lose to live.")
+    ] = 0.05,
+    min_questions: Annotated[
+        int, typer.Option("--min-questions", help="Questions both versions answered before quality counts.")
+    ] = 6,
+    max_loras: Annotated[
+        int | None, typer.Option("--max-loras", help="The vLLM servers' --max-loras (room for versions).")
+    ] = None,
+    max_cpu_loras: Annotated[
+        int | None, typer.Option("--max-cpu-loras", help="The vLLM servers' --max-cpu-loras.")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the model's history.")] = "",
+    output_dir: OutputDir = None,
+    tracking_uri: TrackingUri = None,
+    api_key: ApiKey = None,
+    ca_bundle: CaBundle = None,
+    max_lora_rank: MaxRank = None,
+    base_model_alias: BaseAlias = None,
+    trusted_key: TrustedKeys = None,
+    trusted_ca: TrustedCas = None,
+    require_signature: RequireSignature = None,
+) -> None:
+    """Routed mode: give the candidate a growing share of the stable name's traffic,
+    analyse each window against live (errors, p50/p95, live quality with --eval-data),
+    promote at 100 %, or put all weight back on live and mark the candidate
+    canary-failed (exit 1). An interrupted canary is finished or undone by the next run
+    or by 'reconcile'."""
+
+    def action() -> StepResult:
+        from loradeploy.clients import wiring
+        from loradeploy.domain.canary import CanaryThresholds, parse_steps
+        from loradeploy.domain.scoring import read_qa
+        from loradeploy.steps.canary import CanaryRequest
+        from loradeploy.steps.canary import canary as step
+
+        model = names.model_name(model_name)
+        stable = names.slot_name(stable_name or f"{model}-live")
+        thresholds = CanaryThresholds(
+            max_error_rate=max_error_rate,
+            max_p50_ratio=max_p50_ratio,
+            max_p95_ratio=max_p95_ratio,
+            min_requests=min_requests,
+            max_waits=max_waits,
+            quality_margin=quality_margin,
+            min_questions=min_questions,
+        )
+        request = CanaryRequest(
+            model=model,
+            source_alias=names.alias_name(source_alias),
+            stable=stable,
+            steps=parse_steps(steps),
+            interval_s=interval,
+            thresholds=thresholds,
+            references=read_qa(eval_data) if eval_data else (),
+            reason=reason,
+        )
+        settings = _settings(
+            tracking_uri=tracking_uri,
+            api_key=api_key,
+            ca_bundle=ca_bundle,
+            max_lora_rank=max_lora_rank,
+            base_model_alias=base_model_alias,
+            trusted_key=trusted_key,
+            trusted_ca=trusted_ca,
+            require_signature=require_signature,
+            max_loras=max_loras,
+            max_cpu_loras=max_cpu_loras,
+        )
+        router = wiring.router_client(settings)
+        registry = _registry(settings)
+        with (
+            wiring.replicas(settings, router.backends) as replicas,
+            err.status(f"canary of {model} alias {source_alias} on {stable} ({steps} %)"),
+        ):
+            serve = _version_server(settings, registry, replicas)
+            return step(
+                request,
+                registry=registry,
+                router=router,
+                figures=wiring.live_figures(settings),
+                serve=serve,
+                actor=_actor(settings, "canary"),
+            )
+
+    _run("canary", output_dir, action)
