@@ -74,7 +74,12 @@ def test_every_rendered_manifest_passes_strict_validation(folder: Path, version:
 @pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
 def test_rendered_workflow_templates_survive_a_hera_round_trip(folder: Path) -> None:
     argo = [d for d in render(folder) if is_argo(d)]
-    assert sorted(d["metadata"]["name"] for d in argo) == ["vllm-deploy", "vllm-promote", "vllm-rollback"]
+    assert sorted(d["metadata"]["name"] for d in argo) == [
+        "vllm-canary",
+        "vllm-deploy",
+        "vllm-promote",
+        "vllm-rollback",
+    ]
     for doc in argo:
         assert doc["kind"] == "WorkflowTemplate"
         assert WorkflowTemplate.from_dict(doc).to_dict() == doc
