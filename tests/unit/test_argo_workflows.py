@@ -31,6 +31,9 @@ ARGO = REPO / "deploy" / "argo"
 NAMES = ["vllm-deploy", "vllm-promote", "vllm-rollback", "vllm-canary"]
 GATES = {"compare-decision", "perf-decision"}  # written concurrently; flags per the issue
 PENDING = {"canary"}  # issue 12: 'loradeploy canary' is being written at the same time
+# Flags the issue-12 interfaces note fixed for 'canary' that the command does not have yet:
+# the template passes them; the check below fails as soon as one lands (remove it here).
+AWAITED = {"canary": {"--shadow-percent", "--transport", "--namespace"}}
 
 
 def load_builder() -> ModuleType:
@@ -256,10 +259,16 @@ def test_every_command_and_flag_exists_in_the_cli(name: str) -> None:
             missing.append(command)
             continue
         assert command in options, command
+        awaited = AWAITED.get(command, set())
+        assert not awaited & options[command], f"{command}: remove {awaited & options[command]} from AWAITED"
         for arg in args:
-            assert arg.split("=", 1)[0] in options[command], (command, arg)
-    if missing:  # checked above as soon as the command is in the CLI
-        pytest.skip(f"'loradeploy {missing[0]}' is not in the CLI yet (issue 12, written in parallel)")
+            flag = arg.split("=", 1)[0]
+            if flag in awaited:
+                missing.append(f"{command} {flag}")
+                continue
+            assert flag in options[command], (command, arg)
+    if missing:  # checked above as soon as the command or flag is in the CLI
+        pytest.skip(f"not in the CLI yet (issue 12, written in parallel): {', '.join(sorted(missing))}")
 
 
 def test_the_script_parser_finds_every_command_and_flag() -> None:
