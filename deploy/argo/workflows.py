@@ -8,10 +8,13 @@ fails when the committed YAML and this file disagree.
     vllm-promote   compare-decision -> perf-decision -> promote-adapter
                    (a failed gate exits 1: the workflow stops there, nothing promoted)
     vllm-rollback  promote-adapter --source-alias=previous
+    vllm-canary    canary (routed mode: weight moves step by step to the candidate's
+                   versioned name; a failed analysis rolls back and exits 1, not retried)
 
 Every workflow: one mutex per registered model (Argo v4 ``synchronization.mutexes``),
 retries only on exit code 75 (loradeploy's TRANSIENT), each step's ``result.json`` and
-per-value files as output parameters, an exit handler that reports the outcome, and the
+per-value files as output parameters, an exit handler that reports the outcome (the
+canary's also runs ``reconcile`` when the workflow did not succeed), and the
 ``loradeploy-workflow`` service account (deploy/k8s/base/rbac.yaml).
 """
 
@@ -206,6 +209,49 @@ def report(kind: str) -> Container:
     )
 
 
+def canary_report() -> Container:
+    """The canary's exit handler: the outcome, then, unless the workflow succeeded,
+    ``reconcile``, which finishes or undoes a canary its step left interrupted (retries
+    used up, the workflow's deadline): no stable name stays at a half weight without a
+    record. After a failed analysis (exit 1) the canary has already rolled back and
+    reconcile finds nothing to do. Reconcile takes the model's lock in the registry
+    itself; a failure is printed with the command to run by hand, never hidden."""
+    script = (
+        'echo "canary of model $MODEL on $STABLE_NAME: $STATUS"\n'
+        'if [ "$STATUS" != "Succeeded" ]; then\n'
+        '  echo "failures: $FAILURES"\n'
+        '  loradeploy reconcile --model-name="$MODEL" --transport=kubectl --namespace="$NAMESPACE" '
+        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" '
+        "|| echo \"reconcile exited $?: run 'loradeploy reconcile --model-name=$MODEL' by hand\"\n"
+        "fi\n"
+        'loradeploy status --model-name="$MODEL" --vllm-url="$VLLM_URL" '
+        '--live-slot="$LIVE_SLOT" --candidate-slot="$CANDIDATE_SLOT" --pods="$PODS" || true\n'
+    )
+    return Container(
+        name="report",
+        image=IMAGE,
+        command=["sh", "-c", script],
+        env=[
+            Env(name="MODEL", value=p("model-name")),
+            Env(name="STABLE_NAME", value=p("stable-name")),
+            Env(name="STATUS", value="{{workflow.status}}"),
+            Env(name="FAILURES", value="{{workflow.failures}}"),
+            Env(name="NAMESPACE", value=NAMESPACE),
+            Env(name="VLLM_URL", value=p("vllm-url")),
+            Env(name="LIVE_SLOT", value=p("live-slot")),
+            Env(name="CANDIDATE_SLOT", value=p("candidate-slot")),
+            Env(name="PODS", value=PODS.split("=", 1)[1]),
+            *env("report"),
+        ],
+        env_from=[m.EnvFromSource(config_map_ref=m.ConfigMapEnvSource(name="loradeploy-config"))],
+        active_deadline_seconds=STEP_DEADLINE_S,
+        pod_security_context=pod_security(),
+        security_context=container_security(),
+        resources=resources("2Gi"),  # reconcile may download and place an adapter
+        volume_mounts=[TMP, TRUST],
+    )
+
+
 def template(name: str, description: str, parameters: dict[str, str]) -> WorkflowTemplate:
     return WorkflowTemplate(
         name=name,
@@ -348,7 +394,62 @@ def rollback() -> WorkflowTemplate:
     return wt
 
 
-BUILDERS = {"vllm-deploy": deploy, "vllm-promote": promote, "vllm-rollback": rollback}
+# The canary's flags and their defaults (issue 12). Thresholds like Gate 2's; the interval
+# is seconds between steps. One attempt of the step may last STEP_DEADLINE_S: keep
+# steps x interval x (max-waits + 1) well below it.
+CANARY_FLAGS = {
+    "steps": "5,25,50,100",
+    "interval": "60",
+    "shadow-percent": "0",
+    "max-error-rate": "0.01",
+    "max-p50-ratio": "1.5",
+    "max-p95-ratio": "1.75",
+    "min-requests": "20",
+    "max-waits": "3",
+}
+
+
+def canary() -> WorkflowTemplate:
+    """Routed mode's canary, one step. A retry (exit 75, or the pod lost) runs the same
+    command with the same run key; the command first finishes or undoes the canary an
+    earlier attempt left (its record in the registry), never starting over blindly."""
+    with template(
+        "vllm-canary",
+        "Canary (routed mode): move the stable name's weight to the version the source alias "
+        "names step by step, analysing live figures between steps; promote at the end, or "
+        "roll back by itself and fail (exit 1, not retried).",
+        {
+            "model-name": MODEL,
+            "source-alias": "staged",
+            "stable-name": LIVE_SLOT,
+            **CANARY_FLAGS,
+            **SLOT_PARAMETERS,
+        },
+    ) as wt:
+        run = step(
+            "canary",
+            [
+                "canary",
+                f"--model-name={p('model-name')}",
+                f"--source-alias={p('source-alias')}",
+                f"--stable-name={p('stable-name')}",
+                *(f"--{flag}={p(flag)}" for flag in CANARY_FLAGS),
+                "--transport=kubectl",
+                f"--namespace={NAMESPACE}",
+            ],
+        )
+        canary_report()
+        with Steps(name="main"):
+            run()
+    return wt
+
+
+BUILDERS = {
+    "vllm-deploy": deploy,
+    "vllm-promote": promote,
+    "vllm-rollback": rollback,
+    "vllm-canary": canary,
+}
 
 
 def rendered() -> dict[Path, str]:

@@ -7,7 +7,9 @@ Lookup order for every connection value (first found wins):
    ``LORADEPLOY_MAX_LORA_RANK``, ``LORADEPLOY_MAX_ADAPTER_BYTES``, ``LORADEPLOY_ACTOR``,
    ``LORADEPLOY_BASE_MODEL_ALIASES``: ``ADAPTER_BASE=SERVED_BASE`` pairs separated by
    commas or spaces, used when no ``--base-model-alias`` flag is given;
-   ``LORADEPLOY_STAGING_DIR``; how long a swap waits on a server that stopped answering,
+   ``LORADEPLOY_STAGING_DIR``; ``LORADEPLOY_INFERENCE_POOL``, the InferencePool routed
+   mode's rewrites name on Kubernetes (default ``vllm``); how long a swap waits on a
+   server that stopped answering,
    ``LORADEPLOY_SWAP_WATCH_S`` (an unanswered load watched on ``/v1/models``, default
    30) and ``LORADEPLOY_SWAP_RESTORE_S`` (putting the old folder back, default 60);
    the trust policy ``LORADEPLOY_TRUSTED_KEYS``, ``LORADEPLOY_TRUSTED_CAS`` (PEM files,
@@ -107,6 +109,9 @@ class Settings(BaseModel):
     # What register and train sign with: an EC private key, and for PKI its chain.
     sign_key: Path | None = None
     sign_cert_chain: Path | None = None
+    # Routed mode on Kubernetes: the InferencePool (Gateway API Inference Extension) whose
+    # InferenceModelRewrite objects loradeploy writes; env only.
+    inference_pool: str = "vllm"
     stack: StackInfo | None = None
 
     def require_tracking_uri(self) -> str:
@@ -269,6 +274,7 @@ def load_settings(
             ),
             sign_key=pick("sign_key", "LORADEPLOY_SIGN_KEY", stack.sign_key if stack else None),
             sign_cert_chain=pick("sign_cert_chain", "LORADEPLOY_SIGN_CERT_CHAIN", None),
+            inference_pool=env.get("LORADEPLOY_INFERENCE_POOL") or "vllm",
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:

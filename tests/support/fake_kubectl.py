@@ -9,6 +9,9 @@ understands exactly the calls that class makes (after an optional ``--context X`
     patch deployment NAME -n NS -p JSON      records the annotation, bumps generation
     cp LOCAL NS/POD:REMOTE -c C              copies on this machine
     exec -n NS POD -c C -- ARGV...           runs ARGV here (test mkdir chmod mv rm find sha256sum cat)
+    get inferencemodelrewrites.GROUP -n NS -o json
+                                             the rewrites of NS from the state file
+    apply -n NS -f - -o json                 stores the InferenceModelRewrite read on stdin
 
 Environment:
     FAKE_KUBECTL_STATE  JSON state file (read, and rewritten by patch/get deployment):
@@ -17,12 +20,16 @@ Environment:
          "deployments": {"NS/NAME": {...Deployment JSON...}},
          "root_map": {"/": "/"},          pod path prefix -> local path (longest wins)
          "rollout_gets": 1,               gets after a patch that still show the old status
-         "stuck": ["NS/NAME"]}            deployments whose rollout never completes
+         "stuck": ["NS/NAME"],            deployments whose rollout never completes
+         "rewrites": {"NS/NAME": {...}},  InferenceModelRewrite objects
+         "no_crd": true,                  the cluster has no InferenceModelRewrite CRD
+         "stale_reads": 1,                gets after an apply that still show the old rewrites
+         "reverted": true}                another writer puts every applied rewrite back
         The default identity root_map means every pod sees this machine's filesystem,
         like pods sharing one volume; a pod's own "root_map" gives it a separate one.
     FAKE_KUBECTL_LOG    every invocation's argv is appended here as one JSON line.
     FAKE_KUBECTL_FAIL   "VERB:TEXT" makes VERB (get, cp, exec, patch) fail with TEXT on
-        stderr and exit 1. TEXT "Forbidden" or "Unauthorized" expands to
+        stderr and exit 1 (VERB "apply" too). TEXT "Forbidden" or "Unauthorized" expands to
         kubectl's real message; TEXT "hang" sleeps a minute (to test timeouts).
 """
 
@@ -44,7 +51,16 @@ RBAC = {  # verb -> (RBAC verb, resource) the real API server would name
     "patch deployment": ("patch", "deployments"),
     "exec": ("create", "pods/exec"),
     "cp": ("create", "pods/exec"),
+    "get rewrites": ("list", "inferencemodelrewrites"),
+    "apply": ("patch", "inferencemodelrewrites"),
 }
+REWRITES = "inferencemodelrewrites.inference.networking.x-k8s.io"
+NO_CRD = 'error: the server doesn\'t have a resource type "inferencemodelrewrites"'
+NO_KIND = (
+    'error: resource mapping not found for name: "{name}" namespace: "{ns}" from "STDIN": '
+    'no matches for kind "InferenceModelRewrite" in version "inference.networking.x-k8s.io/v1alpha2"\n'
+    "ensure CRDs are installed first"
+)
 
 
 class Fail(Exception):
@@ -185,6 +201,34 @@ def run_in_pod(state: dict[str, Any], pos: list[str], opts: dict[str, str], argv
     return to_pod(done.stdout, root_map)
 
 
+def get_rewrites(state: dict[str, Any], opts: dict[str, str]) -> str:
+    if state.get("no_crd"):
+        raise Fail(NO_CRD)
+    rewrites = state.get("rewrites", {})
+    if state.get("stale_reads", 0) > 0:
+        state["stale_reads"] -= 1
+        rewrites = state.get("before_apply", rewrites)
+    items = [obj for key, obj in sorted(rewrites.items()) if key.split("/", 1)[0] == opts["-n"]]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def apply_rewrite(state: dict[str, Any], opts: dict[str, str]) -> str:
+    obj = json.loads(sys.stdin.read())
+    name, namespace = obj["metadata"]["name"], opts["-n"]
+    if state.get("no_crd"):
+        raise Fail(NO_KIND.format(name=name, ns=namespace))
+    if obj.get("kind") != "InferenceModelRewrite" or obj["metadata"].get("namespace", namespace) != namespace:
+        raise Fail(f"fake kubectl: unexpected object {obj}", 2)
+    rewrites = state.setdefault("rewrites", {})
+    key = f"{namespace}/{name}"
+    state["before_apply"] = json.loads(json.dumps(rewrites))
+    old = rewrites.get(key, {}).get("metadata", {})
+    obj["metadata"].update(namespace=namespace, generation=old.get("generation", 0) + 1)
+    if not state.get("reverted"):
+        rewrites[key] = obj
+    return json.dumps(obj)
+
+
 def injected_failure(verb: str, text: str, namespace: str) -> str:
     if text == "hang":
         time.sleep(60)
@@ -205,6 +249,7 @@ def main(args: list[str]) -> int:
     state = json.loads(state_file.read_text(encoding="utf-8"))
     pos, opts, rest = parse(args)
     verb = " ".join(pos[:2]) if pos[0] in ("get", "patch") else pos[0]
+    verb = "get rewrites" if verb == f"get {REWRITES}" else verb
     fail_verb, _, text = os.environ.get("FAKE_KUBECTL_FAIL", "").partition(":")
     try:
         if fail_verb and fail_verb == pos[0]:
@@ -215,6 +260,8 @@ def main(args: list[str]) -> int:
             "patch deployment": lambda: patch_deployment(state, opts, pos[2]),
             "cp": lambda: copy(state, pos, opts),
             "exec": lambda: run_in_pod(state, pos, opts, rest),
+            "get rewrites": lambda: get_rewrites(state, opts),
+            "apply": lambda: apply_rewrite(state, opts),
         }
         if verb not in handlers:
             raise Fail(f"fake kubectl: unsupported call {args}", 2)

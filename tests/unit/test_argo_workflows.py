@@ -28,8 +28,12 @@ from support.kustomize import render
 
 REPO = Path(__file__).resolve().parents[2]
 ARGO = REPO / "deploy" / "argo"
-NAMES = ["vllm-deploy", "vllm-promote", "vllm-rollback"]
+NAMES = ["vllm-deploy", "vllm-promote", "vllm-rollback", "vllm-canary"]
 GATES = {"compare-decision", "perf-decision"}  # written concurrently; flags per the issue
+PENDING = {"canary"}  # issue 12: 'loradeploy canary' is being written at the same time
+# Flags the issue-12 interfaces note fixed for 'canary' that the command does not have yet:
+# the template passes them; the check below fails as soon as one lands (remove it here).
+AWAITED = {"canary": {"--shadow-percent", "--transport", "--namespace"}}
 
 
 def load_builder() -> ModuleType:
@@ -72,7 +76,7 @@ def test_committed_yaml_is_what_the_python_renders() -> None:
 
 
 def test_no_other_yaml_in_the_folder() -> None:
-    assert sorted(p.stem for p in ARGO.glob("*.yaml") if p.name != "kustomization.yaml") == NAMES
+    assert sorted(p.stem for p in ARGO.glob("*.yaml") if p.name != "kustomization.yaml") == sorted(NAMES)
 
 
 def test_the_kustomization_lists_exactly_the_rendered_templates() -> None:
@@ -228,20 +232,50 @@ def cli_options() -> dict[str, set[str]]:
     }
 
 
+def script_commands(script: str) -> list[tuple[str, set[str]]]:
+    """Each ``loradeploy COMMAND --flag=...`` of an exit handler's shell script."""
+    return [
+        (command, set(re.findall(r"(--[a-z-]+)=", rest)))
+        for command, rest in re.findall(r"^\s*loradeploy ([a-z-]+)([^\n|]*)", script, re.MULTILINE)
+    ]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_command_and_flag_exists_in_the_cli(name: str) -> None:
-    """Catches a renamed flag; the gates are checked once they are in the CLI."""
+    """Catches a renamed flag; commands written in parallel are checked once in the CLI."""
     options = cli_options()
+    report = templates(name)["report"]["container"]["command"][2]
+    used = script_commands(report)
+    assert used and used[-1][0] == "status"
+    for command, flags in used:
+        assert command in options, command
+        assert flags <= options[command], (command, flags - options[command])
+    missing = []
     for t in loradeploy_templates(name):
         command, *args = t["container"]["args"]
         if command in GATES and command not in options:
             continue  # being written in parallel (issue: compare-decision, perf-decision)
+        if command in PENDING and command not in options:
+            missing.append(command)
+            continue
         assert command in options, command
+        awaited = AWAITED.get(command, set())
+        assert not awaited & options[command], f"{command}: remove {awaited & options[command]} from AWAITED"
         for arg in args:
-            assert arg.split("=", 1)[0] in options[command], (command, arg)
-    report = templates(name)["report"]["container"]["command"][2]
-    used = set(re.findall(r"(--[a-z-]+)=", report))
-    assert used <= options["status"]
+            flag = arg.split("=", 1)[0]
+            if flag in awaited:
+                missing.append(f"{command} {flag}")
+                continue
+            assert flag in options[command], (command, arg)
+    if missing:  # checked above as soon as the command or flag is in the CLI
+        pytest.skip(f"not in the CLI yet (issue 12, written in parallel): {', '.join(sorted(missing))}")
+
+
+def test_the_script_parser_finds_every_command_and_flag() -> None:
+    """The check above can fail: it sees each command of a handler and its flags."""
+    script = templates("vllm-canary")["report"]["container"]["command"][2]
+    assert [c for c, _ in script_commands(script)] == ["reconcile", "status"]
+    assert {"--model-name", "--transport", "--namespace"} <= script_commands(script)[0][1]
 
 
 VLLM_ONLY = {"smoke-test", "set-staged-alias", *GATES}  # talk to vLLM, copy no files
@@ -298,3 +332,73 @@ def test_every_template_has_a_pod_security_context_and_resources(name: str) -> N
         mounts = {m["mountPath"]: m["name"] for m in t["container"].get("volumeMounts", [])}
         assert mounts.get("/tmp") == "tmp", t["name"]
     assert [v["name"] for v in spec["volumes"]] == ["tmp", "trust"]  # trust: the signing policy's keys
+
+
+# -- vllm-canary (issue 12) ----------------------------------------------------------------
+
+
+def test_canary_runs_one_step_with_the_flags_of_the_interface() -> None:
+    """The flags and defaults fixed for issue 12 (notes: loradeploy canary)."""
+    assert main_steps("vllm-canary") == [["canary"]]
+    args = templates("vllm-canary")["canary"]["container"]["args"]
+    assert args[0] == "canary"
+    flags = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[1:]}
+    tunable = [
+        "steps",
+        "interval",
+        "shadow-percent",
+        "max-error-rate",
+        "max-p50-ratio",
+        "max-p95-ratio",
+        "min-requests",
+        "max-waits",
+    ]
+    for name in ["model-name", "source-alias", "stable-name", *tunable]:
+        assert flags.pop(f"--{name}") == builder.p(name), name
+    assert flags == {
+        "--transport": "kubectl",
+        "--namespace": "{{workflow.namespace}}",
+        "--output-dir": "/tmp/out",
+    }
+    defaults = {p["name"]: p["value"] for p in committed("vllm-canary")["spec"]["arguments"]["parameters"]}
+    assert {k: defaults[k] for k in ["model-name", "source-alias", "stable-name", *tunable]} == {
+        "model-name": "mistral-7b-lora",
+        "source-alias": "staged",
+        "stable-name": "aws-rag-qa-live",
+        "steps": "5,25,50,100",
+        "interval": "60",
+        "shadow-percent": "0",
+        "max-error-rate": "0.01",
+        "max-p50-ratio": "1.5",
+        "max-p95-ratio": "1.75",
+        "min-requests": "20",
+        "max-waits": "3",
+    }
+
+
+def test_a_failed_canary_analysis_is_not_retried_a_held_lock_is() -> None:
+    """Exit 1 (analysis failed, already rolled back) ends the workflow; 75 (the model's
+    lock held, e.g. by the attempt a lost pod left) waits and tries again."""
+    expression = templates("vllm-canary")["canary"]["retryStrategy"]["expression"]
+    assert not retried(expression, "Failed", str(int(ExitCode.CHECK_FAILED)))
+    assert int(ExitCode.CHECK_FAILED) == 1
+    assert retried(expression, "Failed", "75")
+
+
+def test_a_canary_that_did_not_succeed_is_reconciled_on_exit() -> None:
+    """A canary left interrupted (retries used up, the workflow's deadline) is finished
+    or undone by reconcile in the exit handler, over kubectl in the workflow's namespace;
+    a succeeded one is not touched, and a reconcile failure is printed, not hidden."""
+    report = templates("vllm-canary")["report"]["container"]
+    script = report["command"][2]
+    env = {e["name"]: e.get("value") for e in report["env"]}
+    assert env["NAMESPACE"] == "{{workflow.namespace}}"
+    assert env["STATUS"] == "{{workflow.status}}"
+    guard = script.index('if [ "$STATUS" != "Succeeded" ]; then')
+    reconcile = script.index("loradeploy reconcile")
+    assert guard < reconcile < script.index("fi\n")
+    line = script[reconcile:].splitlines()[0]
+    assert '--model-name="$MODEL"' in line and "--transport=kubectl" in line
+    assert '--namespace="$NAMESPACE"' in line
+    assert "|| echo" in line and "by hand" in line
+    assert "retryStrategy" not in templates("vllm-canary")["report"]

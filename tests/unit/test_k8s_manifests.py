@@ -25,6 +25,7 @@ import yaml
 from hera.workflows import WorkflowTemplate
 
 from loradeploy.clients import kube
+from loradeploy.domain.rewrite import render_rewrite
 from support.fake_cluster import CONTAINER, NS, SELECTOR, FakeCluster, fake_deployment, fake_pod
 from support.kustomize import render
 
@@ -74,7 +75,12 @@ def test_every_rendered_manifest_passes_strict_validation(folder: Path, version:
 @pytest.mark.parametrize("folder", [BASE, OVERLAY], ids=["base", "overlay"])
 def test_rendered_workflow_templates_survive_a_hera_round_trip(folder: Path) -> None:
     argo = [d for d in render(folder) if is_argo(d)]
-    assert sorted(d["metadata"]["name"] for d in argo) == ["vllm-deploy", "vllm-promote", "vllm-rollback"]
+    assert sorted(d["metadata"]["name"] for d in argo) == [
+        "vllm-canary",
+        "vllm-deploy",
+        "vllm-promote",
+        "vllm-rollback",
+    ]
     for doc in argo:
         assert doc["kind"] == "WorkflowTemplate"
         assert WorkflowTemplate.from_dict(doc).to_dict() == doc
@@ -347,7 +353,9 @@ def test_the_rbac_hint_of_every_kubectl_call_is_among_its_needs() -> None:
             for keyword in call.keywords:
                 if keyword.arg == "rbac" and isinstance(keyword.value, ast.Constant):
                     verb, resource = str(keyword.value.value).split()
-                    group = "apps" if resource == "deployments" else ""
+                    group = {"deployments": "apps", "inferencemodelrewrites": kube.REWRITE_GROUP}.get(
+                        resource, ""
+                    )
                     assert (group, resource, verb) in kube.RBAC_NEEDS[method.name], method.name
                     seen.add(method.name)
     assert seen == set(kube.RBAC_NEEDS)
@@ -388,6 +396,10 @@ def api_requests(argv: list[str]) -> set[tuple[str, str, str]]:
         return {("apps", "deployments", verb)}
     if verb in ("cp", "exec"):
         return {("", "pods", "get"), ("", "pods/exec", "create")}
+    if verb == "get" and kind == kube.REWRITES:
+        return {(kube.REWRITE_GROUP, "inferencemodelrewrites", "list")}
+    if verb == "apply":  # client-side apply: read, then create (new) or patch (existing)
+        return {(kube.REWRITE_GROUP, "inferencemodelrewrites", v) for v in ("get", "create", "patch")}
     raise AssertionError(f"a kubectl call this test does not know: {argv}")
 
 
@@ -407,12 +419,17 @@ def test_the_needs_match_the_kubectl_commands_each_call_runs(
     api = cluster.api()
     local = tmp_path / "local.txt"
     local.write_text("x", encoding="utf-8")
+    rewrite = render_rewrite(
+        name="m-live", namespace=NS, pool="vllm", stable_model="m-live", weights={"m@v1": 100}
+    )
     calls = {
         "ready_pods": lambda: api.ready_pods(NS, SELECTOR, CONTAINER),
         "copy_to_pod": lambda: api.copy_to_pod(NS, "vllm-a", CONTAINER, local, "/mnt/adapters/f"),
         "exec": lambda: api.exec(NS, "vllm-a", CONTAINER, ["test", "-d", "/mnt/adapters"]),
         "patch_restart": lambda: api.patch_restart(NS, "vllm", "2026-01-01T00:00:00Z"),
         "deployment_status": lambda: api.deployment_status(NS, "vllm"),
+        "rewrites": lambda: api.rewrites(NS),
+        "apply_rewrite": lambda: api.apply_rewrite(NS, rewrite),
     }
     assert set(calls) == set(kube.RBAC_NEEDS)
     for name, call in calls.items():

@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from loradeploy.cli.common import _actor, _registry, _run, _settings
-from loradeploy.cli.options import ApiKey, CaBundle, OutputDir, TrackingUri
+from loradeploy.cli.options import (
+    ApiKey,
+    CaBundle,
+    Container,
+    Kubectl,
+    Namespace,
+    OutputDir,
+    Selector,
+    TrackingUri,
+    TransportOpt,
+)
 from loradeploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -41,10 +51,17 @@ def route(
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
+    transport: TransportOpt = "local",
+    namespace: Namespace = "ml-models",
+    selector: Selector = "app=vllm",
+    container: Container = "vllm",
+    kubectl: Kubectl = "kubectl",
 ) -> None:
-    """Routed mode: set what a stable name sends to (local stack's router, 'stack up
-    --router'). Every version with weight must be served by every replica; the change is
-    made under the model's lock and recorded in its history."""
+    """Routed mode: set what a stable name sends to: the local stack's router ('stack up
+    --router'), or with --transport=kubectl the namespace's InferenceModelRewrite (Gateway
+    API Inference Extension) over the Ready vLLM pods. Every version with weight must be
+    served by every replica; the change is made under the model's lock and recorded in
+    its history."""
 
     def action() -> StepResult:
         from loradeploy.clients import wiring
@@ -55,7 +72,8 @@ def route(
         parsed = parse_weights(weights)
         model_of(stable_name, check_routes({stable_name: parsed})[stable_name])  # input first
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
-        router = wiring.router_client(settings)
+        where = wiring.Where(None, transport, namespace, selector, container, kubectl=kubectl)
+        router = wiring.router_client(settings, where)
         with wiring.replicas(settings, router.backends) as replicas:  # where the router sends
             return step(
                 _registry(settings),

@@ -10,6 +10,7 @@ and kubectl's failures become the project's errors:
 
     kubectl not installed                 UsageError              install kubernetes-client
     no tar in the container (cp)          PermanentError
+    CRD not installed (rewrites)          PermanentError          install the extension's CRDs
     command in the pod exited non-zero    RemoteCommandError      a PermanentError
     "(NotFound)"                          NotFoundError           names the object
     "(Forbidden)"                         PermanentError          names the RBAC verb/resource
@@ -19,9 +20,11 @@ and kubectl's failures become the project's errors:
     anything else                         PermanentError
 
 RBAC the service account needs: ``pods`` get/list, ``pods/exec`` get and create (copying
-and remote commands go through exec); ``deployments`` get and patch only for
-``restart-deployment``, in a separate, opt-in Role (``RESTART_CALLS``). Coordination
-between runs is the registry's lock (MLflow model tags): no Lease, no other permission.
+and remote commands go through exec); ``inferencemodelrewrites`` list, get, create and
+patch (routed mode's router on a cluster, ``clients.gateway``); ``deployments`` get and
+patch only for ``restart-deployment``, in a separate, opt-in Role (``RESTART_CALLS``).
+Coordination between runs is the registry's lock (MLflow model tags): no Lease, no
+other permission.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loradeploy.domain.kube import Pod, ready_pods_from_json, restart_patch
+from loradeploy.domain.rewrite import API_VERSION, KIND
 from loradeploy.errors import (
     AuthenticationError,
     LoraDeployError,
@@ -46,6 +50,10 @@ from loradeploy.errors import (
 
 __all__ = ["RBAC_NEEDS", "RESTART_CALLS", "KubeApi", "KubectlApi", "Pod", "RemoteCommandError", "rbac_rules"]
 
+REWRITE_GROUP = API_VERSION.split("/", 1)[0]  # inference.networking.x-k8s.io
+# Fully qualified: the same kind also exists in llm-d's group (deploy/gateway/README.md).
+REWRITES = f"inferencemodelrewrites.{REWRITE_GROUP}"
+
 # What each ``KubeApi`` call needs from RBAC: (API group, resource, verb). kubectl reads
 # the pod before ``cp`` and ``exec``; exec is ``create`` on pods/exec (1.35+ checks it
 # for the websocket upgrade too) and ``get`` on older clusters. The Role the workflows
@@ -54,6 +62,11 @@ RBAC_NEEDS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "ready_pods": (("", "pods", "list"),),
     "copy_to_pod": (("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get")),
     "exec": (("", "pods", "get"), ("", "pods/exec", "create"), ("", "pods/exec", "get")),
+    # kubectl apply reads the object, then creates it or patches it.
+    "rewrites": ((REWRITE_GROUP, "inferencemodelrewrites", "list"),),
+    "apply_rewrite": tuple(
+        (REWRITE_GROUP, "inferencemodelrewrites", verb) for verb in ("get", "create", "patch")
+    ),
     "patch_restart": (("apps", "deployments", "patch"),),
     "deployment_status": (("apps", "deployments", "get"),),
 }
@@ -85,6 +98,15 @@ class KubeApi(Protocol):
 
     def exec(self, namespace: str, pod: str, container: str, argv: list[str]) -> str:
         """Run ``argv`` in the container; returns its stdout. Non-zero exit: RemoteCommandError."""
+        ...
+
+    def rewrites(self, namespace: str) -> list[dict[str, Any]]:
+        """Every ``InferenceModelRewrite`` object in the namespace, whoever manages it."""
+        ...
+
+    def apply_rewrite(self, namespace: str, rewrite: dict[str, Any]) -> dict[str, Any]:
+        """Create or update the ``InferenceModelRewrite`` ``rewrite`` (``kubectl apply``);
+        returns the object as the API server stored it."""
         ...
 
     def patch_restart(self, namespace: str, deployment: str, timestamp: str) -> None:
@@ -122,6 +144,7 @@ _UNAVAILABLE = (
     "the server is currently unable to handle the request",
     "http2: client connection lost",
 )
+_NO_CRD = ("doesn't have a resource type", "no matches for kind")  # get, apply
 _KLOG = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")  # kubectl's log lines, e.g. "E1127 05:40:53.15 ..."
 INSTALL_HINT = "install kubectl (Debian/Ubuntu: apt-get install kubernetes-client) or pass its full path"
 
@@ -171,6 +194,25 @@ class KubectlApi:
             rbac="create pods/exec",
         )
 
+    def rewrites(self, namespace: str) -> list[dict[str, Any]]:
+        out = self._run(
+            ["get", REWRITES, "-n", namespace, "-o", "json"],
+            what=f"{KIND} objects in namespace {namespace}",
+            rbac="list inferencemodelrewrites",
+        )
+        items = self._json(out, f"{KIND} list").get("items")
+        return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+    def apply_rewrite(self, namespace: str, rewrite: dict[str, Any]) -> dict[str, Any]:
+        name = str((rewrite.get("metadata") or {}).get("name", "?"))
+        out = self._run(
+            ["apply", "-n", namespace, "-f", "-", "-o", "json"],
+            what=f"{KIND} {namespace}/{name}",
+            rbac="patch inferencemodelrewrites",
+            stdin=json.dumps(rewrite),
+        )
+        return self._json(out, f"{KIND} {namespace}/{name}")
+
     def patch_restart(self, namespace: str, deployment: str, timestamp: str) -> None:
         self._run(
             ["patch", "deployment", deployment, "-n", namespace, "-p", json.dumps(restart_patch(timestamp))],
@@ -197,12 +239,14 @@ class KubectlApi:
     def _argv(self, args: list[str]) -> list[str]:
         return [self.kubectl, *(["--context", self.context] if self.context else []), *args]
 
-    def _run(self, args: list[str], *, what: str, rbac: str) -> str:
+    def _run(self, args: list[str], *, what: str, rbac: str, stdin: str | None = None) -> str:
+        """Run kubectl; ``stdin`` is the text it reads (``-f -``), else nothing: kubectl
+        prompts for a username when credentials are missing."""
         argv = self._argv(args)
         try:
             done = subprocess.run(
                 argv,
-                stdin=subprocess.DEVNULL,  # kubectl prompts for a username when credentials are missing
+                input=stdin if stdin is not None else "",
                 capture_output=True,
                 text=True,
                 timeout=self.timeout_s,
@@ -230,6 +274,12 @@ class KubectlApi:
             return PermanentError(
                 f"{what}: kubectl cp needs tar in the container, and it has none",
                 hint="use an image with tar, or an init container that pulls from the registry",
+            )
+        if any(marker in text for marker in _NO_CRD):
+            return PermanentError(
+                f"{what}: the cluster has no {KIND} resource ({API_VERSION}): {short(text)}",
+                hint="install the Gateway API Inference Extension's CRDs (deploy/gateway/README.md), "
+                "or route with the local stack's router",
             )
         remote = _REMOTE_EXIT.search(text)
         if remote:

@@ -28,12 +28,29 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import yaml
 
 from loradeploy.domain.routes import PROXY_CALLBACKS, Routes, check_routes, litellm_config, routes_of
 from loradeploy.errors import DeadlineExceededError, PermanentError, ServerUnavailableError, UsageError
+
+
+class Router(Protocol):
+    """What steps use of routed mode's router: ``LiteLLMRouter`` on the local stack,
+    ``clients.gateway.GatewayRouter`` on Kubernetes (``clients.wiring.router_client``)."""
+
+    backends: list[str]  # the vLLM replicas the router sends to
+
+    def routes(self) -> Routes:
+        """Every stable name routed, with its weights."""
+        ...
+
+    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
+        """Route exactly ``routes``; returns the seconds until the change was confirmed."""
+        ...
+
 
 CONFIRMATIONS = 3  # answers in a row that must show the new routes
 POLL_S = 0.3

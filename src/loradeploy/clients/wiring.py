@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # imported where used: kubectl and httpx are not needed by ev
     from loradeploy.clients.files import AdapterTransport, KubectlTransport, LocalFolderTransport
     from loradeploy.clients.registry import MLflowHelper
     from loradeploy.clients.request_log import LogFigures
-    from loradeploy.clients.router import LiteLLMRouter
+    from loradeploy.clients.router import Router
     from loradeploy.clients.vllm import VllmClient
 
 LOCAL, KUBECTL = "local", "kubectl"
@@ -216,10 +216,17 @@ def other_replica_urls(
     return [url for url in known if url.rstrip("/") not in seen]
 
 
-def router_client(settings: Settings) -> LiteLLMRouter:
-    """Routed mode's router of the local stack, from the stack file 'stack up --router'
-    wrote (the router is a local-stack component for now)."""
+def router_client(settings: Settings, where: Where | None = None) -> Router:
+    """Routed mode's router: with ``--transport=kubectl``, the Gateway API Inference
+    Extension's ``InferenceModelRewrite`` objects in ``where``'s namespace (pool
+    ``LORADEPLOY_INFERENCE_POOL``), whose backends are the Ready vLLM pods; else the
+    local stack's LiteLLM proxy, from the stack file 'stack up --router' wrote."""
     from loradeploy.clients.router import LiteLLMRouter
+
+    if where is not None:
+        _check_transport(where)
+        if where.transport == KUBECTL:
+            return gateway_router(settings, where)
 
     stack = settings.stack
     if not (
@@ -246,7 +253,7 @@ def router_client(settings: Settings) -> LiteLLMRouter:
     )
 
 
-def optional_router(settings: Settings) -> LiteLLMRouter | None:
+def optional_router(settings: Settings) -> Router | None:
     """The local stack's router when 'stack up --router' started one, else None (direct
     mode): what 'reconcile' needs to finish or undo an interrupted canary."""
     stack = settings.stack
@@ -264,3 +271,17 @@ def live_figures(settings: Settings) -> LogFigures:
             hint="start the local stack with 'loradeploy stack up --router'",
         )
     return LogFigures(RequestLog(stack.router_log))
+
+
+def gateway_router(settings: Settings, where: Where) -> Router:
+    """The Kubernetes router for ``where`` (its Ready pods are listed here)."""
+    from loradeploy.clients.gateway import GatewayRouter
+    from loradeploy.clients.kube import KubectlApi
+
+    backends = replica_urls(settings, where)
+    return GatewayRouter(
+        KubectlApi(kubectl=where.kubectl),
+        namespace=where.namespace,
+        pool=settings.inference_pool,
+        backends=backends,
+    )

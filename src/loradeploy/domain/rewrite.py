@@ -4,13 +4,15 @@ adapters (routed mode: the router, not vLLM, picks the adapter for each request)
 Pure: builds a value, never sends it. The object's ``spec`` follows the
 ``inference.networking.x-k8s.io/v1alpha2`` CRD bundled in ``deploy/gateway`` (see its
 README for where it comes from); ``tests/unit/test_rewrite.py`` validates what this
-renders against that schema. No command writes these objects yet.
+renders against that schema. ``clients.gateway.GatewayRouter`` applies them (``route``
+and ``canary`` with ``--transport=kubectl``) and reads them back with ``rewrite_routes``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from loradeploy.domain.routes import check_routes
 from loradeploy.errors import UsageError
@@ -77,3 +79,44 @@ def render_rewrite(
             ],
         },
     }
+
+
+def is_managed(rewrite: Mapping[str, Any]) -> bool:
+    """Whether loradeploy wrote the object (its labels say so)."""
+    labels = (rewrite.get("metadata") or {}).get("labels") or {}
+    return isinstance(labels, Mapping) and all(labels.get(k) == v for k, v in LABELS.items())
+
+
+def rewrite_routes(rewrite: Mapping[str, Any]) -> tuple[str, dict[str, int]] | None:
+    """The stable name and weights an object of the shape ``render_rewrite`` makes
+    routes (one rule, one exact model match, weighted targets); ``None`` for any other
+    shape: a rewrite this project did not write, or one changed by hand, is never
+    read as routes."""
+    if rewrite.get("apiVersion") != API_VERSION or rewrite.get("kind") != KIND:
+        return None
+    rules = (rewrite.get("spec") or {}).get("rules")
+    if not (isinstance(rules, list) and len(rules) == 1 and isinstance(rules[0], Mapping)):
+        return None
+    matches, targets = rules[0].get("matches"), rules[0].get("targets")
+    if not (isinstance(matches, list) and len(matches) == 1 and isinstance(matches[0], Mapping)):
+        return None
+    model = matches[0].get("model")
+    if not (isinstance(model, Mapping) and model.get("type", "Exact") == "Exact"):
+        return None
+    stable = model.get("value")
+    if not (isinstance(stable, str) and isinstance(targets, list) and targets):
+        return None
+    weights: dict[str, int] = {}
+    for target in targets:
+        if not isinstance(target, Mapping):
+            return None
+        name, weight = target.get("modelRewrite"), target.get("weight")
+        if (
+            not isinstance(name, str)
+            or isinstance(weight, bool)
+            or not isinstance(weight, int)
+            or name in weights
+        ):
+            return None
+        weights[name] = weight
+    return stable, weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from loradeploy.clients.registry import MLflowHelper
-from loradeploy.clients.router import LiteLLMRouter
+from loradeploy.clients.router import Router
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
 from loradeploy.coordination.audit import record_event
@@ -35,7 +35,7 @@ def model_of(stable: str, weights: Mapping[str, int]) -> str:
 def route(
     registry: MLflowHelper,
     replicas: Sequence[VllmClient],
-    router: LiteLLMRouter,
+    router: Router,
     *,
     stable: str,
     weights: Mapping[str, int],
