@@ -17,7 +17,13 @@
    registry (sha256 tag rewritten to match) is refused by load-adapter while live serves;
 6. roll back with 'previous' and show status (with who signed what each slot serves);
    then history; summarise versions, gate figures and the aliases;
-7. write the release reports of v2 and of the regressed adapter (one HTML page each,
+7. routed mode: every version served under its own name (aws-rag-qa@v1), the stable name
+   aws-rag-qa-live on the router (the LiteLLM proxy 'stack up --router' starts) sends
+   to them with weights. While clients keep asking it, v2 goes out again as a canary
+   (5 % -> 50 % -> 100 %, each step judged on live figures against v1, then promoted),
+   and the regressed adapter's canary is caught by the live quality check at its first
+   step and rolled back by itself;
+8. write the release reports of v2 and of the regressed adapter (one HTML page each,
    with the plots behind the gates' decisions) and print where they are.
 
 A second run reuses everything the first built (registry versions with identical files,
@@ -46,6 +52,7 @@ HOME = REPO / ".loradeploy"
 OUT = HOME / "demo-out"
 ADAPTERS = HOME / "adapters-src"
 PROBES = REPO / "data" / "aws-rag-qa" / "probes.jsonl"
+EVAL = REPO / "data" / "aws-rag-qa" / "eval.jsonl"
 MODEL = "aws-rag-qa"
 LIVE_SLOT = "aws-rag-qa-live"
 CANDIDATE_SLOT = "aws-rag-qa-candidate"
@@ -123,6 +130,81 @@ class LiveTraffic:
     def describe(self) -> str:
         kinds = ", ".join(sorted(set(self.failed))) or "none"
         return f"{self.ok + len(self.failed)} requests, {len(self.failed)} failed ({kinds})"
+
+
+class RoutedTraffic:
+    """Clients of routed mode: they ask the stable name on the router with the evaluation
+    questions (chat), and count per version that answered (the router's
+    ``x-litellm-model-id`` header) and what failed. Connection errors are retried twice,
+    as the OpenAI SDK does: a router that starts new workers on a weight change closes
+    idle keep-alive connections, which never reached vLLM."""
+
+    def __init__(self, clients: int = 8) -> None:
+        self.clients = clients
+        self.answered: dict[str, int] = {}
+        self.failed: list[str] = []
+        self.retried = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._questions = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()][:8]
+
+    def _client(self, url: str, key: str, number: int) -> None:
+        from loradeploy.domain.scoring import QaExample, qa_messages
+
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+            while not self._stop.is_set():
+                row = self._questions[number % len(self._questions)]
+                number += 1
+                example = QaExample(id=row["id"], context=row["context"], question=row["question"], answer="")
+                body = {
+                    "model": LIVE_SLOT,
+                    "messages": qa_messages(example),
+                    "max_tokens": 16,
+                    "temperature": 0,
+                }
+                why = "connection"
+                for _ in range(3):
+                    try:
+                        response = http.post("/v1/chat/completions", json=body)
+                    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                        with self._lock:
+                            self.retried += 1
+                        time.sleep(0.1)
+                        continue
+                    why = "" if response.status_code == 200 else f"HTTP {response.status_code}"
+                    version = response.headers.get("x-litellm-model-id", "?").split("#")[0]
+                    break
+                with self._lock:
+                    if why:
+                        self.failed.append(why)
+                    else:
+                        self.answered[version] = self.answered.get(version, 0) + 1
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        stack = json.loads((HOME / "stack.json").read_text())
+        key = Path(stack["router_key_file"]).read_text().strip()
+        threads = [
+            threading.Thread(target=self._client, args=(stack["router_url"], key, i * 3), daemon=True)
+            for i in range(self.clients)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout=150)
+
+    def describe(self) -> str:
+        kinds = ", ".join(sorted(set(self.failed))) or "none"
+        total = sum(self.answered.values()) + len(self.failed)
+        return (
+            f"{total} requests, {len(self.failed)} failed ({kinds}); answered by "
+            + ", ".join(f"{name} {count}" for name, count in sorted(self.answered.items()))
+            + f"; {self.retried} connection errors retried"
+        )
 
 
 def gate1(adapter: str, expect: tuple[int, ...] = (0,)) -> dict[str, object]:
@@ -263,6 +345,70 @@ def tampered() -> dict[str, object]:
     return {"version": version, "error": refused.get("error")}
 
 
+def canary(label: str, source_alias: str, expect: int) -> dict[str, object]:
+    """One canary of routed mode on the stable name aws-rag-qa-live. The windows are short
+    and the latency limits wide: on a shared 2-core CPU one request's latency depends on
+    the batch it shares; the live quality check (reference answers of the evaluation
+    questions the clients ask) carries the decision."""
+    return run(
+        "canary",
+        f"--model-name={MODEL}",
+        f"--source-alias={source_alias}",
+        f"--stable-name={LIVE_SLOT}",
+        "--steps=5,50,100",
+        "--interval=10",
+        "--min-requests=5",
+        "--max-waits=6",
+        "--max-p50-ratio=2",
+        "--max-p95-ratio=2.5",
+        f"--eval-data={EVAL}",
+        "--min-questions=4",
+        "--quality-margin=0.15",
+        f"--reason=demo canary of {label}",
+        f"--output-dir={OUT / 'canary' / label}",
+        expect=(expect,),
+    )
+
+
+def decided_by(result: dict[str, object]) -> str:
+    """The last window of a canary: its decision and the per-version figures behind it."""
+    details = result.get("details")
+    if not isinstance(details, dict) or not details.get("windows"):
+        return "-"
+    last = details["windows"][-1]
+    figures = last["figures"]
+    quality = next((c["detail"] for c in last["checks"] if c["name"] == "live-quality"), "no quality check")
+    return (
+        f"{details.get('decision')} at {last['candidate_percent']} %: candidate "
+        f"{figures['candidate_requests']} requests p50 {figures['candidate_p50_s']} s, live "
+        f"{figures['current_requests']} requests p50 {figures['current_p50_s']} s; {quality}"
+        + (f"; back on live in {details['abort_to_current_s']} s" if "abort_to_current_s" in details else "")
+    )
+
+
+def routed_mode(v2_source: str) -> tuple[dict[str, dict[str, object]], RoutedTraffic]:
+    """Routed mode's chapter: live's versioned name and the stable name's route, then a
+    good canary and a regressed one while clients keep asking the router."""
+    console.rule("routed mode: versioned names behind the stable name aws-rag-qa-live on the router")
+    live = run(
+        "load-version", f"--model-name={MODEL}", "--source-alias=live", f"--output-dir={OUT / 'routed'}"
+    )
+    run(
+        "route",
+        f"--stable-name={LIVE_SLOT}",
+        f"--weights={MODEL}@v{live['version']}=100",
+        "--reason=routed mode starts on the live version",
+    )
+    traffic = RoutedTraffic()
+    canaries = {}
+    with traffic.running():
+        console.rule("canary: v2 goes out again, 5 % -> 50 % -> 100 %, judged on live traffic")
+        canaries["v2"] = canary("v2", v2_source, expect=0)
+        console.rule("canary: the regressed adapter, caught at its first step and rolled back by itself")
+        canaries["regressed"] = canary("regressed", "candidate", expect=1)
+    return canaries, traffic
+
+
 def figures(result: dict[str, object]) -> str:
     details = result.get("details")
     if not isinstance(details, dict):
@@ -298,7 +444,7 @@ def release_reports(releases: dict[str, dict[str, object]], traffic: Path) -> di
 def main() -> int:
     started = time.monotonic()
     console.rule("loradeploy demo")
-    run("stack", "up")
+    run("stack", "up", "--router")
     releases = {"aws-rag-qa-v1": deploy("aws-rag-qa-v1")}
     promote("aws-rag-qa-v1", "staged")  # the first release: nothing live to compare with
 
@@ -325,6 +471,16 @@ def main() -> int:
 
         console.rule("roll back to the previous live version, then status and history")
         promote("rollback", "previous", reason="demo rollback")
+    promoted_v2 = gates["aws-rag-qa-v2 Gate 2"]["exit_code"] == 0  # else v2 is still staged
+    canaries, routed = routed_mode("previous" if promoted_v2 else "staged")
+    console.rule("direct mode's live slot follows alias live again (reconcile)")
+    run(
+        "reconcile",
+        f"--model-name={MODEL}",
+        f"--live-slot={LIVE_SLOT}",
+        f"--candidate-slot={CANDIDATE_SLOT}",
+        f"--output-dir={OUT / 'reconcile'}",
+    )
     status = run("status", f"--model-name={MODEL}", f"--output-dir={OUT / 'status'}")
     run("history", f"--model-name={MODEL}")
     reports = release_reports(releases, traffic.save(OUT / "live-traffic.jsonl"))
@@ -344,8 +500,11 @@ def main() -> int:
     summary.add_row("signed by (served versions)", str(signers or "-"))
     summary.add_row(f"altered version {altered['version']}", f"refused (exit 3): {altered['error']}")
     summary.add_row("live-slot traffic during promote, deploy, rollback", traffic.describe())
-    undo = f"loradeploy promote-adapter --model-name={MODEL} --source-alias=previous"
-    summary.add_row("undo the rollback", undo)
+    for name, result in canaries.items():
+        summary.add_row(f"canary of {name}", decided_by(result))
+    summary.add_row("router traffic during both canaries", routed.describe())
+    undo = f"loradeploy canary --model-name={MODEL} --source-alias=previous --steps=100"
+    summary.add_row("roll back (routed: previous is still loaded)", undo)
     for name, page in reports.items():
         summary.add_row(f"release report {name}", page)
     summary.add_row("results", str(OUT))

@@ -57,7 +57,7 @@ class StackConfig:
     model_dir: Path | None = None
     max_loras: int = 2  # the specification's two slots: live and candidate
     max_lora_rank: int = 16
-    max_cpu_loras: int = 4
+    max_cpu_loras: int = 8  # two slots and routed mode's versions (live, previous, a candidate)
     max_model_len: int = 2048
     kv_cache_gib: int = 1
     api_key: str | None = None
