@@ -131,7 +131,7 @@ class VersionWindow(Requests):
     def p(self, q: float) -> float:
         if self.summary is None:
             return super().p(q)
-        known = {50: self.summary.p50_s, 95: self.summary.p95_s}
+        known: dict[float, float | None] = {50: self.summary.p50_s, 95: self.summary.p95_s}
         if q not in known:
             raise ValueError(f"window of {self.name}: a summary holds p50 and p95 only, not p{q:g}")
         return known[q] or 0.0
