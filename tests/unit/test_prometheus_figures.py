@@ -1,18 +1,15 @@
-"""clients/prometheus.py against FakePrometheus, an ``httpx.MockTransport`` that answers
-the instant queries the client sends from a table of figures (no Prometheus runs here:
-the queries were never evaluated by a real one)."""
+"""clients/prometheus.py against ``support.fake_prometheus.FakePrometheus``, an
+``httpx.MockTransport`` handler that answers the instant queries the client sends from a
+table of figures (no Prometheus runs here: the queries were never evaluated by a real one)."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
 from loradeploy.clients.prometheus import (
-    DURATION,
     ERRORS,
     REQUESTS,
     PrometheusFigures,
@@ -21,42 +18,9 @@ from loradeploy.clients.prometheus import (
     window_seconds,
 )
 from loradeploy.errors import ExitCode, PermanentError, ServerUnavailableError
+from support.fake_prometheus import FakePrometheus
 
 URL = "http://prometheus.test:9090"
-_COUNT = re.compile(r'sum\(increase\((\w+)\{target_model_name="([^"]+)"\}\[(\d+)s\]\)\)')
-_QUANTILE = re.compile(
-    r"histogram_quantile\(([0-9.]+), sum by \(le\) "
-    r'\(increase\((\w+)\{target_model_name="([^"]+)"\}\[(\d+)s\]\)\)\)'
-)
-
-
-@dataclass
-class FakePrometheus:
-    """Figures per (metric, versioned name) or (quantile, name); every query kept."""
-
-    counts: dict[tuple[str, str], float] = field(default_factory=dict)
-    quantiles: dict[tuple[float, str], str] = field(default_factory=dict)
-    queries: list[dict[str, str]] = field(default_factory=list)
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/api/v1/query"
-        params = dict(request.url.params)
-        self.queries.append(params)
-        query = params["query"]
-        if match := _COUNT.fullmatch(query):
-            value = self.counts.get((match[1], match[2]))
-            result = [] if value is None else [{"metric": {}, "value": [float(params["time"]), str(value)]}]
-        elif match := _QUANTILE.fullmatch(query):
-            assert match[2] == DURATION
-            text = self.quantiles.get((float(match[1]), match[3]), "NaN")
-            result = [{"metric": {}, "value": [float(params["time"]), text]}]
-        else:
-            return httpx.Response(
-                400, json={"status": "error", "errorType": "bad_data", "error": "parse error"}
-            )
-        return httpx.Response(
-            200, json={"status": "success", "data": {"resultType": "vector", "result": result}}
-        )
 
 
 def figures_of(handler: Any) -> PrometheusFigures:
