@@ -169,6 +169,9 @@ def test_canary_on_kubernetes_without_a_prometheus_url_is_a_usage_error(
     assert done.exit_code == ExitCode.USAGE, done.output
     assert "no Prometheus URL" in done.output and "LORADEPLOY_PROMETHEUS_URL" in done.output
     assert cluster.calls() == []  # refused before any kubectl call
+    done = CliRunner().invoke(cli.app, [*args, f"--prometheus-url={PROMETHEUS}", "--eval-data=qa.jsonl"])
+    assert done.exit_code == ExitCode.USAGE and "--eval-data" in done.output, done.output
+    assert cluster.calls() == []
     monkeypatch.setenv("LORADEPLOY_PROMETHEUS_URL", "http://user:pw@prometheus.test:9090")
     done = CliRunner().invoke(cli.app, args)
     assert done.exit_code == ExitCode.USAGE and "credentials" in done.output and "pw" not in done.output

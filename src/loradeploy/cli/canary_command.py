@@ -160,11 +160,19 @@ def canary(
         from loradeploy.clients import wiring
         from loradeploy.domain.canary import CanaryThresholds, parse_steps
         from loradeploy.domain.scoring import read_qa
+        from loradeploy.errors import UsageError
         from loradeploy.steps.canary import CanaryRequest
         from loradeploy.steps.canary import canary as step
 
         model = names.model_name(model_name)
         stable = names.slot_name(stable_name or f"{model}-live")
+        where = wiring.Where(None, transport, namespace, selector, container, pod_adapters_root, kubectl)
+        if eval_data and where.transport == wiring.KUBECTL:
+            raise UsageError(
+                "--eval-data needs the answers clients saw, and on Kubernetes the canary reads "
+                "Prometheus metrics, which hold none; nothing was changed",
+                hint="leave out --eval-data with --transport=kubectl",
+            )
         thresholds = CanaryThresholds(
             max_error_rate=max_error_rate,
             max_p50_ratio=max_p50_ratio,
@@ -197,7 +205,6 @@ def canary(
             max_cpu_loras=max_cpu_loras,
             prometheus_url=prometheus_url,
         )
-        where = wiring.Where(None, transport, namespace, selector, container, pod_adapters_root, kubectl)
         figures = wiring.live_figures(settings, where)
         files = wiring.transport(settings, where)
         router = wiring.router_client(settings, where)
