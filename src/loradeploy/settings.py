@@ -112,6 +112,9 @@ class Settings(BaseModel):
     # Routed mode on Kubernetes: the InferencePool (Gateway API Inference Extension) whose
     # InferenceModelRewrite objects loradeploy writes; env only.
     inference_pool: str = "vllm"
+    # Routed mode on Kubernetes: the Prometheus whose API the canary reads the Inference
+    # Extension's request metrics from (``--prometheus-url``).
+    prometheus_url: str | None = None
     stack: StackInfo | None = None
 
     def require_tracking_uri(self) -> str:
@@ -129,6 +132,15 @@ class Settings(BaseModel):
                 hint="pass --vllm-url, set LORADEPLOY_VLLM_URL, or run 'loradeploy stack up'",
             )
         return self.vllm_url
+
+    def require_prometheus_url(self) -> str:
+        if not self.prometheus_url:
+            raise UsageError(
+                "no Prometheus URL: the canary on Kubernetes reads its live figures from Prometheus",
+                hint="pass --prometheus-url or set LORADEPLOY_PROMETHEUS_URL "
+                "(e.g. http://prometheus.monitoring.svc:9090)",
+            )
+        return self.prometheus_url
 
     def require_adapters_root(self) -> Path:
         if self.adapters_root is None:
@@ -275,6 +287,7 @@ def load_settings(
             sign_key=pick("sign_key", "LORADEPLOY_SIGN_KEY", stack.sign_key if stack else None),
             sign_cert_chain=pick("sign_cert_chain", "LORADEPLOY_SIGN_CERT_CHAIN", None),
             inference_pool=env.get("LORADEPLOY_INFERENCE_POOL") or "vllm",
+            prometheus_url=pick("prometheus_url", "LORADEPLOY_PROMETHEUS_URL", None),
             stack=stack,
         )
     except (ValueError, ValidationError) as exc:
@@ -288,6 +301,13 @@ def load_settings(
         )
     if settings.vllm_url:
         check_url(settings.vllm_url, what="vLLM", setting="--vllm-url", credentials=VLLM_CREDENTIALS)
+    if settings.prometheus_url:
+        check_url(
+            settings.prometheus_url,
+            what="Prometheus",
+            setting="--prometheus-url or LORADEPLOY_PROMETHEUS_URL",
+            credentials="an authenticating proxy in front of Prometheus (loradeploy sends it no credentials)",
+        )
     if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
         raise UsageError(
             f"CA bundle {settings.ca_bundle} is not a readable file",

@@ -11,6 +11,7 @@ from loradeploy.domain.canary import (
     Analysis,
     CanaryRecord,
     CanaryThresholds,
+    LatencySummary,
     LiveAnswer,
     VersionWindow,
     analyse,
@@ -151,6 +152,52 @@ def test_the_verdict_agrees_with_its_checks(n: int, errors: int, m: int, lat: fl
         assert not figures_failed and not all(checks.values())
     if errors == 0 and lat <= cur and n + errors >= 20 and m >= 20:
         assert result.verdict == "pass"
+
+
+# -- windows summarised by a histogram (the cluster's figures) -----------------------------
+
+
+def summary(
+    name: str, ok: int, p50: float | None = 0.1, p95: float | None = 0.2, errors: int = 0
+) -> VersionWindow:
+    return VersionWindow(name=name, summary=LatencySummary(succeeded=ok, p50_s=p50, p95_s=p95), errors=errors)
+
+
+def test_a_summarised_window_counts_its_requests_and_reads_its_percentiles() -> None:
+    seen = summary("m@v2", 38, 0.12, 0.3, errors=2)
+    assert seen.requests == 40 and seen.error_rate == 0.05
+    assert (seen.p(50), seen.p(95)) == (0.12, 0.3)
+    with pytest.raises(ValueError, match="p50 and p95 only"):
+        seen.p(99)
+
+
+def test_a_window_holds_latencies_or_a_summary_not_both() -> None:
+    with pytest.raises(ValueError, match="give one of them"):
+        VersionWindow(
+            name="m@v2", latencies_s=[0.1], summary=LatencySummary(succeeded=1, p50_s=0.1, p95_s=0.1)
+        )
+
+
+def test_summarised_windows_are_analysed_as_raw_ones() -> None:
+    assert analyse(summary("m@v2", 30, 0.11, 0.21), summary("m@v1", 300), LIMITS).verdict == "pass"
+    slow = analyse(summary("m@v2", 30, 0.2, 0.2), summary("m@v1", 300, 0.1, 0.2), LIMITS)
+    assert slow.verdict == "fail" and "p50-latency-ratio" in slow.reason
+    assert "p95-latency-ratio" not in slow.reason
+    assert slow.decision.figures["candidate_p50_s"] == 0.2
+    assert analyse(summary("m@v2", 4, errors=1), summary("m@v1", 100), LIMITS).verdict == "fail"
+    assert analyse(summary("m@v2", 19), summary("m@v1", 300), LIMITS).verdict == "insufficient"
+    # the two forms compare with each other too
+    assert analyse(window("m@v2", 30, 0.1), summary("m@v1", 300, 0.1, 0.1), LIMITS).verdict == "pass"
+
+
+def test_requests_without_percentiles_are_no_evidence_not_a_pass() -> None:
+    """A histogram that has not caught up with the counters gives no p50: never read as 0 s."""
+    result = analyse(summary("m@v2", 30, None, None), summary("m@v1", 300), LIMITS)
+    assert result.verdict == "insufficient"
+    assert "no latency percentiles yet for m@v2" in result.reason
+    assert result.decision.figures["candidate_p50_s"] is None
+    # only errors: nothing to estimate, and the errors still fail the candidate
+    assert analyse(summary("m@v2", 0, None, None, errors=25), summary("m@v1", 300), LIMITS).verdict == "fail"
 
 
 # -- what happens next -----------------------------------------------------------------------

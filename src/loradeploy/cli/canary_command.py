@@ -12,11 +12,17 @@ from loradeploy.cli.options import (
     ApiKey,
     BaseAlias,
     CaBundle,
+    Container,
+    Kubectl,
     MaxRank,
     ModelName,
+    Namespace,
     OutputDir,
+    PodRoot,
     RequireSignature,
+    Selector,
     TrackingUri,
+    TransportOpt,
     TrustedCas,
     TrustedKeys,
 )
@@ -25,6 +31,7 @@ from loradeploy.domain import names
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from loradeploy.clients.files import AdapterTransport
     from loradeploy.clients.registry import MLflowHelper, VersionInfo
     from loradeploy.clients.vllm import VllmClient
     from loradeploy.results import StepResult
@@ -33,7 +40,9 @@ if TYPE_CHECKING:
     Serve = Callable[[VersionInfo, set[str], Mapping[str, int], Callable[[], None]], dict[str, object]]
 
 
-def _version_server(settings: Settings, registry: MLflowHelper, replicas: Sequence[VllmClient]) -> Serve:
+def _version_server(
+    settings: Settings, registry: MLflowHelper, replicas: Sequence[VllmClient], files: AdapterTransport
+) -> Serve:
     """What the canary calls to have every replica serve a version under its versioned
     name (``steps.load_version.serve_version``) with this command's transport, adapter
     policy, the replicas' limits and swap patience."""
@@ -41,7 +50,7 @@ def _version_server(settings: Settings, registry: MLflowHelper, replicas: Sequen
     from loradeploy.results import StepResult
     from loradeploy.steps.load_version import serve_version
 
-    files, policy = wiring.local_transport(settings), wiring.adapter_policy(settings)
+    policy = wiring.adapter_policy(settings)
     limits, patience = wiring.residency_limits(settings), swap_patience(settings)
 
     def serve(
@@ -117,6 +126,20 @@ def canary(
         int | None, typer.Option("--max-cpu-loras", help="The vLLM servers' --max-cpu-loras.")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the model's history.")] = "",
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus-url",
+            help="Prometheus holding the Inference Extension's metrics: the live figures with "
+            "--transport=kubectl (default: LORADEPLOY_PROMETHEUS_URL).",
+        ),
+    ] = None,
+    transport: TransportOpt = "local",
+    namespace: Namespace = "ml-models",
+    selector: Selector = "app=vllm",
+    container: Container = "vllm",
+    pod_adapters_root: PodRoot = "/mnt/adapters",
+    kubectl: Kubectl = "kubectl",
     output_dir: OutputDir = None,
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
@@ -137,11 +160,19 @@ def canary(
         from loradeploy.clients import wiring
         from loradeploy.domain.canary import CanaryThresholds, parse_steps
         from loradeploy.domain.scoring import read_qa
+        from loradeploy.errors import UsageError
         from loradeploy.steps.canary import CanaryRequest
         from loradeploy.steps.canary import canary as step
 
         model = names.model_name(model_name)
         stable = names.slot_name(stable_name or f"{model}-live")
+        where = wiring.Where(None, transport, namespace, selector, container, pod_adapters_root, kubectl)
+        if eval_data and where.transport == wiring.KUBECTL:
+            raise UsageError(
+                "--eval-data needs the answers clients saw, and on Kubernetes the canary reads "
+                "Prometheus metrics, which hold none; nothing was changed",
+                hint="leave out --eval-data with --transport=kubectl",
+            )
         thresholds = CanaryThresholds(
             max_error_rate=max_error_rate,
             max_p50_ratio=max_p50_ratio,
@@ -172,19 +203,22 @@ def canary(
             require_signature=require_signature,
             max_loras=max_loras,
             max_cpu_loras=max_cpu_loras,
+            prometheus_url=prometheus_url,
         )
-        router = wiring.router_client(settings)
+        figures = wiring.live_figures(settings, where)
+        files = wiring.transport(settings, where)
+        router = wiring.router_client(settings, where)
         registry = _registry(settings)
         with (
             wiring.replicas(settings, router.backends) as replicas,
             err.status(f"canary of {model} alias {source_alias} on {stable} ({steps} %)"),
         ):
-            serve = _version_server(settings, registry, replicas)
+            serve = _version_server(settings, registry, replicas, files)
             return step(
                 request,
                 registry=registry,
                 router=router,
-                figures=wiring.live_figures(settings),
+                figures=figures,
                 serve=serve,
                 actor=_actor(settings, "canary"),
             )

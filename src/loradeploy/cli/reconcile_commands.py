@@ -236,10 +236,10 @@ def reconcile(
             ready_file.unlink(missing_ok=True)  # not ready until a round has said so
 
         def once() -> StepResult:  # pods and clients are found again every round
-            with wiring.targets(
-                settings,
-                wiring.Where(vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl),
-            ) as (files, replicas):
+            where = wiring.Where(
+                vllm_url, transport, namespace, selector, container, pod_adapters_root, kubectl
+            )
+            with wiring.targets(settings, where) as (files, replicas):
                 return step(
                     request,
                     registry=_registry(settings),
@@ -247,7 +247,7 @@ def reconcile(
                     transport=files,
                     actor=_actor(settings, "reconcile"),
                     manifest=_manifest(settings, request.model, live_slot, candidate_slot),
-                    router=wiring.optional_router(settings),
+                    router=wiring.optional_router(settings, where, files),
                 )
 
         if not watch:

@@ -29,6 +29,7 @@ from loradeploy.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: kubectl and httpx are not needed by every command
     from loradeploy.clients.files import AdapterTransport, KubectlTransport, LocalFolderTransport
+    from loradeploy.clients.prometheus import PrometheusFigures
     from loradeploy.clients.registry import MLflowHelper
     from loradeploy.clients.request_log import LogFigures
     from loradeploy.clients.router import Router
@@ -253,19 +254,38 @@ def router_client(settings: Settings, where: Where | None = None) -> Router:
     )
 
 
-def optional_router(settings: Settings) -> Router | None:
-    """The local stack's router when 'stack up --router' started one, else None (direct
-    mode): what 'reconcile' needs to finish or undo an interrupted canary."""
+def optional_router(
+    settings: Settings, where: Where | None = None, files: AdapterTransport | None = None
+) -> Router | None:
+    """What 'reconcile' needs to finish or undo an interrupted canary: with
+    ``--transport=kubectl`` the Gateway router of ``where``'s namespace (``files``: the
+    kubectl transport already built, its pods are not listed twice); else the local
+    stack's router when 'stack up --router' started one, else None (direct mode)."""
+    if where is not None and where.transport == KUBECTL:
+        return gateway_router(settings, where, files)
     stack = settings.stack
     return router_client(settings) if stack and stack.router_url else None
 
 
-def live_figures(settings: Settings) -> LogFigures:
-    """A canary's live figures: the request log of the local stack's router."""
+def live_figures(settings: Settings, where: Where | None = None) -> LogFigures | PrometheusFigures:
+    """A canary's live figures: with ``--transport=kubectl`` the Inference Extension's
+    metrics in Prometheus (``--prometheus-url``, ``LORADEPLOY_PROMETHEUS_URL``); else the
+    request log of the local stack's router."""
     from loradeploy.clients.request_log import LogFigures, RequestLog
 
+    if where is not None:
+        _check_transport(where)
+        if where.transport == KUBECTL:
+            from loradeploy.clients.prometheus import PrometheusFigures
+
+            return PrometheusFigures(settings.require_prometheus_url(), verify=settings.verify)
     stack = settings.stack
-    if stack is None or stack.router_log is None:
+    if stack is None or not stack.router_url:
+        raise UsageError(
+            "no router: the stack file names none",
+            hint="start the local stack with 'loradeploy stack up --router'",
+        )
+    if stack.router_log is None:
         raise UsageError(
             "no request log: the stack file names no router with one",
             hint="start the local stack with 'loradeploy stack up --router'",
@@ -273,12 +293,13 @@ def live_figures(settings: Settings) -> LogFigures:
     return LogFigures(RequestLog(stack.router_log))
 
 
-def gateway_router(settings: Settings, where: Where) -> Router:
-    """The Kubernetes router for ``where`` (its Ready pods are listed here)."""
+def gateway_router(settings: Settings, where: Where, files: AdapterTransport | None = None) -> Router:
+    """The Kubernetes router for ``where`` (its Ready pods are listed here, unless
+    ``files`` is the kubectl transport that listed them)."""
     from loradeploy.clients.gateway import GatewayRouter
     from loradeploy.clients.kube import KubectlApi
 
-    backends = replica_urls(settings, where)
+    backends = replica_urls(settings, where, files)
     return GatewayRouter(
         KubectlApi(kubectl=where.kubectl),
         namespace=where.namespace,

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from loradeploy.domain.gates import GateDecision, Requests, ceiling_check, floor_check
 from loradeploy.domain.names import is_version_number, model_name
@@ -86,10 +86,55 @@ def split(current: str, candidate: str, candidate_percent: int) -> dict[str, int
     return {name: weight for name, weight in weights.items() if weight > 0}
 
 
+class LatencySummary(BaseModel):
+    """A window's latencies known only as a distribution (a Prometheus histogram, not
+    single requests): how many requests succeeded, and the p50 and p95 estimated from
+    the buckets; None when there is no estimate (no finished request in the window)."""
+
+    succeeded: int = Field(default=0, ge=0)
+    p50_s: float | None = Field(default=None, ge=0)
+    p95_s: float | None = Field(default=None, ge=0)
+
+
 class VersionWindow(Requests):
-    """What one versioned name did during one analysis window, from the router's records."""
+    """What one versioned name did during one analysis window: either each successful
+    request's latency (``latencies_s``, from the router's request log) or, on a cluster,
+    a ``summary`` of counts and percentiles (from the Inference Extension's metrics),
+    never both. ``requests``, ``error_rate`` and ``p(50)``/``p(95)`` read either form."""
 
     name: str
+    summary: LatencySummary | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> VersionWindow:
+        if self.summary is not None and self.latencies_s:
+            raise ValueError(f"window of {self.name}: latencies and a summary, give one of them")
+        return self
+
+    @property
+    def requests(self) -> int:
+        return super().requests if self.summary is None else self.summary.succeeded + self.errors
+
+    @property
+    def has_latencies(self) -> bool:
+        """Latency figures are known (some request succeeded and, for a summary, the
+        histogram gave both percentiles)."""
+        if self.summary is None:
+            return bool(self.latencies_s)
+        return self.summary.p50_s is not None and self.summary.p95_s is not None
+
+    @property
+    def latency_missing(self) -> bool:
+        """Requests succeeded but the histogram gave no percentiles for them (yet)."""
+        return self.summary is not None and self.summary.succeeded > 0 and not self.has_latencies
+
+    def p(self, q: float) -> float:
+        if self.summary is None:
+            return super().p(q)
+        known: dict[float, float | None] = {50: self.summary.p50_s, 95: self.summary.p95_s}
+        if q not in known:
+            raise ValueError(f"window of {self.name}: a summary holds p50 and p95 only, not p{q:g}")
+        return known[q] or 0.0
 
 
 class CanaryThresholds(BaseModel):
@@ -218,7 +263,8 @@ def analyse(
         floor_check("candidate-requests", candidate.requests, least, f"{candidate.name} in this window"),
         floor_check("current-requests", current.requests, least, f"{current.name} in this window"),
     ]
-    enough = candidate.requests >= least and current.requests >= least
+    missing = [w.name for w in (candidate, current) if w.latency_missing]
+    enough = candidate.requests >= least and current.requests >= least and not missing
     if enough:
         p50, p95 = ratio(candidate.p(50), current.p(50)), ratio(candidate.p(95), current.p(95))
         checks += [
@@ -243,8 +289,8 @@ def analyse(
             {
                 f"{role}_requests": window.requests,
                 f"{role}_errors": window.errors,
-                f"{role}_p50_s": round(window.p(50), 4) if window.latencies_s else None,
-                f"{role}_p95_s": round(window.p(95), 4) if window.latencies_s else None,
+                f"{role}_p50_s": round(window.p(50), 4) if window.has_latencies else None,
+                f"{role}_p95_s": round(window.p(95), 4) if window.has_latencies else None,
             }
         )
     decision = GateDecision(gate="canary", checks=checks, figures=figures)
@@ -254,6 +300,12 @@ def analyse(
     failed = [c.name for c in checks if not c.passed and c.name not in waiting]
     if errors_over or (quality is not None and quality.verdict == "fail") or (enough and failed):
         return Analysis(verdict="fail", decision=decision, reason=f"failed: {', '.join(failed)}")
+    if missing:
+        return Analysis(
+            verdict="insufficient",
+            decision=decision,
+            reason=f"no latency percentiles yet for {', '.join(missing)} (its histogram is empty)",
+        )
     if not enough:
         return Analysis(
             verdict="insufficient",

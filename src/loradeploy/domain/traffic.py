@@ -102,7 +102,7 @@ def windows(
 def figures(window: VersionWindow) -> dict[str, float | int | None]:
     """One version's window as plain figures (latency percentiles of successful requests,
     None when it had none)."""
-    has = bool(window.latencies_s)
+    has = window.has_latencies
     return {
         "requests": window.requests,
         "errors": window.errors,
