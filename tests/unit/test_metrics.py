@@ -123,3 +123,39 @@ def test_the_step_reads_the_log_the_replicas_and_the_routes(tmp_path: Path) -> N
     got = samples(render(taken))
     assert got[key("loradeploy_requests_total", name="m@v1", shadow="false", stable="m-live")] == 2
     assert json.loads(line)["v"] == 1
+
+
+def test_listen_serves_a_fresh_reading_for_every_scrape() -> None:
+    import socket
+    import threading
+
+    import httpx
+
+    from loradeploy.cli.metrics_command import serve
+    from loradeploy.domain.metrics import registry_of
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    records: list[RequestRecord] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(port, registry_of(lambda: Snapshot(records=records)), stop))
+    thread.start()
+    try:
+        counted = []
+        for _ in range(2):
+            records.append(rec("m@v1"))
+            for _attempt in range(100):
+                try:
+                    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                    break
+                except httpx.ConnectError:
+                    stop.wait(0.05)
+            counted.append(
+                samples(text)[key("loradeploy_requests_total", name="m@v1", shadow="false", stable="m-live")]
+            )
+        assert counted == [1, 2]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -63,8 +63,8 @@ def metrics(
         raise typer.Exit(int(exc.exit_code)) from None
 
 
-def serve(port: int, registry: CollectorRegistry) -> None:
-    """Serve ``registry`` on ``port`` of the loopback until Ctrl-C or SIGTERM."""
+def serve(port: int, registry: CollectorRegistry, stop: threading.Event | None = None) -> None:
+    """Serve ``registry`` on ``port`` of the loopback until Ctrl-C, SIGTERM or ``stop``."""
     from prometheus_client import start_http_server
 
     try:
@@ -76,7 +76,7 @@ def serve(port: int, registry: CollectorRegistry) -> None:
         raise typer.Exit(int(ExitCode.USAGE)) from None
     typer.echo(f"serving metrics on http://{LISTEN_HOST}:{port}/metrics (Ctrl-C stops)")
     try:
-        threading.Event().wait()
+        (stop or threading.Event()).wait()
     except KeyboardInterrupt:
         pass
     finally:
