@@ -28,7 +28,11 @@ def test_a_route_renders_one_entry_per_version_and_replica_under_the_stable_name
     }
     assert entries[3]["litellm_params"]["api_base"] == "http://127.0.0.1:8001/v1"
     # no retries and no fallback: a failed request is reported, not answered by another version
-    assert config["router_settings"] == {"routing_strategy": "simple-shuffle", "num_retries": 0}
+    assert config["router_settings"] == {
+        "routing_strategy": "simple-shuffle",
+        "num_retries": 0,
+        "disable_cooldowns": True,
+    }
     assert routes_of(entries) == {"m-live": {"m@v1": 95, "m@v2": 5}}
 
 

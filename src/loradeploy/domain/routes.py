@@ -81,8 +81,9 @@ def litellm_config(
     callbacks (a custom one must lie next to the configuration file).
 
     Every version gets one entry per replica with the version's weight, so each replica
-    takes an equal part of it. The proxy neither retries nor falls back: a failed request
-    is reported, never silently answered by another version. vLLM's key, if any, is read
+    takes an equal part of it. The proxy neither retries, falls back nor cools an entry
+    down: a failed request is reported, never silently answered by another version, and
+    a failing version keeps its share. vLLM's key, if any, is read
     by the proxy from its environment (``os.environ/VLLM_API_KEY``), never written here."""
     if not backends:
         raise UsageError(
@@ -105,7 +106,13 @@ def litellm_config(
     ]
     return {
         "model_list": model_list,
-        "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 0},
+        # no cooldown: the proxy would otherwise take a failing entry out of its group for
+        # a while and send its share to the others, hiding a failing canary's errors
+        "router_settings": {
+            "routing_strategy": "simple-shuffle",
+            "num_retries": 0,
+            "disable_cooldowns": True,
+        },
         "litellm_settings": {"telemetry": False, "num_retries": 0, "callbacks": list(callbacks)},
     }
 
