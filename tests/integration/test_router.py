@@ -8,7 +8,10 @@ real PEFT adapter under immutable versioned names.
   client that retries connection errors as the OpenAI SDK does, and once a change is
   applied only versions with weight answer;
 - 'stack status' shows the router and its routes; a router started again by
-  'stack up --router' serves the routes it had, on the same port.
+  'stack up --router' serves the routes it had, on the same port;
+- the router's request log has one record per request naming the version that answered
+  (the same entry as the ``x-litellm-model-id`` header), failures included, and
+  'loradeploy metrics' counts them per version.
 
 The versioned names are loaded with vLLM's own API here: no step loads them yet.
 """
@@ -26,7 +29,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from loradeploy.clients.request_log import RequestLog
 from loradeploy.clients.router import LiteLLMRouter
+from loradeploy.domain.traffic import RequestRecord
 from loradeploy.settings import STACK_FILE, read_stack
 from loradeploy.stack.local import LocalStack, StackConfig
 
@@ -68,13 +73,9 @@ def routed(stack: Stack) -> Iterator[Routed]:
         assert f"router {info.router_url}" in up.stdout
         assert info.router_key_file.stat().st_mode & 0o077 == 0  # the key is the owner's only
         key = info.router_key_file.read_text(encoding="utf-8").strip()
-        client = LiteLLMRouter(
-            url=info.router_url,
-            key=key,
-            config=info.router_config,
-            record=info.router_record,
-            backends=[stack.info.vllm_url],
-        )
+        # the client 'stack up' builds: its renderings keep the request log's callback
+        client = local.router_client([stack.info.vllm_url], url=info.router_url)
+        assert (client.config, client.record) == (info.router_config, info.router_record)
         yield Routed(local, client, info.router_url, key)
     finally:
         local.stop("router")
@@ -134,6 +135,68 @@ def test_weights_split_real_traffic(routed: Routed) -> None:
         share = counts[version] / n
         allowed = 4.5 * math.sqrt(weight * (1 - weight) / n)  # false alarm about 1 in 150,000
         assert abs(share - weight) <= allowed, (version, share, weight, allowed)
+
+
+def test_the_request_log_names_the_version_that_answered_and_metrics_count_it(
+    routed: Routed, stack: Stack
+) -> None:
+    broken, missing = "it-router-broken", "it-router@v9"  # routed to a name vLLM does not serve
+    routed.client.apply({STABLE: {V1: 50, V2: 50}, broken: {missing: 100}})
+    info = read_stack(stack.home / STACK_FILE)
+    assert info.router_log is not None
+    log = RequestLog(info.router_log)
+    since = time.time()
+    headers: list[str] = []
+    with httpx.Client(
+        base_url=routed.url, headers={"Authorization": f"Bearer {routed.key}"}, timeout=60
+    ) as http:
+        for index in range(30):
+            body = {
+                "model": STABLE,
+                "prompt": f"Question {index}: what is S3?",
+                "max_tokens": 2,
+                "temperature": 0,
+            }
+            response = http.post("/v1/completions", json=body)
+            assert response.status_code == 200, response.text
+            headers.append(response.headers["x-litellm-model-id"])
+        failed = [
+            http.post("/v1/completions", json={"model": broken, "prompt": "x", "max_tokens": 1})
+            for _ in range(3)
+        ]
+    assert [response.status_code >= 400 for response in failed] == [True] * 3
+    records: list[RequestRecord] = []
+    for _ in range(50):  # the callback writes after the answer went out
+        records = log.read(since=since - 1)
+        if len(records) >= 33:
+            break
+        time.sleep(0.1)
+    live = [r for r in records if r.stable == STABLE]
+    assert Counter(r.entry for r in live) == Counter(headers)
+    assert {r.name for r in live} == {V1, V2}
+    assert all(
+        r.ok and r.status == 200 and r.completion_tokens and r.prompt and r.answer is not None for r in live
+    )
+    assert all(not r.shadow for r in records) and log.skipped == 0
+    bad = [r for r in records if r.stable == broken]
+    assert len(bad) == 3, records
+    shown = [r.model_dump(include={"ok", "name", "status", "error"}) for r in bad]
+    assert all(not r.ok and r.name == missing and (r.status or 0) >= 400 and r.error for r in bad), shown
+
+    metrics = stack.run("metrics")
+    assert metrics.code == 0, metrics.stderr
+    total = Counter(r.name for r in log.read(since=0))
+    for name in (V1, V2):
+        labels = f'name="{name}",shadow="false",stable="{STABLE}"'
+        line = f"loradeploy_requests_total{{{labels}}} {float(total[name])}"
+        assert line in metrics.stdout, (line, metrics.stdout)
+    assert (
+        f'loradeploy_request_errors_total{{name="{missing}",shadow="false",stable="{broken}"}} 3.0'
+        in metrics.stdout
+    )
+    assert f'loradeploy_served{{name="{V1}",replica="{stack.info.vllm_url}"}} 1.0' in metrics.stdout
+    assert f'loradeploy_route_unserved_replicas{{name="{missing}",stable="{broken}"}} 1.0' in metrics.stdout
+    print(f"request log: {len(live)} live records {Counter(headers)}, {len(bad)} failures")
 
 
 def test_weight_changes_and_an_abort_fail_no_request(routed: Routed) -> None:
