@@ -213,3 +213,34 @@ def test_a_folder_the_configuration_cannot_be_written_to_is_a_project_error(tmp_
     with pytest.raises(PermanentError, match="cannot be written") as caught:
         client.write(NEW)
     assert str(client.config) in str(caught.value)
+
+
+def test_a_client_built_without_callbacks_keeps_those_the_file_lists(tmp_path: Path) -> None:
+    """The request log's callback, written by 'stack up', survives a change made by a
+    client that was not told about it; a client that names callbacks writes those."""
+    import yaml
+
+    from loradeploy.domain.routes import REQUEST_LOG_CALLBACK, proxy_callbacks
+
+    config = tmp_path / "config.yaml"
+    shipped = LiteLLMRouter(
+        url="http://router.test",
+        key="k",
+        config=config,
+        record=tmp_path / "r.json",
+        backends=BACKENDS,
+        callbacks=proxy_callbacks(request_log=True),
+    )
+    shipped.write(OLD)
+    plain = LiteLLMRouter(
+        url="http://router.test", key="k", config=config, record=tmp_path / "r.json", backends=BACKENDS
+    )
+    plain.write(NEW)
+    written = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert written["litellm_settings"]["callbacks"] == ["prometheus", REQUEST_LOG_CALLBACK]
+    assert plain.routes() == NEW
+    config.unlink()
+    plain.write(NEW)  # no file yet: the proxy's metrics only
+    assert yaml.safe_load(config.read_text(encoding="utf-8"))["litellm_settings"]["callbacks"] == [
+        "prometheus"
+    ]

@@ -67,10 +67,12 @@ class LiteLLMRouter:
         backends: list[str],
         http: httpx.Client | None = None,
         hangup: Callable[[int], None] | None = None,
-        callbacks: Sequence[str] = PROXY_CALLBACKS,
+        callbacks: Sequence[str] | None = None,
     ) -> None:
         self.url, self.config, self.record, self.backends = url.rstrip("/"), config, record, backends
-        self.callbacks = tuple(callbacks)
+        # None: keep the callbacks the file lists now (the request log's, when 'stack up'
+        # shipped it), so a client built without them never drops them
+        self.callbacks = None if callbacks is None else tuple(callbacks)
         self.http = http or httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
         self.headers = {"Authorization": f"Bearer {key}"}
         self.hangup = hangup or (lambda pid: os.kill(pid, signal.SIGHUP))
@@ -90,6 +92,18 @@ class LiteLLMRouter:
                 hint="fix it, or delete it (its routes are lost), then run 'loradeploy stack up --router'",
             ) from exc
         return routes_of(data.get("model_list") or [])
+
+    def configured_callbacks(self) -> tuple[str, ...]:
+        """The callbacks the configuration file lists (the proxy's metrics if none)."""
+        try:
+            data = yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return PROXY_CALLBACKS
+        settings = data.get("litellm_settings") if isinstance(data, dict) else None
+        listed = settings.get("callbacks") if isinstance(settings, dict) else None
+        if isinstance(listed, list) and listed and all(isinstance(name, str) for name in listed):
+            return tuple(listed)
+        return PROXY_CALLBACKS
 
     def serving(self) -> Routes:
         """The routes the proxy's answering worker serves, from ``GET /model/info``."""
@@ -121,7 +135,8 @@ class LiteLLMRouter:
     def render(self, routes: Mapping[str, Mapping[str, int]]) -> str:
         """The configuration text for ``routes``; refused unless it reads back as them."""
         wanted = check_routes(routes)
-        text = yaml.safe_dump(litellm_config(wanted, self.backends, self.callbacks), sort_keys=False)
+        callbacks = self.callbacks if self.callbacks is not None else self.configured_callbacks()
+        text = yaml.safe_dump(litellm_config(wanted, self.backends, callbacks), sort_keys=False)
         if routes_of(yaml.safe_load(text)["model_list"]) != wanted:
             raise PermanentError(
                 "the router configuration did not read back as the routes asked for",
