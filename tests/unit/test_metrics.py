@@ -159,3 +159,42 @@ def test_listen_serves_a_fresh_reading_for_every_scrape() -> None:
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+class FakeAudit:
+    """The audit history's search: runs as MLflow returns them (tags, params, start time)."""
+
+    def __init__(self, runs: list[tuple[str, str, str, str, str]]) -> None:
+        self.runs = [
+            {
+                "tags": {"loradeploy.model": model, "loradeploy.alias": alias, "loradeploy.step": step},
+                "params": {"from_version": old, "to_version": new, "reason": "r"},
+                "start_time": "1796000000000",
+            }
+            for model, alias, step, old, new in runs
+        ]
+
+    def record_action(self, **_: object) -> str:
+        raise AssertionError("metrics never writes the history")
+
+    def search_actions(self, *, experiment: str, filter_string: str) -> list[dict[str, object]]:
+        return [run for run in self.runs if f"= '{run['tags']['loradeploy.model']}'" in filter_string]
+
+
+def test_alias_moves_are_counted_per_model_alias_and_step(tmp_path: Path) -> None:
+    audit = FakeAudit(
+        [
+            ("m", "live", "promote-adapter", "1", "2"),
+            ("m", "live", "promote-adapter", "2", "3"),
+            ("m", "live", "rollback", "3", "2"),
+            ("m", "(abandon)", "unlock", "", ""),  # a decision, not a move
+            ("other", "live", "promote-adapter", "1", "2"),  # not asked for
+        ]
+    )
+    taken = snapshot(RequestLog(tmp_path / "none.jsonl"), [], dict, audit=audit, models=["m"])
+    got = samples(render(taken))
+    assert got[key("loradeploy_alias_moves_total", model="m", alias="live", step="promote-adapter")] == 2
+    assert got[key("loradeploy_alias_moves_total", model="m", alias="live", step="rollback")] == 1
+    assert not [name for name, labels in got if dict(labels).get("model") == "other"]
+    assert not [name for name, labels in got if dict(labels).get("alias") == "(abandon)"]
+    assert "loradeploy_alias_moves" not in render(Snapshot())  # no model asked for: no family

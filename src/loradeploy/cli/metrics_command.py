@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from loradeploy.cli.common import _print_error, _secrets, _settings
-from loradeploy.cli.options import ApiKey, CaBundle
+from loradeploy.cli.common import _print_error, _registry, _secrets, _settings
+from loradeploy.cli.options import ApiKey, CaBundle, TrackingUri
 from loradeploy.errors import ExitCode, LoraDeployError, UsageError, redact
 
 if TYPE_CHECKING:
@@ -27,20 +27,31 @@ def metrics(
             max=65535,
         ),
     ] = None,
+    model_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-name", help="Also count this model's alias moves from its history (repeatable)."
+        ),
+    ] = None,
+    tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
     ca_bundle: CaBundle = None,
 ) -> None:
     """Routed mode's figures per versioned name (local stack's router, 'stack up
     --router'): requests, errors, latency and tokens from the router's request log, which
     replica serves which versioned name, the routes and the replicas that do not serve a
-    routed version. Prints them once in Prometheus's text format, or serves them."""
+    routed version; with --model-name, the alias moves its history records. Prints them
+    once in Prometheus's text format, or serves them."""
     try:
         from loradeploy.clients import wiring
         from loradeploy.clients.request_log import RequestLog
         from loradeploy.domain.metrics import Snapshot, registry_of, render
+        from loradeploy.domain.names import model_name as checked_model_name
         from loradeploy.steps.metrics import snapshot
 
-        settings = _settings(api_key=api_key, ca_bundle=ca_bundle)
+        models = [checked_model_name(name) for name in model_name or []]
+        settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
+        audit = _registry(settings) if models else None
         router = wiring.router_client(settings)
         stack = settings.stack
         if stack is None or stack.router_log is None:
@@ -52,7 +63,7 @@ def metrics(
         with wiring.replicas(settings, router.backends) as replicas:
 
             def take() -> Snapshot:
-                return snapshot(log, replicas, router.routes)
+                return snapshot(log, replicas, router.routes, audit=audit, models=models)
 
             if listen is None:
                 typer.echo(render(take()), nl=False)

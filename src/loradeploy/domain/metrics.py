@@ -34,6 +34,9 @@ class Snapshot:
     # replica URL -> versioned names it serves; None: the replica did not answer
     served: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
     routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # stable -> {name: weight}
+    # (model, alias, step) of every alias move the audit history records, for the models
+    # asked for (it records moves, not how long a swap took)
+    moves: Sequence[tuple[str, str, str]] = ()
 
 
 def _labels(record: RequestRecord) -> tuple[str, str, str]:
@@ -124,10 +127,22 @@ def serving_families(
     return [up, resident, weight, unserved]
 
 
+def move_families(moves: Sequence[tuple[str, str, str]]) -> list[Metric]:
+    counted = CounterMetricFamily(
+        f"{PREFIX}_alias_moves",
+        "Alias moves the audit history records (promotions, rollbacks, route changes).",
+        labels=["model", "alias", "step"],
+    )
+    for (model, alias, step), count in sorted(Counter(moves).items()):
+        counted.add_metric([model, alias, step], count)
+    return [counted] if moves else []
+
+
 def families(snapshot: Snapshot) -> list[Metric]:
     return [
         *request_families(snapshot.records, snapshot.skipped_lines),
         *serving_families(snapshot.served, snapshot.routes),
+        *move_families(snapshot.moves),
     ]
 
 

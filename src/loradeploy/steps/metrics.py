@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from loradeploy.clients.request_log import RequestLog
+from loradeploy.coordination.audit import AuditRegistry, history
 from loradeploy.domain.canary import parse_versioned_name
 from loradeploy.domain.metrics import Snapshot
 from loradeploy.errors import LoraDeployError
@@ -41,8 +42,24 @@ def snapshot(
     routes: Callable[[], Mapping[str, Mapping[str, int]]],
     *,
     since: float = 0.0,
+    audit: AuditRegistry | None = None,
+    models: Sequence[str] = (),
 ) -> Snapshot:
     records = log.read(since=since)
     return Snapshot(
-        records=records, skipped_lines=log.skipped, served=served_versions(replicas), routes=routes()
+        records=records,
+        skipped_lines=log.skipped,
+        served=served_versions(replicas),
+        routes=routes(),
+        moves=alias_moves(audit, models) if audit is not None else (),
     )
+
+
+def alias_moves(audit: AuditRegistry, models: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(model, alias, step) of every alias move the audit history records for ``models``."""
+    return [
+        (model, str(row["alias"]), str(row["step"]))
+        for model in models
+        for row in history(audit, model)
+        if row.get("from_version") or row.get("to_version")  # a move, not a recorded decision
+    ]
