@@ -16,7 +16,7 @@ import pytest
 
 from loradeploy.clients import router as router_module
 from loradeploy.clients.router import LiteLLMRouter
-from loradeploy.domain.routes import litellm_config
+from loradeploy.domain.routes import Shadow, litellm_config
 from loradeploy.errors import DeadlineExceededError, PermanentError, ServerUnavailableError, UsageError
 
 OLD = {"m-live": {"m@v1": 100}}
@@ -27,7 +27,7 @@ BACKENDS = ["http://127.0.0.1:9"]
 class FakeProxy:
     """Answers /model/info with the entries of ``answers`` in turn (the last repeats)."""
 
-    def __init__(self, *answers: dict[str, dict[str, int]] | int) -> None:
+    def __init__(self, *answers: dict[str, dict[str, int]] | list[object] | int) -> None:
         self.answers = list(answers)
         self.hups: list[int] = []
         self.calls = 0
@@ -38,6 +38,8 @@ class FakeProxy:
         self.calls += 1
         if isinstance(answer, int):
             return httpx.Response(answer, text="no")
+        if isinstance(answer, list):  # entries as given (a configuration with shadows)
+            return httpx.Response(200, json={"data": answer})
         return httpx.Response(200, json={"data": litellm_config(answer, BACKENDS)["model_list"]})
 
 
@@ -244,3 +246,22 @@ def test_a_client_built_without_callbacks_keeps_those_the_file_lists(tmp_path: P
     assert yaml.safe_load(config.read_text(encoding="utf-8"))["litellm_settings"]["callbacks"] == [
         "prometheus"
     ]
+
+
+def test_a_shadow_is_written_and_confirmed_with_the_routes(tmp_path: Path) -> None:
+    shadow = {"m-live": Shadow("m@v2", 20)}
+    served = litellm_config(OLD, BACKENDS, shadows=shadow)["model_list"]
+    proxy = FakeProxy(OLD, served)
+    client = make(tmp_path, proxy)
+    client.apply(OLD, shadow, deadline_s=10)
+    assert client.routes() == OLD and client.shadows() == shadow
+    assert client.serving_shadows() == shadow
+    client.write(OLD)  # no shadow given: none kept
+    assert client.shadows() == {}
+
+
+def test_a_shadow_the_proxy_never_shows_is_not_confirmed(tmp_path: Path) -> None:
+    proxy = FakeProxy(OLD)  # serves the route without the shadow
+    client = make(tmp_path, proxy)
+    with pytest.raises(DeadlineExceededError):
+        client.apply(OLD, {"m-live": Shadow("m@v2", 20)}, deadline_s=0.2)

@@ -7,7 +7,16 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loradeploy.domain.routes import check_routes, litellm_config, routes_of, version_of
+from loradeploy.domain.routes import (
+    Shadow,
+    check_routes,
+    check_shadows,
+    describe,
+    litellm_config,
+    routes_of,
+    shadows_of,
+    version_of,
+)
 from loradeploy.errors import UsageError
 
 BACKENDS = ["http://127.0.0.1:8000", "http://127.0.0.1:8001/"]
@@ -93,3 +102,78 @@ def route_sets(draw: st.DrawFn) -> dict[str, dict[str, int]]:
 def test_any_routes_survive_the_yaml_round_trip(routes: dict[str, dict[str, int]], replicas: int) -> None:
     text = yaml.safe_dump(litellm_config(routes, BACKENDS[:1] * replicas))
     assert routes_of(yaml.safe_load(text)["model_list"]) == check_routes(routes)
+
+
+# -- shadows ----------------------------------------------------------------------------------
+
+
+def test_a_shadow_splits_every_target_into_a_plain_and_a_mirroring_entry() -> None:
+    config = litellm_config({"m-live": {"m@v1": 100}}, BACKENDS[:1], shadows={"m-live": Shadow("m@v2", 10)})
+    entries = config["model_list"]
+    assert isinstance(entries, list)
+    rows = [
+        (
+            e["model_name"],
+            e["model_info"]["id"],
+            e["litellm_params"]["weight"],
+            e["litellm_params"].get("silent_model"),
+        )
+        for e in entries
+    ]
+    assert rows == [
+        ("m-live", "m@v1", 9000, None),
+        ("m-live", "m@v1#mirror", 1000, "m@v2"),
+        ("m@v2", "m@v2#shadow", 1, None),  # the candidate's own group, under its versioned name
+    ]
+    assert entries[2]["litellm_params"]["model"] == "hosted_vllm/m@v2"
+    assert routes_of(entries) == {"m-live": {"m@v1": 100}}
+    assert shadows_of(entries) == {"m-live": Shadow("m@v2", 10)}
+    assert describe({"m@v1": 100}, Shadow("m@v2", 10)) == "m@v1 100 %; shadow m@v2 10 %"
+
+
+def test_a_full_shadow_has_only_mirroring_entries_and_several_replicas_tag_each() -> None:
+    config = litellm_config({"m-live": {"m@v1": 100}}, BACKENDS, shadows={"m-live": Shadow("m@v2", 100)})
+    ids = [e["model_info"]["id"] for e in config["model_list"]]
+    assert ids == ["m@v1#0.mirror", "m@v1#1.mirror", "m@v2#0.shadow", "m@v2#1.shadow"]
+    assert {version_of(i) for i in ids} == {"m@v1", "m@v2"}
+
+
+@pytest.mark.parametrize(
+    ("shadow", "words"),
+    [
+        (Shadow("m@v2", 0), "within 1..100"),
+        (Shadow("m@v2", 101), "within 1..100"),
+        (Shadow("m@v2", True), "within 1..100"),  # type: ignore[arg-type]
+        (Shadow("m-v2", 10), "not a versioned name"),
+        (Shadow("n@v2", 10), "not a version of the route's model"),
+        (Shadow("m@v1", 10), "already has weight"),
+    ],
+)
+def test_bad_shadows_are_refused_naming_the_route(shadow: Shadow, words: str) -> None:
+    with pytest.raises(UsageError, match=words) as caught:
+        check_shadows({"m-live": shadow}, {"m-live": {"m@v1": 100}})
+    assert caught.value.hint
+    with pytest.raises(UsageError, match="has no route"):
+        check_shadows({"x-live": Shadow("m@v2", 5)}, {"m-live": {"m@v1": 100}})
+
+
+@given(route_sets(), st.integers(1, 3), st.data())
+def test_any_shadows_survive_the_yaml_round_trip_and_no_stable_name_reaches_a_candidate(
+    routes: dict[str, dict[str, int]], replicas: int, data: st.DataObject
+) -> None:
+    shadows = {
+        stable: Shadow(f"{stable}@v{data.draw(st.integers(51, 60))}", data.draw(st.integers(1, 100)))
+        for stable in routes
+        if data.draw(st.booleans())
+    }
+    entries = yaml.safe_load(
+        yaml.safe_dump(litellm_config(routes, BACKENDS[:1] * replicas, shadows=shadows))
+    )["model_list"]
+    assert routes_of(entries) == check_routes(routes)
+    assert shadows_of(entries) == shadows
+    ids = [e["model_info"]["id"] for e in entries]
+    assert len(ids) == len(set(ids))  # the proxy needs unique ids
+    for entry in entries:  # clients calling a stable name only reach versions with weight
+        if entry["model_name"] in routes:
+            target = entry["litellm_params"]["model"].removeprefix("hosted_vllm/")
+            assert target in check_routes(routes)[entry["model_name"]]

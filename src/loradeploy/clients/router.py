@@ -33,7 +33,17 @@ from typing import Protocol
 import httpx
 import yaml
 
-from loradeploy.domain.routes import PROXY_CALLBACKS, Routes, check_routes, litellm_config, routes_of
+from loradeploy.domain.routes import (
+    PROXY_CALLBACKS,
+    Routes,
+    Shadow,
+    Shadows,
+    check_routes,
+    check_shadows,
+    litellm_config,
+    routes_of,
+    shadows_of,
+)
 from loradeploy.errors import DeadlineExceededError, PermanentError, ServerUnavailableError, UsageError
 
 
@@ -81,17 +91,25 @@ class LiteLLMRouter:
 
     def routes(self) -> Routes:
         """The routes in the configuration file (what the proxy serves once settled)."""
+        return routes_of(self._configured())
+
+    def shadows(self) -> Shadows:
+        """The shadows in the configuration file."""
+        return shadows_of(self._configured())
+
+    def _configured(self) -> list[object]:
         try:
             data = yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
-            return {}
+            return []
         except (OSError, yaml.YAMLError) as exc:
             problem = " ".join(str(exc).split())[:200]
             raise PermanentError(
                 f"router configuration {self.config} cannot be read: {problem}",
                 hint="fix it, or delete it (its routes are lost), then run 'loradeploy stack up --router'",
             ) from exc
-        return routes_of(data.get("model_list") or [])
+        model_list = data.get("model_list") if isinstance(data, dict) else None
+        return model_list if isinstance(model_list, list) else []
 
     def configured_callbacks(self) -> tuple[str, ...]:
         """The callbacks the configuration file lists (the proxy's metrics if none)."""
@@ -107,6 +125,13 @@ class LiteLLMRouter:
 
     def serving(self) -> Routes:
         """The routes the proxy's answering worker serves, from ``GET /model/info``."""
+        return routes_of(self._model_info())
+
+    def serving_shadows(self) -> Shadows:
+        """The shadows the proxy's answering worker serves, from ``GET /model/info``."""
+        return shadows_of(self._model_info())
+
+    def _model_info(self) -> list[object]:
         try:
             response = self.http.get(f"{self.url}/model/info", headers=self.headers)
         except httpx.HTTPError as exc:
@@ -128,25 +153,34 @@ class LiteLLMRouter:
                 f"router at {self.url} answered /model/info with no JSON list",
                 hint="check that the URL is the router's",
             ) from exc
-        return routes_of(data if isinstance(data, list) else [])
+        return data if isinstance(data, list) else []
 
     # -- change ---------------------------------------------------------------------------
 
-    def render(self, routes: Mapping[str, Mapping[str, int]]) -> str:
-        """The configuration text for ``routes``; refused unless it reads back as them."""
+    def render(
+        self, routes: Mapping[str, Mapping[str, int]], shadows: Mapping[str, Shadow] | None = None
+    ) -> str:
+        """The configuration text for ``routes`` and ``shadows``; refused unless it reads
+        back as them."""
         wanted = check_routes(routes)
+        mirrored = check_shadows(shadows or {}, wanted)
         callbacks = self.callbacks if self.callbacks is not None else self.configured_callbacks()
-        text = yaml.safe_dump(litellm_config(wanted, self.backends, callbacks), sort_keys=False)
-        if routes_of(yaml.safe_load(text)["model_list"]) != wanted:
+        text = yaml.safe_dump(
+            litellm_config(wanted, self.backends, callbacks, shadows=mirrored), sort_keys=False
+        )
+        model_list = yaml.safe_load(text)["model_list"]
+        if routes_of(model_list) != wanted or shadows_of(model_list) != mirrored:
             raise PermanentError(
                 "the router configuration did not read back as the routes asked for",
                 hint="report this: nothing was changed",
             )
         return text
 
-    def write(self, routes: Mapping[str, Mapping[str, int]]) -> None:
+    def write(
+        self, routes: Mapping[str, Mapping[str, int]], shadows: Mapping[str, Shadow] | None = None
+    ) -> None:
         """Replace the configuration file in one rename (no signal)."""
-        text = self.render(routes)
+        text = self.render(routes, shadows)
         temporary = None
         try:
             self.config.parent.mkdir(parents=True, exist_ok=True)
@@ -183,13 +217,21 @@ class LiteLLMRouter:
             ) from exc
         return pid
 
-    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
-        """Make the proxy serve ``routes`` (every stable name it serves: a name left out
-        is no longer routed). Returns the seconds until the change was confirmed."""
+    def apply(
+        self,
+        routes: Mapping[str, Mapping[str, int]],
+        shadows: Mapping[str, Shadow] | None = None,
+        *,
+        deadline_s: float = 60.0,
+    ) -> float:
+        """Make the proxy serve ``routes`` and ``shadows`` (every stable name it serves: a
+        name left out is no longer routed, a shadow left out is removed). Returns the
+        seconds until the change was confirmed."""
         wanted = check_routes(routes)
+        mirrored = check_shadows(shadows or {}, wanted)
         pid = self.master_pid()
         started = time.monotonic()
-        self.write(wanted)
+        self.write(wanted, mirrored)
         try:
             self.hangup(pid)
         except OSError as exc:
@@ -197,7 +239,8 @@ class LiteLLMRouter:
                 f"router (pid {pid}) exited before it got the new routes: {exc.strerror or exc}",
                 hint="start it with 'loradeploy stack up --router'; the file holds the new routes",
             ) from exc
-        seen, last = 0, None
+        seen: int = 0
+        last: tuple[Routes, Shadows] | None = None
         while seen < CONFIRMATIONS:
             elapsed = time.monotonic() - started
             if elapsed > deadline_s:
@@ -207,10 +250,11 @@ class LiteLLMRouter:
                     hint="check it with 'loradeploy stack status'; the file holds the new routes",
                 )
             try:
-                last = self.serving()
+                served = self._model_info()
+                last = (routes_of(served), shadows_of(served))
             except ServerUnavailableError:
                 last = None  # workers being replaced
-            seen = seen + 1 if last == wanted else 0
+            seen = seen + 1 if last == (wanted, mirrored) else 0
             if seen < CONFIRMATIONS:
                 time.sleep(POLL_S)
         return time.monotonic() - started
