@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from loradeploy.domain.shadow import (
     pair_records,
     score_pairs,
 )
+from loradeploy.steps.shadow import ShadowScore, score_shadow
 
 STABLE, LIVE, CANDIDATE = "m-live", "m@v1", "m@v2"
 
@@ -173,3 +175,84 @@ def test_pairs_without_logged_text_leave_the_result_inconclusive() -> None:
     scored, pairing = scores_of([({"answer": None}, {"answer": None})] * 25)
     analysis = decide(scored, pairing, ShadowThresholds(), judge_accuracy=0, calibration_asked=0)
     assert analysis.verdict == "insufficient" and "not logged" in analysis.reason
+
+
+# -- the step ---------------------------------------------------------------------------------
+
+
+class FakeJudge:
+    """A judge that prefers an answer to the request asked (its number at the end), then
+    one that contains ``good``; between equals it names A, as a position-biased judge
+    does. ``attentive=False``: it always names A. Counts the questions."""
+
+    def __init__(self, good: str, *, attentive: bool = True) -> None:
+        self.good, self.attentive, self.asked = good, attentive, 0
+
+    def chat_completion(
+        self, model: str, messages: Sequence[dict[str, str]], *, max_tokens: int = 8, seed: int | None = 0
+    ) -> FakeReply:
+        self.asked += 1
+        text = messages[-1]["content"]
+        number = text.split("Request: question ", 1)[1].split("\n", 1)[0]
+        a = text.split("Answer A: ", 1)[1].split("\n", 1)[0]
+        b = text.split("Answer B: ", 1)[1].split("\n", 1)[0]
+
+        def merit(answer: str) -> tuple[bool, bool]:
+            return answer.endswith(f" {number}"), self.good in answer
+
+        return FakeReply("B" if self.attentive and merit(b) > merit(a) else "A")
+
+
+@dataclass(frozen=True)
+class FakeReply:
+    text: str
+
+
+def traffic(live_answer: str, shadow_answer: str, count: int = 24) -> list[FakeRecord]:
+    records = []
+    for i in range(count):
+        prompt = f"question {i}"
+        records.append(live(i, f"k{i}", prompt=prompt, answer=f"{live_answer} {i}"))
+        records.append(mirrored(i + 0.05, f"k{i}", prompt=prompt, answer=f"{shadow_answer} {i}"))
+    return records
+
+
+def shadow_of(records: list[FakeRecord], judge: FakeJudge) -> ShadowScore:
+    return score_shadow(
+        records,
+        stable=STABLE,
+        candidate=CANDIDATE,
+        judge=judge,
+        judge_model="j",
+        thresholds=ShadowThresholds(),
+    )
+
+
+def test_a_candidate_the_calibrated_judge_prefers_is_non_inferior() -> None:
+    judge = FakeJudge(good="better")
+    scored = shadow_of(traffic("plain", "better"), judge)
+    assert scored.analysis.verdict == "pass", scored.analysis.reason
+    assert judge.asked == 2 * 24 + 16  # both orders per pair, and 8 known pairs in both orders
+    assert scored.analysis.decision.figures["candidate_win_rate"] == 1.0
+    assert scored.analysis.decision.figures["judge_accuracy"] == 1.0
+    assert [p.how for p in scored.pairs] == ["judge"] * 24
+
+
+def test_a_candidate_the_calibrated_judge_finds_worse_is_not_non_inferior() -> None:
+    scored = shadow_of(traffic("better", "plain"), FakeJudge(good="better"))
+    assert scored.analysis.verdict == "fail"
+    assert scored.analysis.decision.figures["preference_diff_ci_high"] == -1.0
+
+
+def test_an_uncalibrated_judge_leaves_judged_pairs_inconclusive() -> None:
+    scored = shadow_of(traffic("better", "plain"), FakeJudge(good="better", attentive=False))
+    assert scored.analysis.verdict == "insufficient"
+    assert "uncalibrated" in scored.analysis.reason
+    assert scored.analysis.decision.figures["judge_accuracy"] == 0.5
+
+
+def test_a_candidate_that_fails_is_caught_without_asking_the_judge() -> None:
+    records = [replace(r, ok=False) if r.shadow else r for r in traffic("same", "same")]
+    judge = FakeJudge(good="x")
+    assert shadow_of(records, judge).analysis.verdict == "fail"
+    assert judge.asked == 0
