@@ -13,11 +13,12 @@ import httpx
 import pytest
 import yaml
 
-from loradeploy.cli.route_command import parse_weights
+from loradeploy.cli.route_command import parse_shadow, parse_weights
 from loradeploy.clients import router as router_module
 from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
+from loradeploy.domain.routes import Shadow
 from loradeploy.errors import LockHeldError, NotFoundError, UsageError
 from loradeploy.steps.route import route
 from support.fake_registry import FakeAliasRegistry
@@ -147,3 +148,50 @@ def test_bad_weights_text_is_a_usage_error(text: str, words: str) -> None:
     with pytest.raises(UsageError, match=words):
         parse_weights(text)
     assert parse_weights("m@v1=95, m@v2=5") == {"m@v1": 95, "m@v2": 5}
+
+
+def test_a_shadow_is_set_recorded_and_dropped_by_a_route_without_one(setup: Setup) -> None:
+    registry, servers, clients, router, _ = setup
+    servers[0].adapters["m@v3"] = servers[1].adapters["m@v3"] = "/a/3"
+    router.write({"other-live": {"other@v3": 100}, "x-live": {"m@v2": 100}}, {"x-live": Shadow("m@v3", 5)})
+    result = route(
+        registry,
+        clients,
+        router,
+        stable="m-live",
+        weights={"m@v1": 100},
+        actor=ACTOR,
+        reason="shadow by hand",
+        shadow=Shadow("m@v2", 10),
+    )
+    assert router.shadows() == {"m-live": Shadow("m@v2", 10), "x-live": Shadow("m@v3", 5)}  # others stay
+    assert result.details["shadow_after"] == "shadow m@v2 10 %"
+    assert "no route -> m@v1 100 %; shadow m@v2 10 %" in str(registry.audit[0]["params"])
+    route(registry, clients, router, stable="m-live", weights={"m@v1": 100}, actor=ACTOR, reason="")
+    assert router.shadows() == {"x-live": Shadow("m@v3", 5)}
+    assert router.routes()["m-live"] == {"m@v1": 100}
+
+
+def test_a_shadow_one_replica_does_not_serve_changes_nothing(setup: Setup) -> None:
+    registry, servers, clients, router, proxy = setup
+    del servers[1].adapters["m@v2"]
+    before = router.config.read_bytes()
+    with pytest.raises(NotFoundError, match="does not serve m@v2"):
+        route(
+            registry,
+            clients,
+            router,
+            stable="m-live",
+            weights={"m@v1": 100},
+            actor=ACTOR,
+            reason="",
+            shadow=Shadow("m@v2", 10),
+        )
+    assert router.config.read_bytes() == before and proxy.hups == 0 and registry.audit == []
+
+
+@pytest.mark.parametrize("text", ["m@v2", "m@v2=", "=5", "m@v2=ten", "m@v2=-1"])
+def test_bad_shadow_text_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError, match="not NAME@vN=PERCENT"):
+        parse_shadow(text)
+    assert parse_shadow(" m@v2=10 ") == ("m@v2", 10)

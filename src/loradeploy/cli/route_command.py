@@ -38,6 +38,17 @@ def parse_weights(text: str) -> dict[str, int]:
     return weights
 
 
+def parse_shadow(text: str) -> tuple[str, int]:
+    """``aws-rag-qa@v2=10`` -> the versioned name and the percentage mirrored to it."""
+    name, sep, value = text.strip().partition("=")
+    if not sep or not name or not (value.isascii() and value.isdigit()):
+        raise UsageError(
+            f"--shadow {text.strip()!r} is not NAME@vN=PERCENT",
+            hint="pass for example --shadow=aws-rag-qa@v2=10",
+        )
+    return name, int(value)
+
+
 def route(
     stable_name: Annotated[
         str, typer.Option("--stable-name", help="The name clients call, e.g. aws-rag-qa-live.")
@@ -47,6 +58,14 @@ def route(
         typer.Option("--weights", help="Versioned names and percentages summing to 100: m@v1=95,m@v2=5."),
     ],
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the model's history.")] = "",
+    shadow: Annotated[
+        str | None,
+        typer.Option(
+            "--shadow",
+            help="Mirror PERCENT of the chat requests to a version with no weight, whose answers no "
+            "client sees: m@v2=10. Without it the route has no shadow.",
+        ),
+    ] = None,
     output_dir: OutputDir = None,
     tracking_uri: TrackingUri = None,
     api_key: ApiKey = None,
@@ -65,12 +84,15 @@ def route(
 
     def action() -> StepResult:
         from loradeploy.clients import wiring
-        from loradeploy.domain.routes import check_routes
+        from loradeploy.domain.routes import Shadow, check_routes, check_shadows
         from loradeploy.steps.route import model_of
         from loradeploy.steps.route import route as step
 
         parsed = parse_weights(weights)
-        model_of(stable_name, check_routes({stable_name: parsed})[stable_name])  # input first
+        mirror = Shadow(*parse_shadow(shadow)) if shadow is not None else None
+        checked = check_routes({stable_name: parsed})
+        model_of(stable_name, checked[stable_name])  # input first
+        check_shadows({stable_name: mirror} if mirror else {}, checked)
         settings = _settings(tracking_uri=tracking_uri, api_key=api_key, ca_bundle=ca_bundle)
         where = wiring.Where(None, transport, namespace, selector, container, kubectl=kubectl)
         router = wiring.router_client(settings, where)
@@ -83,6 +105,7 @@ def route(
                 weights=parsed,
                 actor=_actor(settings, "route"),
                 reason=reason or "set by hand",
+                shadow=mirror,
             )
 
     _run("route", output_dir, action)
