@@ -110,3 +110,15 @@ def test_removing_the_shadow_leaves_the_route(routed: Routed) -> None:  # noqa: 
     assert routed.client.shadows() == {}
     assert routed.client.serving_shadows() == {}
     assert routed.client.serving() == {STABLE: {V1: 100}}
+
+
+def test_status_shows_the_shadow_and_a_restarted_router_keeps_it(routed: Routed, stack: Stack) -> None:  # noqa: F811
+    routed.client.apply({STABLE: {V1: 100}}, {STABLE: Shadow(V2, 10)})
+    status = stack.run("stack", "status")
+    assert status.code == 0, status.stderr
+    assert f"route {STABLE} -> {V1} 100 %; shadow {V2} 10 %" in status.stdout
+    routed.local.stop("router")
+    up = stack.run("stack", "up", "--router")
+    assert up.code == 0, up.stderr
+    assert routed.client.serving_shadows() == {STABLE: Shadow(V2, 10)}
+    routed.client.apply({STABLE: {V1: 100}})

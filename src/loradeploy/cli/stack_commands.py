@@ -85,11 +85,12 @@ def _render_stack(stack: Any) -> None:
         from loradeploy.domain.routes import describe
 
         try:
-            routes = stack.router_client([]).routes()
+            client = stack.router_client([])
+            routes, shadows = client.routes(), client.shadows()
         except LoraDeployError as exc:
             out.print(f"routes: {exc.one_line()}")
             return
         for stable, weights in sorted(routes.items()):
-            out.print(f"route {stable} -> {describe(weights)}")
+            out.print(f"route {stable} -> {describe(weights, shadows.get(stable))}")
         if not routes:
             out.print("routes: none yet")

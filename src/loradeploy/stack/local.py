@@ -413,11 +413,11 @@ class LocalStack:
         return env
 
     def start_router(self, backends: list[str], on_tick: Tick | None = None) -> ProcessRecord:
-        """Start the proxy on the routes its configuration file holds (none the first
-        time), rendered again for the vLLM servers running now."""
+        """Start the proxy on the routes (and shadows) its configuration file holds (none
+        the first time), rendered again for the vLLM servers running now."""
         router = self.router_client(backends)
         self.place_router_callback()
-        router.write(router.routes())
+        router.write(router.routes(), router.shadows())
         return self._start(
             "router",
             self.router_command(),
