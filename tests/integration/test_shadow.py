@@ -57,14 +57,6 @@ def test_a_shadow_is_rendered_read_back_and_served(routed: Routed) -> None:  # n
     assert routed.client.shadows() == {STABLE: Shadow(V2, 50)}
     assert routed.client.serving() == {STABLE: {V1: 100}}  # the candidate's group is no route
     assert routed.client.serving_shadows() == {STABLE: Shadow(V2, 50)}
-    # the candidate's own group answers a client that names it (the README says so)
-    direct = httpx.post(
-        f"{routed.url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {routed.key}"},
-        json={"model": V2, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
-        timeout=120,
-    )
-    assert direct.status_code == 200 and direct.headers["x-litellm-model-id"] == f"{V2}#shadow"
 
 
 def test_clients_get_only_the_live_answer_while_the_candidate_gets_mirrored_chats(
@@ -129,4 +121,12 @@ def test_status_shows_the_shadow_and_a_restarted_router_keeps_it(routed: Routed,
     up = stack.run("stack", "up", "--router")
     assert up.code == 0, up.stderr
     assert routed.client.serving_shadows() == {STABLE: Shadow(V2, 10)}
+    # the candidate's own group answers a client that names it (the README says so)
+    direct = httpx.post(
+        f"{routed.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {routed.key}"},
+        json={"model": V2, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        timeout=120,
+    )
+    assert direct.status_code == 200 and direct.headers["x-litellm-model-id"] == f"{V2}#shadow"
     routed.client.apply({STABLE: {V1: 100}})

@@ -29,7 +29,7 @@ class FakeRecord:
     """A request-log record as domain.traffic reads it (only the fields shadow uses)."""
 
     start: float
-    key: str
+    key: str | None
     shadow: bool = False
     stable: str = STABLE
     name: str = LIVE
@@ -38,13 +38,13 @@ class FakeRecord:
     answer: str | None = "an answer"
 
 
-def live(start: float, key: str, **kw: object) -> FakeRecord:
-    return FakeRecord(start, key, **kw)  # type: ignore[arg-type]
+def live(start: float, key: str | None, **kw: object) -> FakeRecord:
+    return FakeRecord(start, key, **kw)
 
 
-def mirrored(start: float, key: str, **kw: object) -> FakeRecord:
+def mirrored(start: float, key: str | None, **kw: object) -> FakeRecord:
     fields: dict[str, object] = {"shadow": True, "stable": CANDIDATE, "name": CANDIDATE, **kw}
-    return FakeRecord(start, key, **fields)  # type: ignore[arg-type]
+    return FakeRecord(start, key, **fields)
 
 
 def test_pairs_by_key_nearest_in_time_each_record_once() -> None:
@@ -52,6 +52,13 @@ def test_pairs_by_key_nearest_in_time_each_record_once() -> None:
     pairing = pair_records(records, stable=STABLE, candidate=CANDIDATE)
     assert [(p.live.start, p.shadow.start) for p in pairing.pairs] == [(0.0, 0.1), (10.0, 10.2)]
     assert (pairing.unpaired_live, pairing.unpaired_shadow) == (1, 0)
+
+
+def test_records_without_a_key_are_never_paired() -> None:
+    records = [live(0.0, None), mirrored(0.1, None), live(1.0, "a"), mirrored(1.1, "a")]
+    pairing = pair_records(records, stable=STABLE, candidate=CANDIDATE)
+    assert [p.live.key for p in pairing.pairs] == ["a"]
+    assert (pairing.unpaired_live, pairing.unpaired_shadow) == (1, 1)
 
 
 def test_other_stable_names_and_versions_are_not_paired() -> None:

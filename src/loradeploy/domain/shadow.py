@@ -63,15 +63,15 @@ class LoggedRequest(Protocol):
     @property
     def start(self) -> float: ...
     @property
-    def stable(self) -> str: ...
+    def stable(self) -> str | None: ...
     @property
-    def name(self) -> str: ...
+    def name(self) -> str | None: ...
     @property
     def ok(self) -> bool: ...
     @property
     def shadow(self) -> bool: ...
     @property
-    def key(self) -> str: ...
+    def key(self) -> str | None: ...
     @property
     def prompt(self) -> str | None: ...
     @property
@@ -82,12 +82,12 @@ class ShadowThresholds(BaseModel):
     # how much worse than live the candidate may be, in preference difference (candidate
     # score - live score per pair, within -1..1): 0.1 accepts a candidate preferred in
     # 45 % of the pairs as non-inferior
-    margin: float = Field(0.1, ge=0, le=2)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    bootstrap_samples: int = Field(2000, ge=1)
-    min_pairs: int = Field(20, ge=1)
-    min_judge_accuracy: float = Field(0.75, ge=0, le=1)
-    calibration_questions: int = Field(8, ge=0)  # each asked in both orders
+    margin: float = Field(default=0.1, ge=0, le=2)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    bootstrap_samples: int = Field(default=2000, ge=1)
+    min_pairs: int = Field(default=20, ge=1)
+    min_judge_accuracy: float = Field(default=0.75, ge=0, le=1)
+    calibration_questions: int = Field(default=8, ge=0)  # each asked in both orders
     seed: int = 0
 
 
@@ -106,14 +106,18 @@ class Pairing:
 
 def pair_records(records: Iterable[LoggedRequest], *, stable: str, candidate: str) -> Pairing:
     """Each mirrored record of ``candidate`` with the live record of ``stable`` of the
-    same key that started nearest in time; every record used at most once."""
+    same key that started nearest in time; every record used at most once (a record
+    without a key is never paired)."""
     live = [r for r in records if not r.shadow and r.stable == stable]
     mirrored = [r for r in records if r.shadow and r.name == candidate]
     by_key: dict[str, list[int]] = {}
     for index, record in enumerate(live):
-        by_key.setdefault(record.key, []).append(index)
+        if record.key:
+            by_key.setdefault(record.key, []).append(index)
     candidates = sorted(
-        (abs(s.start - live[i].start), si, i) for si, s in enumerate(mirrored) for i in by_key.get(s.key, [])
+        (abs(s.start - live[i].start), si, i)
+        for si, s in enumerate(mirrored)
+        for i in (by_key.get(s.key, []) if s.key else [])
     )
     used_live: set[int] = set()
     used_shadow: set[int] = set()
@@ -234,14 +238,16 @@ def score_pairs(
         how, score = cheap_score(pair)
         said = list(replies[index]) if replies is not None else []
         if score is not None:
-            scored.append(PairScore(key=pair.live.key, how=how, score=score, decided=True))
+            scored.append(PairScore(key=pair.live.key or "", how=how, score=score, decided=True))
         elif how == "judge" and judge_calibrated and verdict is not None:
             value = judged_score(*verdict)
             scored.append(
-                PairScore(key=pair.live.key, how=how, score=value, decided=True, judge_replies=said)
+                PairScore(key=pair.live.key or "", how=how, score=value, decided=True, judge_replies=said)
             )
         else:
-            scored.append(PairScore(key=pair.live.key, how=how, score=0.5, decided=False, judge_replies=said))
+            scored.append(
+                PairScore(key=pair.live.key or "", how=how, score=0.5, decided=False, judge_replies=said)
+            )
     return scored
 
 
