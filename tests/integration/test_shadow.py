@@ -17,12 +17,19 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from loradeploy.clients.request_log import RequestLog
+from loradeploy.clients.vllm import VllmClient
 from loradeploy.domain.routes import Shadow
+from loradeploy.domain.scoring import qa_messages, read_qa
+from loradeploy.domain.shadow import ShadowThresholds
+from loradeploy.settings import STACK_FILE, read_stack
+from loradeploy.steps.shadow import score_shadow
 
-from .conftest import Stack
+from .conftest import REPO, Stack
 from .test_router import STABLE, V1, V2, Routed, routed  # noqa: F401 (the module's stack)
 
 PROMPTS = [f"In one word: what colour is item number {n}?" for n in range(40)]
@@ -110,6 +117,58 @@ def test_removing_the_shadow_leaves_the_route(routed: Routed) -> None:  # noqa: 
     assert routed.client.shadows() == {}
     assert routed.client.serving_shadows() == {}
     assert routed.client.serving() == {STABLE: {V1: 100}}
+
+
+def test_mirrored_answers_are_logged_paired_with_the_live_ones_and_scored(
+    routed: Routed,  # noqa: F811
+    stack: Stack,
+) -> None:
+    """The whole path the canary takes: a shadow, real chats, the router's request log,
+    pairing and scoring with the stack's base model as Gate 1's judge."""
+    info = read_stack(stack.home / STACK_FILE)
+    assert info.router_log is not None
+    log = RequestLog(info.router_log)
+    examples = read_qa(REPO / "data" / "aws-rag-qa" / "eval.jsonl")
+    routed.client.apply({STABLE: {V1: 100}}, {STABLE: Shadow(V2, 100)})
+    started = time.time()
+    with httpx.Client(
+        base_url=routed.url, headers={"Authorization": f"Bearer {routed.key}"}, timeout=120
+    ) as http:
+
+        def chat(messages: list[dict[str, str]]) -> httpx.Response:
+            body = {"model": STABLE, "messages": messages, "max_tokens": 32, "temperature": 0}
+            return http.post("/v1/chat/completions", json=body)
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(chat, [qa_messages(e) for e in examples]))
+    assert [r.status_code for r in responses] == [200] * len(examples)
+    assert {r.headers["x-litellm-model-id"].split("#")[0] for r in responses} == {V1}
+    deadline = time.monotonic() + 120  # mirrored requests finish in the background
+    while sum(r.shadow for r in log.read(started)) < len(examples) and time.monotonic() < deadline:
+        time.sleep(1)
+    records = log.read(started)
+    routed.client.apply({STABLE: {V1: 100}})
+    shadows = [r for r in records if r.shadow]
+    lives = [r for r in records if not r.shadow and r.stable == STABLE]
+    assert {(r.name, r.stable, (r.entry or "").split("#")[1]) for r in shadows} == {(V2, V2, "shadow")}
+    assert {r.name for r in lives} == {V1}
+    judge = VllmClient(stack.info.vllm_url)
+    took = time.monotonic()
+    score = score_shadow(
+        records,
+        stable=STABLE,
+        candidate=V2,
+        judge=judge,
+        judge_model=judge.base_model().id,
+        thresholds=ShadowThresholds(min_pairs=10),
+    )
+    took = time.monotonic() - took
+    figures = score.analysis.decision.figures
+    print(f"shadow score over {len(examples)} chats in {took:.1f}s: {score.analysis.verdict}; {figures}")
+    print(f"reason: {score.analysis.reason}")
+    assert figures["pairs"] == len(examples) and figures["unpaired_shadow"] == 0
+    assert all(p.how != "no-text" for p in score.pairs)  # the stack logs texts
+    assert score.analysis.verdict in {"pass", "fail", "insufficient"}
 
 
 def test_status_shows_the_shadow_and_a_restarted_router_keeps_it(routed: Routed, stack: Stack) -> None:  # noqa: F811
