@@ -17,6 +17,7 @@ from loradeploy.clients.router import Router
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor
 from loradeploy.domain.rewrite import is_managed, render_rewrite, rewrite_routes
+from loradeploy.domain.routes import Shadow
 from loradeploy.errors import DeadlineExceededError, NotFoundError, PermanentError, UsageError
 from loradeploy.settings import load_settings
 from loradeploy.steps.route import route
@@ -260,3 +261,22 @@ def test_the_route_step_moves_weights_on_the_kubernetes_router(
     with pytest.raises(NotFoundError, match="does not serve m@v2"):
         route(registry, replicas, gateway, stable=STABLE, weights={"m@v2": 100}, actor=actor, reason="t")
     assert json.dumps(gateway.routes()) == json.dumps({STABLE: {"m@v1": 95, "m@v2": 5}})
+
+
+def test_a_shadow_is_refused_before_any_write(cluster: FakeCluster, clock: FakeClock) -> None:
+    servers = [FakeVllmServer(adapters={"m@v1": "/a/1", "m@v2": "/a/2"})]
+    replicas = [VllmClient("http://10.0.0.1:8000", transport=servers[0].transport())]
+    gateway = router(cluster, clock)
+    actor = Actor(who="ops@test", step="route", run_id="run-1")
+    with pytest.raises(UsageError, match="cannot mirror requests; nothing was changed"):
+        route(
+            FakeAliasRegistry("m"),
+            replicas,
+            gateway,
+            stable=STABLE,
+            weights={"m@v1": 100},
+            actor=actor,
+            reason="t",
+            shadow=Shadow("m@v2", 10),
+        )
+    assert applies(cluster) == 0 and gateway.routes() == {} and gateway.shadows() == {}

@@ -28,7 +28,7 @@ from typing import Any
 
 from loradeploy.clients.kube import KubeApi
 from loradeploy.domain.rewrite import KIND, is_managed, render_rewrite, rewrite_routes
-from loradeploy.domain.routes import Routes, check_routes, describe
+from loradeploy.domain.routes import Routes, Shadow, Shadows, check_routes, describe
 from loradeploy.errors import DeadlineExceededError, UsageError
 
 POLL_S = 0.5
@@ -91,9 +91,28 @@ class GatewayRouter:
                     hint="delete or rename that object, or route another stable name",
                 )
 
-    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
+    def shadows(self) -> Shadows:
+        """None: an InferenceModelRewrite mirrors nothing (shadow traffic is the local
+        stack's router's, LiteLLM ``silent_model``)."""
+        return {}
+
+    def apply(
+        self,
+        routes: Mapping[str, Mapping[str, int]],
+        shadows: Mapping[str, Shadow] | None = None,
+        *,
+        deadline_s: float = 60.0,
+    ) -> float:
         """Make the namespace's rewrites hold ``routes`` (every stable name loradeploy
-        routes there). Returns the seconds until every one read back as asked."""
+        routes there). Returns the seconds until every one read back as asked. A shadow
+        is refused before anything is written: rewrites cannot mirror requests."""
+        if shadows:
+            stable = sorted(shadows)[0]
+            raise UsageError(
+                f"shadow of {stable!r}: an {KIND} cannot mirror requests; nothing was changed",
+                hint="use shadow traffic with the local stack's router ('stack up --router'), "
+                "or route without --shadow",
+            )
         wanted = check_routes(routes)
         rendered = {
             stable: render_rewrite(

@@ -57,8 +57,19 @@ class Router(Protocol):
         """Every stable name routed, with its weights."""
         ...
 
-    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
-        """Route exactly ``routes``; returns the seconds until the change was confirmed."""
+    def shadows(self) -> Shadows:
+        """Every stable name's shadow (mirrored share of its requests)."""
+        ...
+
+    def apply(
+        self,
+        routes: Mapping[str, Mapping[str, int]],
+        shadows: Mapping[str, Shadow] | None = None,
+        *,
+        deadline_s: float = 60.0,
+    ) -> float:
+        """Route exactly ``routes`` with exactly ``shadows`` (none when left out); returns
+        the seconds until the change was confirmed."""
         ...
 
 
