@@ -176,7 +176,7 @@ def test_a_shadow_one_replica_does_not_serve_changes_nothing(setup: Setup) -> No
     registry, servers, clients, router, proxy = setup
     del servers[1].adapters["m@v2"]
     before = router.config.read_bytes()
-    with pytest.raises(NotFoundError, match="does not serve m@v2"):
+    with pytest.raises(NotFoundError, match="does not serve m@v2") as caught:
         route(
             registry,
             clients,
@@ -187,6 +187,7 @@ def test_a_shadow_one_replica_does_not_serve_changes_nothing(setup: Setup) -> No
             reason="",
             shadow=Shadow("m@v2", 10),
         )
+    assert caught.value.hint == "load every version that gets weight or the shadow on every replica first"
     assert router.config.read_bytes() == before and proxy.hups == 0 and registry.audit == []
 
 

@@ -62,7 +62,8 @@ def route(
                     raise NotFoundError(
                         f"vLLM at {vllm.base_url} does not serve {', '.join(missing)}; the route "
                         f"{stable!r} was not changed",
-                        hint="load every version that gets weight or a shadow on every replica first",
+                        hint=f"load every version that gets weight{' or the shadow' if mirrored else ''} "
+                        "on every replica first",
                     )
                 result.checks.append(
                     Check(name=f"served:{vllm.base_url}", passed=True, detail=", ".join(sorted(needed)))
