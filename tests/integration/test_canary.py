@@ -299,3 +299,33 @@ def test_a_killed_canary_is_undone_by_reconcile(routed: Routed, tmp_path: Path) 
     assert "interrupted at 10 %" in done.result["details"]["canary_recovered"]
     assert routed.routes() == {live: 100}
     assert routed.canary_tag() is None
+
+
+def test_a_shadow_phase_mirrors_without_any_client_seeing_the_candidate(
+    routed: Routed, tmp_path: Path
+) -> None:
+    """The regressed adapter in shadow at 50 %: the pairs are scored (the local 135M judge
+    may well be uncalibrated, which is inconclusive, never a pass), the canary stops in
+    its shadow, and no client ever got the candidate's answer."""
+    live = routed.name("aws-rag-qa-v2")
+    routed.router.apply({**routed.router.routes(), STABLE: {live: 100}})
+    set_candidate(routed, "aws-rag-qa-regressed")
+    with Clients(routed).running() as clients:
+        code, result = canary(
+            routed, tmp_path / "shadow", "--shadow-percent=50", "--shadow-min-pairs=6", "--max-waits=1"
+        )
+    details = result["details"]
+    print(
+        f"shadow of the regressed version: exit {code}; reason {details.get('reason')}; windows "
+        f"{[(w.get('shadow_percent'), w['verdict'], w['figures']) for w in details['windows']]}; "
+        f"answers {Counter(v for _, v in clients.answered)}, failures {clients.failures}"
+    )
+    assert code == 1
+    assert details["reason"].startswith("in shadow at 50 %")
+    assert all(w["candidate_percent"] == 0 for w in details["windows"])
+    assert details["windows"][-1]["figures"]["pairs"] > 0  # mirrored requests were paired
+    assert set(v for _, v in clients.answered) == {live}
+    assert clients.failures == []
+    assert routed.routes() == {live: 100}
+    assert routed.router.serving_shadows().get(STABLE) is None
+    assert routed.canary_tag() is None

@@ -30,10 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 ARGO = REPO / "deploy" / "argo"
 NAMES = ["vllm-deploy", "vllm-promote", "vllm-rollback", "vllm-canary"]
 GATES = {"compare-decision", "perf-decision"}  # written concurrently; flags per the issue
-PENDING = {"canary"}  # issue 12: 'loradeploy canary' is being written at the same time
-# Flags the issue-12 interfaces note fixed for 'canary' that the command does not have yet:
-# the template passes them; the check below fails as soon as one lands (remove it here).
-AWAITED = {"canary": {"--shadow-percent"}}
 
 
 def load_builder() -> ModuleType:
@@ -250,25 +246,13 @@ def test_every_command_and_flag_exists_in_the_cli(name: str) -> None:
     for command, flags in used:
         assert command in options, command
         assert flags <= options[command], (command, flags - options[command])
-    missing = []
     for t in loradeploy_templates(name):
         command, *args = t["container"]["args"]
         if command in GATES and command not in options:
             continue  # being written in parallel (issue: compare-decision, perf-decision)
-        if command in PENDING and command not in options:
-            missing.append(command)
-            continue
         assert command in options, command
-        awaited = AWAITED.get(command, set())
-        assert not awaited & options[command], f"{command}: remove {awaited & options[command]} from AWAITED"
         for arg in args:
-            flag = arg.split("=", 1)[0]
-            if flag in awaited:
-                missing.append(f"{command} {flag}")
-                continue
-            assert flag in options[command], (command, arg)
-    if missing:  # checked above as soon as the command or flag is in the CLI
-        pytest.skip(f"not in the CLI yet (issue 12, written in parallel): {', '.join(sorted(missing))}")
+            assert arg.split("=", 1)[0] in options[command], (command, arg)
 
 
 def test_the_script_parser_finds_every_command_and_flag() -> None:
@@ -346,7 +330,6 @@ def test_canary_runs_one_step_with_the_flags_of_the_interface() -> None:
     tunable = [
         "steps",
         "interval",
-        "shadow-percent",
         "max-error-rate",
         "max-p50-ratio",
         "max-p95-ratio",
@@ -367,7 +350,6 @@ def test_canary_runs_one_step_with_the_flags_of_the_interface() -> None:
         "stable-name": "aws-rag-qa-live",
         "steps": "5,25,50,100",
         "interval": "60",
-        "shadow-percent": "0",
         "max-error-rate": "0.01",
         "max-p50-ratio": "1.5",
         "max-p95-ratio": "1.75",

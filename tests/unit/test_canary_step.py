@@ -14,10 +14,14 @@ import pytest
 
 from loradeploy.clients.registry import VersionInfo
 from loradeploy.coordination import Actor, model_lock
-from loradeploy.domain.canary import CanaryRecord, CanaryThresholds, LiveAnswer, VersionWindow
+from loradeploy.domain.canary import Analysis, CanaryRecord, CanaryThresholds, LiveAnswer, VersionWindow
+from loradeploy.domain.gates import GateDecision
+from loradeploy.domain.routes import Shadow
 from loradeploy.domain.scoring import QaExample
 from loradeploy.errors import LockHeldError, PermanentError, ServerUnavailableError, UsageError
+from loradeploy.results import Check
 from loradeploy.steps.canary import CANARY_TAG, CanaryRequest, canary
+from loradeploy.steps.shadow import ShadowScore
 from support.fake_registry import FakeAliasRegistry
 from support.fakes import FakeClock
 from support.synthetic import write_adapter
@@ -33,18 +37,32 @@ class FakeRouter:
     """Routes in memory; ``fail_at``: the change with that number (1-based) raises."""
 
     served: dict[str, dict[str, int]] = field(default_factory=dict)
+    mirrored: dict[str, Shadow] = field(default_factory=dict)
     changes: list[dict[str, int]] = field(default_factory=list)
+    shadow_changes: list[Shadow | None] = field(default_factory=list)  # STABLE's, per change
     fail_at: set[int] = field(default_factory=set)
+    backends: list[str] = field(default_factory=list)
 
     def routes(self) -> dict[str, dict[str, int]]:
         return {k: dict(v) for k, v in self.served.items()}
 
-    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float:
+    def shadows(self) -> dict[str, Shadow]:
+        return dict(self.mirrored)
+
+    def apply(
+        self,
+        routes: Mapping[str, Mapping[str, int]],
+        shadows: Mapping[str, Shadow] | None = None,
+        *,
+        deadline_s: float = 60.0,
+    ) -> float:
         if len(self.changes) + 1 in self.fail_at:
             self.fail_at.discard(len(self.changes) + 1)
             raise ServerUnavailableError("router at http://router.test is unreachable (fake)")
         self.served = {k: dict(v) for k, v in routes.items()}
+        self.mirrored = dict(shadows or {})
         self.changes.append(dict(self.served.get(STABLE, {})))
+        self.shadow_changes.append(self.mirrored.get(STABLE))
         return 0.0
 
 
@@ -96,7 +114,7 @@ class Setup:
         self.served.append(version.version)
         return {"loaded_on": []}
 
-    def run(self, steps: Sequence[int] = (5, 25, 50, 100), **request: object):  # type: ignore[no-untyped-def]
+    def run(self, steps: Sequence[int] = (5, 25, 50, 100), shadow=None, **request: object):  # type: ignore[no-untyped-def]
         fields = {"thresholds": QUICK, **request}
         return canary(
             CanaryRequest(
@@ -107,6 +125,7 @@ class Setup:
             figures=self.figures,
             serve=self.serve,
             actor=ACTOR,
+            shadow=shadow,
             sleep=self.clock.sleep,
             clock=self.clock,
         )
@@ -117,7 +136,10 @@ def setup(tmp_path: Path) -> Setup:
     registry = FakeAliasRegistry(MODEL, aliases={"live": "1", "staged": "2"})
     for version in ("1", "2"):
         registry.add_version(version, write_adapter(tmp_path / f"v{version}"))
-    router = FakeRouter(served={STABLE: {V1: 100}, "other-live": {"other@v3": 100}})
+    router = FakeRouter(
+        served={STABLE: {V1: 100}, "other-live": {"other@v3": 100}},
+        mirrored={"other-live": Shadow("other@v4", 10)},
+    )
     return Setup(registry, router, FakeFigures(router), FakeClock())
 
 
@@ -126,6 +148,7 @@ def test_a_good_candidate_moves_step_by_step_and_is_promoted(setup: Setup) -> No
     assert result.passed and result.details["decision"] == "promoted"
     assert setup.router.changes == [{V1: 95, V2: 5}, {V1: 75, V2: 25}, {V1: 50, V2: 50}, {V2: 100}]
     assert setup.router.served["other-live"] == {"other@v3": 100}
+    assert setup.router.mirrored == {"other-live": Shadow("other@v4", 10)}  # another name's shadow stays
     assert setup.registry.aliases == {"live": "2", "previous": "1"}
     assert CANARY_TAG not in setup.registry.model_tags
     assert setup.served == ["1", "2"]
@@ -260,3 +283,70 @@ def test_reconcile_undoes_a_canary_an_interrupted_run_left(setup: Setup, tmp_pat
     assert setup.router.served[STABLE] == {V1: 100}
     assert CANARY_TAG not in setup.registry.model_tags
     assert "interrupted at 5 %" in result.details["canary_recovered"]
+
+
+@dataclass
+class FakeShadowScorer:
+    """Answers each shadow window with the next scripted verdict, and notes what the
+    router served while it was asked."""
+
+    router: FakeRouter
+    verdicts: list[str]
+    seen: list[Shadow | None] = field(default_factory=list)
+
+    def __call__(self, stable: str, candidate: str, start: float, end: float) -> ShadowScore:
+        self.seen.append(self.router.mirrored.get(stable))
+        verdict = self.verdicts.pop(0)
+        check = Check(name="shadow-non-inferiority", passed=verdict == "pass", detail=f"{verdict} (fake)")
+        analysis = Analysis(
+            verdict=verdict,  # type: ignore[arg-type]
+            decision=GateDecision(gate="shadow", checks=[check], figures={"pairs": 30}),
+            reason=f"{verdict} (fake)",
+        )
+        return ShadowScore(stable=stable, candidate=candidate, judge_model="judge", analysis=analysis)
+
+
+def test_a_shadow_phase_mirrors_then_the_weights_move_once_it_passes(setup: Setup) -> None:
+    scorer = FakeShadowScorer(setup.router, ["insufficient", "pass"])
+    result = setup.run(shadow=scorer, shadow_percent=25)
+    assert scorer.seen == [Shadow(V2, 25), Shadow(V2, 25)]
+    assert setup.router.changes[:2] == [{V1: 100}, {V1: 100}]  # mirrored, then the shadow removed
+    assert setup.router.shadow_changes[:2] == [Shadow(V2, 25), None]
+    assert setup.router.changes[2] == {V1: 95, V2: 5}
+    assert result.details["decision"] == "promoted"
+    assert [w["action"] for w in result.details["windows"]][:2] == ["wait", "advance"]
+    assert setup.router.mirrored == {"other-live": Shadow("other@v4", 10)}
+
+
+def test_a_candidate_worse_in_shadow_never_gets_a_client_request(setup: Setup) -> None:
+    scorer = FakeShadowScorer(setup.router, ["fail"])
+    result = setup.run(shadow=scorer, shadow_percent=25)
+    assert all(change == {V1: 100} for change in setup.router.changes)
+    assert setup.router.shadow_changes[-1] is None
+    assert result.details["decision"] == "rolled-back" and not result.passed
+    assert result.details["reason"].startswith("in shadow at 25 %")
+    assert setup.registry.aliases["canary-failed"] == "2"
+    assert CANARY_TAG not in setup.registry.model_tags
+
+
+def test_a_shadow_without_evidence_aborts_after_its_waits(setup: Setup) -> None:
+    scorer = FakeShadowScorer(setup.router, ["insufficient"] * 3)
+    result = setup.run(shadow=scorer, shadow_percent=10)
+    assert "no evidence after 3 windows" in result.details["reason"]
+    assert setup.router.mirrored.get(STABLE) is None
+
+
+def test_a_shadow_asked_of_a_router_without_a_request_log_changes_nothing(setup: Setup) -> None:
+    with pytest.raises(UsageError, match="--shadow-percent"):
+        setup.run(shadow_percent=10)
+    assert setup.router.changes == [] and setup.served == []
+
+
+def test_a_canary_killed_during_its_shadow_loses_the_shadow_on_recovery(setup: Setup) -> None:
+    scorer = FakeShadowScorer(setup.router, [])  # popping from nothing: the scorer fails
+    setup.router.fail_at = {2}  # and so does the change that would remove the shadow
+    with pytest.raises(IndexError):
+        setup.run(shadow=scorer, shadow_percent=10)
+    assert setup.router.mirrored.get(STABLE) == Shadow(V2, 10)
+    setup.run()
+    assert setup.router.mirrored.get(STABLE) is None

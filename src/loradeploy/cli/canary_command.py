@@ -36,8 +36,34 @@ if TYPE_CHECKING:
     from loradeploy.clients.vllm import VllmClient
     from loradeploy.results import StepResult
     from loradeploy.settings import Settings
+    from loradeploy.steps.canary import ShadowScorer
+    from loradeploy.steps.shadow import ShadowScore
 
     Serve = Callable[[VersionInfo, set[str], Mapping[str, int], Callable[[], None]], dict[str, object]]
+
+
+def _shadow_scorer(figures: object, judge: VllmClient, min_pairs: int) -> ShadowScorer | None:
+    """Scores a shadow window from the request log, with the served base model as Gate
+    1's judge (on the first replica); None when the figures hold no request log."""
+    from loradeploy.clients.request_log import LogFigures
+    from loradeploy.domain.shadow import ShadowThresholds
+    from loradeploy.steps.shadow import score_shadow
+
+    if not isinstance(figures, LogFigures):
+        return None
+    thresholds = ShadowThresholds(min_pairs=min_pairs)
+
+    def score(stable: str, candidate: str, start: float, end: float) -> ShadowScore:
+        return score_shadow(
+            figures.log.read(start, end),
+            stable=stable,
+            candidate=candidate,
+            judge=judge,
+            judge_model=judge.base_model().id,
+            thresholds=thresholds,
+        )
+
+    return score
 
 
 def _version_server(
@@ -125,6 +151,19 @@ def canary(
     max_cpu_loras: Annotated[
         int | None, typer.Option("--max-cpu-loras", help="The vLLM servers' --max-cpu-loras.")
     ] = None,
+    shadow_percent: Annotated[
+        int,
+        typer.Option(
+            "--shadow-percent",
+            help="First mirror this share of live requests to the candidate (clients see only live's "
+            "answers) and judge the pairs; not non-inferior aborts before any client sees it. 0: no shadow.",
+            min=0,
+            max=100,
+        ),
+    ] = 0,
+    shadow_min_pairs: Annotated[
+        int, typer.Option("--shadow-min-pairs", help="Live/shadow pairs before the shadow counts.", min=1)
+    ] = 20,
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the model's history.")] = "",
     prometheus_url: Annotated[
         str | None,
@@ -173,6 +212,12 @@ def canary(
                 "Prometheus metrics, which hold none; nothing was changed",
                 hint="leave out --eval-data with --transport=kubectl",
             )
+        if shadow_percent and where.transport == wiring.KUBECTL:
+            raise UsageError(
+                "--shadow-percent needs the router's request log (pairs of answers), and on Kubernetes "
+                "the canary reads Prometheus metrics, which hold none; nothing was changed",
+                hint="leave out --shadow-percent with --transport=kubectl",
+            )
         thresholds = CanaryThresholds(
             max_error_rate=max_error_rate,
             max_p50_ratio=max_p50_ratio,
@@ -190,6 +235,7 @@ def canary(
             interval_s=interval,
             thresholds=thresholds,
             references=read_qa(eval_data) if eval_data else (),
+            shadow_percent=shadow_percent,
             reason=reason,
         )
         settings = _settings(
@@ -221,6 +267,7 @@ def canary(
                 figures=figures,
                 serve=serve,
                 actor=_actor(settings, "canary"),
+                shadow=_shadow_scorer(figures, replicas[0], shadow_min_pairs) if shadow_percent else None,
             )
 
     _run("canary", output_dir, action)

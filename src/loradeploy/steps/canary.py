@@ -33,6 +33,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from loradeploy.clients.registry import MLflowHelper, VersionInfo
+from loradeploy.clients.router import Router
 from loradeploy.coordination import Actor, Lease, model_lock, move_aliases
 from loradeploy.coordination.audit import record_event
 from loradeploy.domain.aliases import CANARY_FAILED, LIVE, AliasMove, plan_promotion
@@ -53,29 +54,30 @@ from loradeploy.domain.canary import (
 )
 from loradeploy.domain.names import Source
 from loradeploy.domain.residency import needed, weights_of
-from loradeploy.domain.routes import Routes, describe
+from loradeploy.domain.routes import Shadow, describe
 from loradeploy.domain.scoring import QaExample
 from loradeploy.errors import LoraDeployError, NotFoundError, PermanentError, UsageError
 from loradeploy.results import Check, StepResult, Timer
+from loradeploy.steps.shadow import ShadowScore
 
 CANARY_TAG = "loradeploy.canary"  # the model tag a running canary keeps its record in
 TICK_S = 1.0  # how often a waiting canary checks it still holds the lock
 
 
-class Router(Protocol):
-    """What the canary needs of a router: the routes it serves, and a change confirmed."""
-
-    def routes(self) -> Routes: ...
-
-    def apply(self, routes: Mapping[str, Mapping[str, int]], *, deadline_s: float = 60.0) -> float: ...
-
-
 class Figures(Protocol):
-    """Where one window's live figures come from (the router's request log)."""
+    """Where one window's live figures come from (the router's request log; Prometheus
+    on a cluster)."""
 
     def window(self, names: Sequence[str], start: float, end: float) -> dict[str, VersionWindow]: ...
 
     def answers(self, names: Sequence[str], start: float, end: float) -> list[LiveAnswer]: ...
+
+
+class ShadowScorer(Protocol):
+    """Scores one shadow window (``steps.shadow.score_shadow`` over the request log's
+    records, with the judge the command chose)."""
+
+    def __call__(self, stable: str, candidate: str, start: float, end: float) -> ShadowScore: ...
 
 
 # serve(version, keep, weights, guard): every replica serves the version's versioned name
@@ -93,6 +95,7 @@ class CanaryRequest:
     interval_s: float
     thresholds: CanaryThresholds = field(default_factory=lambda: CanaryThresholds())
     references: Sequence[QaExample] = ()  # reference answers for live quality, if any
+    shadow_percent: int = 0  # mirror this share to the candidate for one phase first
     reason: str = ""
 
 
@@ -119,11 +122,19 @@ def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, le
     action = recovery(record, registry.get_aliases(model).get(LIVE))
     keep = record.candidate_version if action.kind == "promote" else record.current_version
     lease.ensure_held()
-    router.apply({**router.routes(), record.stable: {versioned_name(model, keep): 100}})
+    router.apply(
+        {**router.routes(), record.stable: {versioned_name(model, keep): 100}}, _others(router, record.stable)
+    )
     record_event(registry, model, "canary-recovered", actor, reason=f"{record.stable}: {action.reason}")
     lease.ensure_held()
     registry.delete_model_tag(model, CANARY_TAG)
     return action
+
+
+def _others(router: Router, stable: str) -> dict[str, Shadow]:
+    """The shadows of every other stable name (a change keeps them); this stable name's
+    shadow goes with any change the canary makes outside its shadow phase."""
+    return {name: shadow for name, shadow in router.shadows().items() if name != stable}
 
 
 def canary(
@@ -134,6 +145,7 @@ def canary(
     figures: Figures,
     serve: Serve,
     actor: Actor,
+    shadow: ShadowScorer | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
 ) -> StepResult:
@@ -172,6 +184,11 @@ def canary(
                 hint=f"route it to the live version first: loradeploy route --stable-name={stable} "
                 f"--weights={current_name}=100",
             )
+        if request.shadow_percent and shadow is None:
+            raise UsageError(
+                "--shadow-percent needs the router's request log, which this router has not",
+                hint="run the shadow on the local stack's router, or leave --shadow-percent out",
+            )
         weights = weights_of(routes)
         keep = needed(model, aliases.values(), weights) | {candidate_name}
         with timer("serve"):
@@ -181,7 +198,7 @@ def canary(
             }
         if stable not in routes:  # the first routed release: clients start on the live version
             with timer("route"):
-                router.apply({**routes, stable: {current_name: 100}})
+                router.apply({**routes, stable: {current_name: 100}}, _others(router, stable))
             routes = router.routes()
         record = CanaryRecord(
             model=model,
@@ -193,7 +210,11 @@ def canary(
         )
         run = _Run(request, registry, router, figures, held.lease, result, timer, sleep, clock)
         try:
-            outcome = run.steps(record, current_name, candidate_name)
+            outcome = None
+            if request.shadow_percent and shadow is not None:
+                outcome = run.shadow_phase(record, current_name, candidate_name, shadow)
+            if outcome is None:
+                outcome = run.steps(record, current_name, candidate_name)
             if outcome.kind == "promote":
                 _promote(run, record, aliases, candidate_name, actor, outcome)
             else:
@@ -226,7 +247,56 @@ class _Run:
         self.registry.set_model_tag(record.model, CANARY_TAG, saved.model_dump_json())
         self.moved = True
         self.lease.ensure_held()
-        return self.router.apply({**self.router.routes(), record.stable: split(current, candidate, percent)})
+        routes = {**self.router.routes(), record.stable: split(current, candidate, percent)}
+        return self.router.apply(routes, _others(self.router, record.stable))
+
+    def shadow_phase(
+        self, record: CanaryRecord, current: str, candidate: str, score: ShadowScorer
+    ) -> Action | None:
+        """Mirror ``shadow_percent`` % of the stable name's requests to the candidate
+        (clients only ever see live's answers) and score the pairs; the shadow is
+        removed before anything else happens. None: non-inferior, go on to the steps;
+        else the abort (not non-inferior, or no evidence after ``max_waits`` windows)."""
+        percent, thresholds = self.request.shadow_percent, self.request.thresholds
+        self.lease.ensure_held()
+        saved = record.model_copy(update={"candidate_percent": 0})
+        self.registry.set_model_tag(record.model, CANARY_TAG, saved.model_dump_json())
+        self.moved = True  # a shadow is a change too: undone on failure, recovered if killed
+        with self.timer("shadow"):
+            shadows = {**_others(self.router, record.stable), record.stable: Shadow(candidate, percent)}
+            self.router.apply({**self.router.routes(), record.stable: {current: 100}}, shadows)
+            start, waits = self.clock(), 0
+            while True:
+                self.wait(self.request.interval_s)
+                scored = score(record.stable, candidate, start, self.clock())
+                verdict = scored.analysis.verdict
+                self.result.details["windows"].append(
+                    {
+                        "candidate_percent": 0,
+                        "shadow_percent": percent,
+                        "verdict": verdict,
+                        "action": "wait"
+                        if verdict == "insufficient" and waits < thresholds.max_waits
+                        else ("advance" if verdict == "pass" else "abort"),
+                        "reason": scored.analysis.reason,
+                        "figures": scored.analysis.decision.figures,
+                        "checks": [c.model_dump() for c in scored.analysis.decision.checks],
+                    }
+                )
+                if verdict != "insufficient" or waits >= thresholds.max_waits:
+                    break
+                waits += 1
+            self.router.apply(
+                {**self.router.routes(), record.stable: {current: 100}}, _others(self.router, record.stable)
+            )
+        self.result.details["shadow"] = scored.model_dump(mode="json", exclude={"pairs"})
+        if verdict == "pass":
+            return None
+        self.result.checks = [
+            c.model_copy(update={"name": f"canary-{c.name}"}) for c in scored.analysis.decision.checks
+        ]
+        why = scored.analysis.reason if verdict == "fail" else f"no evidence after {waits + 1} windows"
+        return Action(kind="abort", candidate_percent=0, reason=f"in shadow at {percent} %: {why}")
 
     def wait(self, seconds: float) -> None:
         """Sleep ``seconds``, checking the lock every tick (a lost lock stops the canary)."""
@@ -292,7 +362,9 @@ class _Run:
         if not self.moved:
             return
         try:
-            self.router.apply({**self.router.routes(), record.stable: {current: 100}})
+            self.router.apply(
+                {**self.router.routes(), record.stable: {current: 100}}, _others(self.router, record.stable)
+            )
             self.registry.delete_model_tag(record.model, CANARY_TAG)
             self.moved = False
             self.result.details["rolled_back_after"] = type(cause).__name__
@@ -304,7 +376,9 @@ def _abort(run: _Run, record: CanaryRecord, current: str, actor: Actor, action: 
     decided = run.clock()
     with run.timer("abort"):
         run.lease.ensure_held()
-        run.router.apply({**run.router.routes(), record.stable: {current: 100}})
+        run.router.apply(
+            {**run.router.routes(), record.stable: {current: 100}}, _others(run.router, record.stable)
+        )
         run.result.details["abort_to_current_s"] = round(run.clock() - decided, 3)
         aliases = run.registry.get_aliases(record.model)
         failed = aliases.get(CANARY_FAILED)
@@ -358,7 +432,9 @@ def _promote(
         )
         # Aliases moved: from here a failure is finished by recovery as a promotion.
         run.moved = False
-        run.router.apply({**run.router.routes(), record.stable: {candidate: 100}})
+        run.router.apply(
+            {**run.router.routes(), record.stable: {candidate: 100}}, _others(run.router, record.stable)
+        )
         run.registry.delete_model_tag(record.model, CANARY_TAG)
     run.result.details.update(
         {"decision": "promoted", "reason": action.reason, "alias_moves": [m.describe() for m in moves]}

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from loradeploy.clients.files import AdapterTransport
 from loradeploy.clients.registry import MLflowHelper
+from loradeploy.clients.router import Router
 from loradeploy.clients.vllm import VllmClient
 from loradeploy.coordination import Actor, model_lock
 from loradeploy.domain.policy import AdapterPolicy
@@ -36,7 +37,7 @@ from loradeploy.domain.reconcile import Plan, Repair, backoff_s, plan_repairs
 from loradeploy.domain.swap import SwapStrategy
 from loradeploy.errors import LoraDeployError, NotFoundError, UsageError
 from loradeploy.results import Check, StepResult, Timer
-from loradeploy.steps.canary import CANARY_TAG, Router, recover
+from loradeploy.steps.canary import CANARY_TAG, recover
 from loradeploy.steps.deploy import deploy_version
 from loradeploy.steps.manifest import ManifestSpec, refresh_after_commit
 from loradeploy.steps.rollout import inspect_replicas
