@@ -329,3 +329,39 @@ def test_a_shadow_phase_mirrors_without_any_client_seeing_the_candidate(
     assert routed.routes() == {live: 100}
     assert routed.router.serving_shadows().get(STABLE) is None
     assert routed.canary_tag() is None
+
+
+def test_a_routed_rollback_is_one_weight_change_with_no_failed_request(
+    routed: Routed, tmp_path: Path
+) -> None:
+    """After v2's promotion v1 is still loaded as 'previous': a canary of it with the one
+    step 100 moves the aliases back and all weight in one change, while clients ask."""
+    v1, v2 = routed.name("aws-rag-qa-v1"), routed.name("aws-rag-qa-v2")
+    routed.router.apply({**routed.router.routes(), STABLE: {v2: 100}})
+    with Clients(routed).running() as clients:
+        time.sleep(2)
+        done = routed.stack.run(
+            "canary",
+            f"--model-name={MODEL}",
+            "--source-alias=previous",
+            f"--stable-name={STABLE}",
+            "--steps=100",
+            output_dir=tmp_path / "rollback",
+        )
+        finished = time.time()
+        time.sleep(3)
+    assert done.result is not None, done.stderr
+    print(
+        f"routed rollback: exit {done.code}; timings {done.result['timings_s']}; answers "
+        f"{Counter(v for _, v in clients.answered)}, failures {clients.failures}, retried {clients.retried}"
+    )
+    assert done.code == 0, done.stderr
+    assert done.result["details"]["served"][v1]["already_served"]  # nothing was loaded again
+    aliases = routed.stack.aliases(MODEL)
+    assert (aliases["live"], aliases["previous"]) == (
+        routed.versions["aws-rag-qa-v1"],
+        routed.versions["aws-rag-qa-v2"],
+    )
+    assert routed.routes() == {v1: 100}
+    assert clients.failures == []
+    assert set(clients.since(finished + 1.5)) == {v1}
