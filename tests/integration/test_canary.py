@@ -209,7 +209,7 @@ def test_a_good_version_goes_to_100_percent_with_no_failed_request(routed: Route
     with Clients(routed).running() as clients:
         code, result = canary(routed, tmp_path / "good")
         finished = time.time()
-        time.sleep(3)
+        time.sleep(8)  # long enough for requests that start after the change (one takes seconds)
     steps = [(w["candidate_percent"], w["action"]) for w in result["details"]["windows"]]
     print(
         f"canary of v2: exit {code}; windows {steps}; "
@@ -238,7 +238,7 @@ def test_a_regressed_version_is_rolled_back_at_its_first_step(routed: Routed, tm
     with Clients(routed).running() as clients:
         code, result = canary(routed, tmp_path / "regressed")
         finished = time.time()
-        time.sleep(3)
+        time.sleep(8)  # long enough for requests that start after the change (one takes seconds)
     details = result["details"]
     print(
         f"canary of the regressed version: exit {code}; reason {details.get('reason')}; abort to live "
@@ -349,7 +349,7 @@ def test_a_routed_rollback_is_one_weight_change_with_no_failed_request(
             output_dir=tmp_path / "rollback",
         )
         finished = time.time()
-        time.sleep(3)
+        time.sleep(8)  # long enough for requests that start after the change (one takes seconds)
     assert done.result is not None, done.stderr
     print(
         f"routed rollback: exit {done.code}; timings {done.result['timings_s']}; answers "
