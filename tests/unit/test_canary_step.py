@@ -350,3 +350,11 @@ def test_a_canary_killed_during_its_shadow_loses_the_shadow_on_recovery(setup: S
     assert setup.router.mirrored.get(STABLE) == Shadow(V2, 10)
     setup.run()
     assert setup.router.mirrored.get(STABLE) is None
+
+
+def test_the_thresholds_are_in_the_result_and_the_history(setup: Setup) -> None:
+    setup.figures.error_share = {V2: 0.5}
+    result = setup.run()
+    assert result.details["thresholds"]["max_error_rate"] == QUICK.max_error_rate
+    reasons = [str(a["params"]) for a in setup.registry.audit]
+    assert any("errors <= 1.00%, p50 x1.5, p95 x1.75, >= 10 requests" in r for r in reasons)

@@ -153,7 +153,15 @@ def canary(
     result = StepResult(step="canary", model=model, source=f"alias:{request.source_alias}", slot=stable)
     timer = Timer(result.timings_s)
     windows: list[dict[str, object]] = []
-    result.details.update({"steps": list(request.steps), "windows": windows})
+    result.details.update(
+        {
+            "steps": list(request.steps),
+            "interval_s": request.interval_s,
+            "shadow_percent": request.shadow_percent,
+            "thresholds": request.thresholds.model_dump(),
+            "windows": windows,
+        }
+    )
     with model_lock(registry, model, actor) as held:
         with timer("recover"):
             recovered = recover(registry, router, model, actor, held.lease)
@@ -372,6 +380,17 @@ class _Run:
             pass  # the record stays: 'loradeploy reconcile' or the next canary finishes it
 
 
+def _limits(request: CanaryRequest) -> str:
+    """The thresholds a decision was made with, for the audit history."""
+    t = request.thresholds
+    quality = f", live quality margin {t.quality_margin}" if request.references else ""
+    return (
+        f"steps {','.join(map(str, request.steps))} every {request.interval_s:g}s; errors <= "
+        f"{t.max_error_rate:.2%}, p50 x{t.max_p50_ratio}, p95 x{t.max_p95_ratio}, "
+        f">= {t.min_requests} requests{quality}"
+    )
+
+
 def _abort(run: _Run, record: CanaryRecord, current: str, actor: Actor, action: Action) -> None:
     decided = run.clock()
     with run.timer("abort"):
@@ -393,7 +412,7 @@ def _abort(run: _Run, record: CanaryRecord, current: str, actor: Actor, action: 
             moves,
             actor,
             run.lease,
-            reason=f"canary of v{record.candidate_version} aborted {action.reason}",
+            reason=f"canary of v{record.candidate_version} aborted {action.reason} ({_limits(run.request)})",
         )
         if not moves:
             record_event(run.registry, record.model, "canary-aborted", actor, reason=action.reason)
@@ -427,7 +446,7 @@ def _promote(
             moves,
             actor,
             run.lease,
-            reason=run.request.reason or f"canary passed ({action.reason})",
+            reason=f"{run.request.reason or 'canary passed'} ({action.reason}; {_limits(run.request)})",
             intent=f"canary alias:{run.request.source_alias}",
         )
         # Aliases moved: from here a failure is finished by recovery as a promotion.
