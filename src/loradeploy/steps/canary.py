@@ -19,8 +19,9 @@ Under the model's lock, for the whole run:
    version stays loaded, so a rollback is one weight change.
 
 Any failure after the first weight change puts all weight back on the current version
-before the error is reported; if even that fails, the canary record stays for the next
-run or ``reconcile`` (``recover``).
+before the error is reported (on the candidate, when the promotion's alias moves all
+took effect); if even that fails, if the lock was lost, or if the alias moves were left
+half done, the canary record stays for the next run or ``reconcile`` (``recover``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from loradeploy.clients.registry import MLflowHelper, VersionInfo
 from loradeploy.clients.router import Router
 from loradeploy.coordination import Actor, Lease, model_lock, move_aliases
 from loradeploy.coordination.audit import record_event
+from loradeploy.coordination.plans import read_plan
 from loradeploy.domain.aliases import CANARY_FAILED, LIVE, AliasMove, plan_promotion
 from loradeploy.domain.canary import (
     Action,
@@ -239,6 +241,7 @@ class _Run:
     sleep: Callable[[float], None]
     clock: Callable[[], float]
     moved: bool = False  # a weight change was made (and is not yet undone)
+    promoting: bool = False  # the promotion's alias moves have started
 
     def set_weight(self, record: CanaryRecord, current: str, candidate: str, percent: int) -> float:
         """Record first, then move: the record always covers the weight being served."""
@@ -358,16 +361,28 @@ class _Run:
 
     def back_to_current(self, record: CanaryRecord, current: str, cause: BaseException) -> None:
         """After a failure: all weight back on the current version, record removed; when
-        that fails too the record stays for the next run or reconcile."""
+        that fails too the record stays for the next run or reconcile. A run that lost
+        the lock changes nothing more (the record stays for whoever holds it now). A
+        failure during the promotion's alias moves: when they all took effect the
+        canary is finished (all weight on the candidate, which ``live`` names); when a
+        plan of them is left, the record stays for recovery, which finishes the plan
+        first."""
         if not self.moved:
             return
         try:
+            self.lease.ensure_held()
+            keep, done = current, "rolled_back_after"
+            if self.promoting:
+                if read_plan(self.registry, record.model) is not None:
+                    return  # the next lock holder finishes the alias moves, then the record
+                if self.registry.get_aliases(record.model).get(LIVE) == record.candidate_version:
+                    keep, done = versioned_name(record.model, record.candidate_version), "promoted_after"
             self.router.apply(
-                {**self.router.routes(), record.stable: {current: 100}}, _others(self.router, record.stable)
+                {**self.router.routes(), record.stable: {keep: 100}}, _others(self.router, record.stable)
             )
             self.registry.delete_model_tag(record.model, CANARY_TAG)
             self.moved = False
-            self.result.details["rolled_back_after"] = type(cause).__name__
+            self.result.details[done] = type(cause).__name__
         except LoraDeployError:
             pass  # the record stays: 'loradeploy reconcile' or the next canary finishes it
 
@@ -421,6 +436,7 @@ def _promote(
         )
         run.moved = True
         moves = plan_promotion(aliases, record.candidate_version)
+        run.promoting = True
         move_aliases(
             run.registry,
             record.model,
