@@ -48,6 +48,7 @@ from loradeploy.domain.canary import (
     VersionWindow,
     analyse,
     next_action,
+    parse_versioned_name,
     quality_check,
     quality_scores,
     recovery,
@@ -105,13 +106,33 @@ def read_record(registry: MLflowHelper, model: str) -> CanaryRecord | None:
     raw = registry.get_model_tags(model).get(CANARY_TAG)
     if raw is None:
         return None
+    hint = f"route the stable name by hand ('loradeploy route'), then delete the tag {CANARY_TAG}"
     try:
-        return CanaryRecord.model_validate_json(raw)
+        record = CanaryRecord.model_validate_json(raw)
     except ValidationError:
         raise PermanentError(
-            f"model {model!r}: the canary record (tag {CANARY_TAG}) cannot be read",
-            hint=f"route the stable name by hand ('loradeploy route'), then delete the tag {CANARY_TAG}",
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) cannot be read", hint=hint
         ) from None
+    if record.model != model:
+        raise PermanentError(
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) is one of model {record.model!r}",
+            hint=hint,
+        )
+    return record
+
+
+def _check_route_is_ours(router: Router, model: str, record: CanaryRecord) -> None:
+    """A canary of ``model`` only ever routes its stable name to ``model``'s versions:
+    a record naming a stable name that routes anything else is not this model's."""
+    route = router.routes().get(record.stable, {})
+    if any((parse_versioned_name(name) or ("",))[0] != model for name in route):
+        raise PermanentError(
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) names stable name "
+            f"{record.stable!r}, which routes {describe(route)}, not versions of {model!r}; "
+            "nothing was changed",
+            hint=f"if no canary of {model!r} runs on {record.stable!r}, delete the tag {CANARY_TAG}; "
+            "else route the stable name by hand ('loradeploy route')",
+        )
 
 
 def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, lease: Lease) -> Action | None:
@@ -121,6 +142,7 @@ def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, le
     record = read_record(registry, model)
     if record is None:
         return None
+    _check_route_is_ours(router, model, record)
     action = recovery(record, registry.get_aliases(model).get(LIVE))
     keep = record.candidate_version if action.kind == "promote" else record.current_version
     lease.ensure_held()
