@@ -121,10 +121,9 @@ class Setup:
 
     def run(self, steps: Sequence[int] = (5, 25, 50, 100), shadow=None, **request: object):  # type: ignore[no-untyped-def]
         fields = {"thresholds": QUICK, **request}
+        fields.setdefault("stable", STABLE)
         return canary(
-            CanaryRequest(
-                model=MODEL, source_alias="staged", stable=STABLE, steps=steps, interval_s=60, **fields
-            ),  # type: ignore[arg-type]
+            CanaryRequest(model=MODEL, source_alias="staged", steps=steps, interval_s=60, **fields),  # type: ignore[arg-type]
             registry=self.registry,  # type: ignore[arg-type]
             router=self.router,
             figures=self.figures,
@@ -454,3 +453,32 @@ def test_a_hostile_canary_record_is_refused_and_changes_no_route(
     assert "loradeploy route" in (caught.value.hint or "")
     assert setup.router.changes == [] and setup.router.routes() == routes_before
     assert setup.router.mirrored == {"other-live": Shadow("other@v4", 10)}
+
+
+def test_a_stable_name_of_another_model_is_refused_without_a_hint_to_take_it_over(setup: Setup) -> None:
+    with pytest.raises(PermanentError, match="other@v3") as caught:
+        setup.run(stable="other-live")
+    assert "--stable-name" in (caught.value.hint or "")
+    assert "--weights" not in (caught.value.hint or "")  # never: route other-live to m@v1
+    assert setup.router.changes == [] and setup.served == []
+
+
+@pytest.mark.xfail(strict=True, reason="an abort whose alias move fails leaves no trace (not fixed yet)")
+def test_an_abort_whose_alias_move_fails_still_leaves_a_trace(setup: Setup) -> None:
+    setup.figures.error_share = {V2: 0.5}
+    read = setup.registry.get_aliases
+    calls: list[str] = []
+
+    def fake_flaky_aliases(name: str) -> dict[str, str]:
+        """MLflow stops answering right after the abort's weight change (its 2nd read)."""
+        calls.append(name)
+        if len(calls) == 2:
+            raise ServerUnavailableError("MLflow at http://mlflow.test:5000 is unreachable (fake)")
+        return read(name)
+
+    setup.registry.get_aliases = fake_flaky_aliases  # type: ignore[method-assign]
+    with pytest.raises(ServerUnavailableError):
+        setup.run()
+    assert setup.router.served[STABLE] == {V1: 100}
+    judged = setup.registry.aliases.get("canary-failed") == "2" or CANARY_TAG in setup.registry.model_tags
+    assert judged  # either the candidate is marked, or the record is there to say it was judged
