@@ -201,6 +201,15 @@ def canary(
         current_name = versioned_name(model, current.version)
         candidate_name = versioned_name(model, candidate.version)
         routes = router.routes()
+        others = sorted(
+            name for name in routes.get(stable, {}) if (parse_versioned_name(name) or ("",))[0] != model
+        )
+        if others:
+            raise PermanentError(
+                f"stable name {stable!r} routes {', '.join(others)}, not versions of model {model!r}; "
+                "the canary did not start",
+                hint=f"pass the stable name of {model!r} with --stable-name (default: {model}-live)",
+            )
         if routes.get(stable, {current_name: 100}) != {current_name: 100}:
             raise PermanentError(
                 f"stable name {stable!r} routes {describe(routes.get(stable))}, not {current_name} 100 % "
