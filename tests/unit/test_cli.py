@@ -269,6 +269,11 @@ def test_metrics_without_a_router_says_how_to_start_one() -> None:
         (["--steps=50,5,100"], "must increase strictly"),
         (["--source-alias=v3"], "alias 'v3' is not allowed"),
         (["--stable-name=a/b"], "a/b"),
+        (["--min-questions=1"], "--min-questions"),
+        (["--max-error-rate=2"], "--max-error-rate"),
+        (["--max-p95-ratio=nan"], "--max-p95-ratio"),
+        (["--quality-margin=-0.1"], "--quality-margin"),
+        (["--interval=inf"], "--interval"),
         ([], "no router: the stack file names none"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -196,6 +197,8 @@ def canary(
     or by 'reconcile'."""
 
     def action() -> StepResult:
+        from pydantic import ValidationError
+
         from loradeploy.clients import wiring
         from loradeploy.domain.canary import CanaryThresholds, parse_steps
         from loradeploy.domain.scoring import read_qa
@@ -218,15 +221,29 @@ def canary(
                 "the canary reads Prometheus metrics, which hold none; nothing was changed",
                 hint="leave out --shadow-percent with --transport=kubectl",
             )
-        thresholds = CanaryThresholds(
-            max_error_rate=max_error_rate,
-            max_p50_ratio=max_p50_ratio,
-            max_p95_ratio=max_p95_ratio,
-            min_requests=min_requests,
-            max_waits=max_waits,
-            quality_margin=quality_margin,
-            min_questions=min_questions,
-        )
+        if not math.isfinite(interval):
+            raise UsageError(
+                f"--interval {interval} is not a finite number of seconds; nothing was changed",
+                hint="pass for example --interval=60",
+            )
+        flags = {
+            "max_error_rate": max_error_rate,
+            "max_p50_ratio": max_p50_ratio,
+            "max_p95_ratio": max_p95_ratio,
+            "min_requests": min_requests,
+            "max_waits": max_waits,
+            "quality_margin": quality_margin,
+            "min_questions": min_questions,
+        }
+        try:
+            thresholds = CanaryThresholds.model_validate(flags)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            flag = "--" + str(first["loc"][0]).replace("_", "-")
+            raise UsageError(
+                f"{flag} {first['input']!r}: {first['msg'].lower()}; nothing was changed",
+                hint=f"pass {flag} within that bound, or leave it out for its default",
+            ) from None
         request = CanaryRequest(
             model=model,
             source_alias=names.alias_name(source_alias),

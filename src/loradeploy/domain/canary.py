@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from loradeploy.domain.gates import GateDecision, Requests, ceiling_check, floor_check
-from loradeploy.domain.names import is_version_number, model_name
+from loradeploy.domain.names import is_version_number, model_name, slot_name
 from loradeploy.domain.scoring import QaExample, token_f1
 from loradeploy.domain.stats import paired_bootstrap, ratio
 from loradeploy.errors import UsageError
@@ -364,6 +364,22 @@ class CanaryRecord(BaseModel):
     candidate_version: str
     candidate_percent: int = Field(ge=0, le=100)
     run_id: str = ""
+
+    @model_validator(mode="after")
+    def _names(self) -> CanaryRecord:
+        """What a canary writes: a model name, a stable name that is a served name but
+        not a versioned one, and two registry version numbers."""
+        try:
+            model_name(self.model)
+            slot_name(self.stable)
+        except UsageError as exc:
+            raise ValueError(exc.message) from None
+        if parse_versioned_name(self.stable) is not None:
+            raise ValueError(f"stable name {self.stable!r} is a versioned name")
+        for version in (self.current_version, self.candidate_version):
+            if not is_version_number(version):
+                raise ValueError(f"version {version!r} is not a registry version number")
+        return self
 
 
 def recovery(record: CanaryRecord, live_version: str | None) -> Action:

@@ -19,8 +19,9 @@ Under the model's lock, for the whole run:
    version stays loaded, so a rollback is one weight change.
 
 Any failure after the first weight change puts all weight back on the current version
-before the error is reported; if even that fails, the canary record stays for the next
-run or ``reconcile`` (``recover``).
+before the error is reported (on the candidate, when the promotion's alias moves all
+took effect); if even that fails, if the lock was lost, or if the alias moves were left
+half done, the canary record stays for the next run or ``reconcile`` (``recover``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from loradeploy.clients.registry import MLflowHelper, VersionInfo
 from loradeploy.clients.router import Router
 from loradeploy.coordination import Actor, Lease, model_lock, move_aliases
 from loradeploy.coordination.audit import record_event
+from loradeploy.coordination.plans import read_plan
 from loradeploy.domain.aliases import CANARY_FAILED, LIVE, AliasMove, plan_promotion
 from loradeploy.domain.canary import (
     Action,
@@ -46,6 +48,7 @@ from loradeploy.domain.canary import (
     VersionWindow,
     analyse,
     next_action,
+    parse_versioned_name,
     quality_check,
     quality_scores,
     recovery,
@@ -103,13 +106,33 @@ def read_record(registry: MLflowHelper, model: str) -> CanaryRecord | None:
     raw = registry.get_model_tags(model).get(CANARY_TAG)
     if raw is None:
         return None
+    hint = f"route the stable name by hand ('loradeploy route'), then delete the tag {CANARY_TAG}"
     try:
-        return CanaryRecord.model_validate_json(raw)
+        record = CanaryRecord.model_validate_json(raw)
     except ValidationError:
         raise PermanentError(
-            f"model {model!r}: the canary record (tag {CANARY_TAG}) cannot be read",
-            hint=f"route the stable name by hand ('loradeploy route'), then delete the tag {CANARY_TAG}",
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) cannot be read", hint=hint
         ) from None
+    if record.model != model:
+        raise PermanentError(
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) is one of model {record.model!r}",
+            hint=hint,
+        )
+    return record
+
+
+def _check_route_is_ours(router: Router, model: str, record: CanaryRecord) -> None:
+    """A canary of ``model`` only ever routes its stable name to ``model``'s versions:
+    a record naming a stable name that routes anything else is not this model's."""
+    route = router.routes().get(record.stable, {})
+    if any((parse_versioned_name(name) or ("",))[0] != model for name in route):
+        raise PermanentError(
+            f"model {model!r}: the canary record (tag {CANARY_TAG}) names stable name "
+            f"{record.stable!r}, which routes {describe(route)}, not versions of {model!r}; "
+            "nothing was changed",
+            hint=f"if no canary of {model!r} runs on {record.stable!r}, delete the tag {CANARY_TAG}; "
+            "else route the stable name by hand ('loradeploy route')",
+        )
 
 
 def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, lease: Lease) -> Action | None:
@@ -119,6 +142,7 @@ def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, le
     record = read_record(registry, model)
     if record is None:
         return None
+    _check_route_is_ours(router, model, record)
     action = recovery(record, registry.get_aliases(model).get(LIVE))
     keep = record.candidate_version if action.kind == "promote" else record.current_version
     lease.ensure_held()
@@ -185,6 +209,15 @@ def canary(
         current_name = versioned_name(model, current.version)
         candidate_name = versioned_name(model, candidate.version)
         routes = router.routes()
+        others = sorted(
+            name for name in routes.get(stable, {}) if (parse_versioned_name(name) or ("",))[0] != model
+        )
+        if others:
+            raise PermanentError(
+                f"stable name {stable!r} routes {', '.join(others)}, not versions of model {model!r}; "
+                "the canary did not start",
+                hint=f"pass the stable name of {model!r} with --stable-name (default: {model}-live)",
+            )
         if routes.get(stable, {current_name: 100}) != {current_name: 100}:
             raise PermanentError(
                 f"stable name {stable!r} routes {describe(routes.get(stable))}, not {current_name} 100 % "
@@ -247,6 +280,7 @@ class _Run:
     sleep: Callable[[float], None]
     clock: Callable[[], float]
     moved: bool = False  # a weight change was made (and is not yet undone)
+    promoting: bool = False  # the promotion's alias moves have started
 
     def set_weight(self, record: CanaryRecord, current: str, candidate: str, percent: int) -> float:
         """Record first, then move: the record always covers the weight being served."""
@@ -366,16 +400,28 @@ class _Run:
 
     def back_to_current(self, record: CanaryRecord, current: str, cause: BaseException) -> None:
         """After a failure: all weight back on the current version, record removed; when
-        that fails too the record stays for the next run or reconcile."""
+        that fails too the record stays for the next run or reconcile. A run that lost
+        the lock changes nothing more (the record stays for whoever holds it now). A
+        failure during the promotion's alias moves: when they all took effect the
+        canary is finished (all weight on the candidate, which ``live`` names); when a
+        plan of them is left, the record stays for recovery, which finishes the plan
+        first."""
         if not self.moved:
             return
         try:
+            self.lease.ensure_held()
+            keep, done = current, "rolled_back_after"
+            if self.promoting:
+                if read_plan(self.registry, record.model) is not None:
+                    return  # the next lock holder finishes the alias moves, then the record
+                if self.registry.get_aliases(record.model).get(LIVE) == record.candidate_version:
+                    keep, done = versioned_name(record.model, record.candidate_version), "promoted_after"
             self.router.apply(
-                {**self.router.routes(), record.stable: {current: 100}}, _others(self.router, record.stable)
+                {**self.router.routes(), record.stable: {keep: 100}}, _others(self.router, record.stable)
             )
             self.registry.delete_model_tag(record.model, CANARY_TAG)
             self.moved = False
-            self.result.details["rolled_back_after"] = type(cause).__name__
+            self.result.details[done] = type(cause).__name__
         except LoraDeployError:
             pass  # the record stays: 'loradeploy reconcile' or the next canary finishes it
 
@@ -440,6 +486,7 @@ def _promote(
         )
         run.moved = True
         moves = plan_promotion(aliases, record.candidate_version)
+        run.promoting = True
         move_aliases(
             run.registry,
             record.model,
