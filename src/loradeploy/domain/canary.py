@@ -364,6 +364,9 @@ class CanaryRecord(BaseModel):
     candidate_version: str
     candidate_percent: int = Field(ge=0, le=100)
     run_id: str = ""
+    # Set once the analysis failed, before the abort's changes: recovery then finishes
+    # the abort (alias canary-failed, the reason in the history), not only the weights.
+    failed: str = Field(default="", max_length=2000)
 
     @model_validator(mode="after")
     def _names(self) -> CanaryRecord:

@@ -150,9 +150,27 @@ def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, le
         {**router.routes(), record.stable: {versioned_name(model, keep): 100}}, _others(router, record.stable)
     )
     record_event(registry, model, "canary-recovered", actor, reason=f"{record.stable}: {action.reason}")
+    if record.failed and action.kind == "abort":  # the analysis had failed: finish the abort
+        _mark_failed(registry, model, record, actor, lease, reason=f"{record.failed} (finished by recovery)")
     lease.ensure_held()
     registry.delete_model_tag(model, CANARY_TAG)
     return action
+
+
+def _mark_failed(
+    registry: MLflowHelper, model: str, record: CanaryRecord, actor: Actor, lease: Lease, *, reason: str
+) -> list[AliasMove]:
+    """Point alias canary-failed at the candidate, with the reason in the history."""
+    failed = registry.get_aliases(model).get(CANARY_FAILED)
+    moves = (
+        [AliasMove(CANARY_FAILED, failed, record.candidate_version)]
+        if failed != record.candidate_version
+        else []
+    )
+    move_aliases(registry, model, moves, actor, lease, reason=reason)
+    if not moves:
+        record_event(registry, model, "canary-aborted", actor, reason=reason)
+    return moves
 
 
 def _others(router: Router, stable: str) -> dict[str, Shadow]:
@@ -439,31 +457,23 @@ def _limits(request: CanaryRequest) -> str:
 
 def _abort(run: _Run, record: CanaryRecord, current: str, actor: Actor, action: Action) -> None:
     decided = run.clock()
+    reason = f"canary of v{record.candidate_version} aborted {action.reason} ({_limits(run.request)})"
     with run.timer("abort"):
         run.lease.ensure_held()
+        # The verdict is recorded first: if anything below fails, recovery finishes the
+        # abort (weights, alias, history) instead of only undoing the weights.
+        judged = run.registry.get_model_tags(record.model).get(CANARY_TAG)
+        current_record = CanaryRecord.model_validate_json(judged) if judged else record
+        run.registry.set_model_tag(
+            record.model, CANARY_TAG, current_record.model_copy(update={"failed": reason}).model_dump_json()
+        )
+        run.moved = False  # from here a failure leaves the judged record for recovery
         run.router.apply(
             {**run.router.routes(), record.stable: {current: 100}}, _others(run.router, record.stable)
         )
         run.result.details["abort_to_current_s"] = round(run.clock() - decided, 3)
-        aliases = run.registry.get_aliases(record.model)
-        failed = aliases.get(CANARY_FAILED)
-        moves = (
-            [AliasMove(CANARY_FAILED, failed, record.candidate_version)]
-            if failed != record.candidate_version
-            else []
-        )
-        move_aliases(
-            run.registry,
-            record.model,
-            moves,
-            actor,
-            run.lease,
-            reason=f"canary of v{record.candidate_version} aborted {action.reason} ({_limits(run.request)})",
-        )
-        if not moves:
-            record_event(run.registry, record.model, "canary-aborted", actor, reason=action.reason)
+        moves = _mark_failed(run.registry, record.model, record, actor, run.lease, reason=reason)
         run.registry.delete_model_tag(record.model, CANARY_TAG)
-        run.moved = False
     run.result.details.update(
         {"decision": "rolled-back", "reason": action.reason, "alias_moves": [m.describe() for m in moves]}
     )
