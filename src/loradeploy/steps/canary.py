@@ -146,9 +146,7 @@ def recover(registry: MLflowHelper, router: Router, model: str, actor: Actor, le
     action = recovery(record, registry.get_aliases(model).get(LIVE))
     keep = record.candidate_version if action.kind == "promote" else record.current_version
     lease.ensure_held()
-    router.apply(
-        {**router.routes(), record.stable: {versioned_name(model, keep): 100}}, _others(router, record.stable)
-    )
+    _route(router, record.stable, {versioned_name(model, keep): 100})
     record_event(registry, model, "canary-recovered", actor, reason=f"{record.stable}: {action.reason}")
     if record.failed and action.kind == "abort":  # the analysis had failed: finish the abort
         _mark_failed(registry, model, record, actor, lease, reason=f"{record.failed} (finished by recovery)")
@@ -173,10 +171,13 @@ def _mark_failed(
     return moves
 
 
-def _others(router: Router, stable: str) -> dict[str, Shadow]:
-    """The shadows of every other stable name (a change keeps them); this stable name's
-    shadow goes with any change the canary makes outside its shadow phase."""
-    return {name: shadow for name, shadow in router.shadows().items() if name != stable}
+def _route(router: Router, stable: str, weights: Mapping[str, int], shadow: Shadow | None = None) -> float:
+    """Route ``stable`` to ``weights`` (with ``shadow``, else none) in one change; every
+    other stable name keeps its route and its shadow. Returns the seconds to confirm."""
+    shadows = {name: kept for name, kept in router.shadows().items() if name != stable}
+    if shadow is not None:
+        shadows[stable] = shadow
+    return router.apply({**router.routes(), stable: dict(weights)}, shadows)
 
 
 def canary(
@@ -257,7 +258,7 @@ def canary(
             }
         if stable not in routes:  # the first routed release: clients start on the live version
             with timer("route"):
-                router.apply({**routes, stable: {current_name: 100}}, _others(router, stable))
+                _route(router, stable, {current_name: 100})
             routes = router.routes()
         record = CanaryRecord(
             model=model,
@@ -307,8 +308,7 @@ class _Run:
         self.registry.set_model_tag(record.model, CANARY_TAG, saved.model_dump_json())
         self.moved = True
         self.lease.ensure_held()
-        routes = {**self.router.routes(), record.stable: split(current, candidate, percent)}
-        return self.router.apply(routes, _others(self.router, record.stable))
+        return _route(self.router, record.stable, split(current, candidate, percent))
 
     def shadow_phase(
         self, record: CanaryRecord, current: str, candidate: str, score: ShadowScorer
@@ -323,8 +323,7 @@ class _Run:
         self.registry.set_model_tag(record.model, CANARY_TAG, saved.model_dump_json())
         self.moved = True  # a shadow is a change too: undone on failure, recovered if killed
         with self.timer("shadow"):
-            shadows = {**_others(self.router, record.stable), record.stable: Shadow(candidate, percent)}
-            self.router.apply({**self.router.routes(), record.stable: {current: 100}}, shadows)
+            _route(self.router, record.stable, {current: 100}, Shadow(candidate, percent))
             start, waits = self.clock(), 0
             while True:
                 self.wait(self.request.interval_s)
@@ -346,9 +345,7 @@ class _Run:
                 if verdict != "insufficient" or waits >= thresholds.max_waits:
                     break
                 waits += 1
-            self.router.apply(
-                {**self.router.routes(), record.stable: {current: 100}}, _others(self.router, record.stable)
-            )
+            _route(self.router, record.stable, {current: 100})
         self.result.details["shadow"] = scored.model_dump(mode="json", exclude={"pairs"})
         if verdict == "pass":
             return None
@@ -434,9 +431,7 @@ class _Run:
                     return  # the next lock holder finishes the alias moves, then the record
                 if self.registry.get_aliases(record.model).get(LIVE) == record.candidate_version:
                     keep, done = versioned_name(record.model, record.candidate_version), "promoted_after"
-            self.router.apply(
-                {**self.router.routes(), record.stable: {keep: 100}}, _others(self.router, record.stable)
-            )
+            _route(self.router, record.stable, {keep: 100})
             self.registry.delete_model_tag(record.model, CANARY_TAG)
             self.moved = False
             self.result.details[done] = type(cause).__name__
@@ -468,9 +463,7 @@ def _abort(run: _Run, record: CanaryRecord, current: str, actor: Actor, action: 
             record.model, CANARY_TAG, current_record.model_copy(update={"failed": reason}).model_dump_json()
         )
         run.moved = False  # from here a failure leaves the judged record for recovery
-        run.router.apply(
-            {**run.router.routes(), record.stable: {current: 100}}, _others(run.router, record.stable)
-        )
+        _route(run.router, record.stable, {current: 100})
         run.result.details["abort_to_current_s"] = round(run.clock() - decided, 3)
         moves = _mark_failed(run.registry, record.model, record, actor, run.lease, reason=reason)
         run.registry.delete_model_tag(record.model, CANARY_TAG)
@@ -508,9 +501,7 @@ def _promote(
         )
         # Aliases moved: from here a failure is finished by recovery as a promotion.
         run.moved = False
-        run.router.apply(
-            {**run.router.routes(), record.stable: {candidate: 100}}, _others(run.router, record.stable)
-        )
+        _route(run.router, record.stable, {candidate: 100})
         run.registry.delete_model_tag(record.model, CANARY_TAG)
     run.result.details.update(
         {"decision": "promoted", "reason": action.reason, "alias_moves": [m.describe() for m in moves]}
