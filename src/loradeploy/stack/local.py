@@ -17,10 +17,12 @@ second stack in a temporary home without building them again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -132,16 +134,8 @@ class LocalStack:
             processes.stop_group(record.pid, grace_s=5)  # half-dead leftovers
         return None
 
-    def _start(
-        self,
-        name: str,
-        command: list[str],
-        env: dict[str, str],
-        *,
-        timeout_s: float,
-        port: int,
-        on_tick: Tick | None,
-    ) -> ProcessRecord:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str], *, port: int) -> ProcessRecord:
+        """Start ``name`` and record it, without waiting for it to answer."""
         url = f"http://127.0.0.1:{port}"
         record = processes.start(
             name,
@@ -153,19 +147,30 @@ class LocalStack:
             cwd=self.home,
         )
         processes.save(record, self._record_path(name))
-        try:
-            processes.wait_for(
-                f"{name} at {url}",
-                lambda: _healthy(name, url),
-                timeout_s=timeout_s,
-                alive=lambda: processes.leader_alive(record.pid),
-                log=record.log,
-                on_tick=(lambda elapsed: on_tick(name, elapsed)) if on_tick else None,
-            )
-        except DeadlineExceededError:
-            processes.stop_group(record.pid, grace_s=5)  # no half-started leftovers
-            raise
         return record
+
+    def _await(self, started: list[tuple[ProcessRecord, float]], on_tick: Tick | None) -> None:
+        """Wait until every server of ``started`` answers, each within its own deadline
+        counted from its start. If one fails, every one of them is stopped (no
+        half-started leftovers) and the error is raised."""
+        try:
+            for record, timeout_s in started:
+                self._wait_ready(record, timeout_s - max(0.0, time.time() - record.started_at), on_tick)
+        except DeadlineExceededError:
+            for record, _ in started:
+                processes.stop_group(record.pid, grace_s=5)
+            raise
+
+    @staticmethod
+    def _wait_ready(record: ProcessRecord, timeout_s: float, on_tick: Tick | None) -> None:
+        processes.wait_for(
+            f"{record.name} at {record.url}",
+            lambda: _healthy(record.name, record.url),
+            timeout_s=max(1.0, timeout_s),
+            alive=lambda: processes.leader_alive(record.pid),
+            log=record.log,
+            on_tick=(lambda elapsed: on_tick(record.name, elapsed)) if on_tick else None,
+        )
 
     def _previous_port(self, name: str) -> int | None:
         record = processes.load(self._record_path(name))
@@ -269,14 +274,26 @@ class LocalStack:
         self._require_assets()
         for folder in ("mlflow", "adapters", "logs", "run"):
             (self.home / folder).mkdir(parents=True, exist_ok=True)
-        mlflow = self._running("mlflow") or self.start_mlflow("mlflow", on_tick=on_tick)
-        urls = []
-        for name in self.vllm_names():
-            record = self._running(name) or self.start_vllm(name, on_tick=on_tick)
-            urls.append(record.url)
+        # What is not running starts at once: the servers share the CPU while they start,
+        # and their start-ups overlap instead of adding up.
+        started: list[tuple[ProcessRecord, float]] = []
+
+        def ensure(name: str, spawn: Callable[[], ProcessRecord], timeout_s: float) -> ProcessRecord:
+            record = self._running(name)
+            if record is None:
+                record = spawn()
+                started.append((record, timeout_s))
+            return record
+
+        mlflow = ensure("mlflow", lambda: self._spawn_mlflow("mlflow"), MLFLOW_START_TIMEOUT_S)
+        urls = [
+            ensure(name, functools.partial(self._spawn_vllm, name), VLLM_START_TIMEOUT_S).url
+            for name in self.vllm_names()
+        ]
         router = None
         if self.config.router:
-            router = self._running("router") or self.start_router(urls, on_tick=on_tick)
+            router = ensure("router", lambda: self._spawn_router(urls), ROUTER_START_TIMEOUT_S)
+        self._await(started, on_tick)
         info = StackInfo(
             home=self.home.resolve(),
             assets=self.config.assets.resolve(),
@@ -415,17 +432,16 @@ class LocalStack:
     def start_router(self, backends: list[str], on_tick: Tick | None = None) -> ProcessRecord:
         """Start the proxy on the routes (and shadows) its configuration file holds (none
         the first time), rendered again for the vLLM servers running now."""
+        record = self._spawn_router(backends)
+        self._await([(record, ROUTER_START_TIMEOUT_S)], on_tick)
+        return record
+
+    def _spawn_router(self, backends: list[str]) -> ProcessRecord:
         router = self.router_client(backends)
         self.place_router_callback()
         router.write(router.routes(), router.shadows())
-        return self._start(
-            "router",
-            self.router_command(),
-            self.router_env(),
-            timeout_s=ROUTER_START_TIMEOUT_S,
-            port=processes.free_port(self._previous_port("router")),
-            on_tick=on_tick,
-        )
+        port = processes.free_port(self._previous_port("router"))
+        return self._spawn("router", self.router_command(), self.router_env(), port=port)
 
     def start_mlflow(
         self,
@@ -435,13 +451,18 @@ class LocalStack:
         extra_env: dict[str, str] | None = None,
     ) -> ProcessRecord:
         """Start one MLflow server on this home's data; ``extra_args`` are added last."""
-        return self._start(
+        record = self._spawn_mlflow(name, extra_args, extra_env)
+        self._await([(record, MLFLOW_START_TIMEOUT_S)], on_tick)
+        return record
+
+    def _spawn_mlflow(
+        self, name: str, extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None
+    ) -> ProcessRecord:
+        return self._spawn(
             name,
             self.mlflow_command() + list(extra_args or []),
             {**self.mlflow_env(), **(extra_env or {})},
-            timeout_s=MLFLOW_START_TIMEOUT_S,
             port=processes.free_port(self._previous_port(name)),
-            on_tick=on_tick,
         )
 
     def start_vllm(
@@ -455,13 +476,23 @@ class LocalStack:
     ) -> ProcessRecord:
         """Start one vLLM server; ``extra_args`` override the defaults (last flag wins).
         ``restore=False`` starts it empty, without the restored ``--lora-modules``."""
-        return self._start(
+        record = self._spawn_vllm(name, extra_args, restore=restore, extra_env=extra_env)
+        self._await([(record, VLLM_START_TIMEOUT_S)], on_tick)
+        return record
+
+    def _spawn_vllm(
+        self,
+        name: str,
+        extra_args: list[str] | None = None,
+        *,
+        restore: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> ProcessRecord:
+        return self._spawn(
             name,
             self.vllm_command(restore=restore) + list(extra_args or []),
             {**self.vllm_env(), **(extra_env or {})},
-            timeout_s=VLLM_START_TIMEOUT_S,
             port=processes.free_port(self._previous_port(name)),
-            on_tick=on_tick,
         )
 
     def stop(self, name: str) -> None:
