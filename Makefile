@@ -12,6 +12,9 @@ CHECKOV_ENV := $(HOME_DIR)/envs/checkov
 ROUTER_ENV := $(HOME_DIR)/envs/router
 MODELS := $(HOME_DIR)/models
 DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
+# Independent targets are built at once (the virtualenvs, the base models, lint beside
+# setup): most of a first setup is waiting on downloads. 'make -j1 ...' turns it off.
+MAKEFLAGS += --jobs=3
 # pip's warnings about local index folders that do not exist are noise here.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
@@ -66,7 +69,10 @@ $(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-l
 		--models $(MODELS) --out $(DEMO_ADAPTERS)
 	@touch $@
 
-setup: $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(ROUTER_ENV)/.ok $(CHECKOV_ENV)/.ok $(DEMO_ADAPTERS)/.ok ## Build the environments, the base model and the demo adapters (cached).
+# What the demo needs; the tests need the policy scanner too.
+DEMO_NEEDS := $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(ROUTER_ENV)/.ok $(DEMO_ADAPTERS)/.ok
+
+setup: $(DEMO_NEEDS) $(CHECKOV_ENV)/.ok ## Build the environments, the base model and the demo adapters (cached).
 
 browser: ## Headless Chromium from Debian's packages (the release report's browser test); apt-get as root.
 	@command -v chromium >/dev/null || { \
@@ -74,14 +80,20 @@ browser: ## Headless Chromium from Debian's packages (the release report's brows
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-dejavu-core; }
 
-demo: setup ## Set everything up and run the main job on the local stack.
+demo: $(DEMO_NEEDS) ## Set everything up and run the main job on the local stack.
 	$(BIN)/python scripts/demo.py
 
-test: setup browser lint ## Lint, then every test: unit, then integration against real MLflow and vLLM.
-	$(BIN)/python -m pytest tests/unit tests/integration -q
+# Tests run in TEST_WORKERS processes (pytest-xdist). A test module never leaves its
+# process (--dist loadfile), so its fixtures are made once; each process that runs
+# integration modules starts its own local stack. Integration modules are handed out
+# first (they take longest) and unit modules fill the gaps while servers start or wait.
+TEST_WORKERS ?= 2
 
-test-unit: $(BIN)/loradeploy $(CHECKOV_ENV)/.ok ## Run the fast unit tests only.
-	$(BIN)/python -m pytest tests/unit -q
+test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, and unit) in TEST_WORKERS processes.
+	$(BIN)/python -m pytest tests/integration tests/unit -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test-unit: $(BIN)/loradeploy $(CHECKOV_ENV)/.ok ## Run the fast unit tests only (TEST_WORKERS processes).
+	$(BIN)/python -m pytest tests/unit -q -n $(TEST_WORKERS)
 
 lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.
 	$(BIN)/ruff check src tests scripts benchmarks deploy

@@ -20,7 +20,7 @@
 7. routed mode: every version served under its own name (aws-rag-qa@v1), the stable name
    aws-rag-qa-live on the router (the LiteLLM proxy 'stack up --router' starts) sends
    to them with weights. While clients keep asking it, v2 goes out again as a canary
-   (5 % -> 50 % -> 100 %, each step judged on live figures against v1, then promoted),
+   (20 % -> 50 % -> 100 %, each step judged on live figures against v1, then promoted),
    and the regressed adapter's canary is caught by the live quality check at its first
    step and rolled back by itself;
 8. write the release reports of v2 and of the regressed adapter (one HTML page each,
@@ -76,10 +76,13 @@ def run(*args: str, expect: tuple[int, ...] = (0,)) -> dict[str, object]:
 
 class LiveTraffic:
     """Clients that keep asking the live slot while the release steps run, counting what
-    fails: a release is only boring if serving never notices it."""
+    fails: a release is only boring if serving never notices it. Each client asks again
+    ``pause_s`` after its answer: steady traffic across every swap, without taking the
+    2-core machine from the steps themselves."""
 
-    def __init__(self, clients: int = 4) -> None:
+    def __init__(self, clients: int = 2, pause_s: float = 0.25) -> None:
         self.clients = clients
+        self.pause_s = pause_s
         self.ok = 0
         self.failed: list[str] = []
         self.requests: list[dict[str, float | bool]] = []  # start (epoch s), latency_s, ok: for reports
@@ -103,6 +106,7 @@ class LiveTraffic:
                         self.failed.append(why)
                     else:
                         self.ok += 1
+                self._stop.wait(self.pause_s)
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -227,7 +231,7 @@ def gate2(adapter: str) -> dict[str, object]:
         f"--candidate-slot={CANDIDATE_SLOT}",
         f"--live-slot={LIVE_SLOT}",
         "--requests=16",
-        "--concurrency=4",
+        "--concurrency=8",  # two rounds of 8 per slot: vLLM batches them
         "--max-tokens=32",
         f"--output-dir={OUT / adapter / 'gate2'}",
         expect=(0, 1),  # latency on a shared CPU is noisy: a failure is reported, not fatal
@@ -355,7 +359,7 @@ def canary(label: str, source_alias: str, expect: int) -> dict[str, object]:
         f"--model-name={MODEL}",
         f"--source-alias={source_alias}",
         f"--stable-name={LIVE_SLOT}",
-        "--steps=5,50,100",
+        "--steps=20,50,100",
         "--interval=10",
         "--min-requests=5",
         "--max-waits=6",
@@ -402,7 +406,7 @@ def routed_mode(v2_source: str) -> tuple[dict[str, dict[str, object]], RoutedTra
     traffic = RoutedTraffic()
     canaries = {}
     with traffic.running():
-        console.rule("canary: v2 goes out again, 5 % -> 50 % -> 100 %, judged on live traffic")
+        console.rule("canary: v2 goes out again, 20 % -> 50 % -> 100 %, judged on live traffic")
         canaries["v2"] = canary("v2", v2_source, expect=0)
         console.rule("canary: the regressed adapter, caught at its first step and rolled back by itself")
         canaries["regressed"] = canary("regressed", "candidate", expect=1)
