@@ -12,15 +12,24 @@ and cached: a folder that already exists is kept.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from loradeploy.clients.mlworker import parse_progress
+from loradeploy.steps.train import training_cache
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "src" / "loradeploy" / "mlworkers" / "train_lora.py"
 DATA = REPO / "data" / "aws-rag-qa" / "train.jsonl"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The demo trains v2 with 'loradeploy train --model-name=aws-rag-qa --steps=45 --seed=2':
+# the same inputs as aws-rag-qa-v2 below, so that training is also kept where the train
+# step looks for it (<assets>/trained) and a first demo does not train it a second time.
+DEMO_TRAINED = {"aws-rag-qa-v2": "aws-rag-qa"}
 
 ADAPTERS = {
     "aws-rag-qa-v1": ("smollm2-135m-instruct", SMOLLM2, ["--steps", "30", "--seed", "1"]),
@@ -61,6 +70,23 @@ def main() -> int:
             print(f"{name}: training failed (exit {done.returncode})", file=sys.stderr)
             return done.returncode
         print(f"{name}: {time.monotonic() - started:.0f}s {done.stdout.strip()[-200:]}")
+        if name in DEMO_TRAINED:
+            summary = [line for line in done.stdout.splitlines() if line.strip() and not parse_progress(line)]
+            steps, seed = (int(extra[extra.index(flag) + 1]) for flag in ("--steps", "--seed"))
+            folder, _ = training_cache(
+                args.models.parent / "trained",
+                DEMO_TRAINED[name],
+                script=TRAIN,
+                data=DATA,
+                base_model_dir=(args.models / model).resolve(),
+                base_name=base_name,
+                steps=steps,
+                seed=seed,
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(target, folder / "adapter")
+            (folder / "train.json").write_text(json.dumps(json.loads(summary[-1]), indent=2) + "\n")
+            print(f"{name}: also kept for 'loradeploy train' in {folder}")
     return 0
 
 

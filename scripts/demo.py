@@ -5,9 +5,10 @@
    smoke probes -> load-adapter -> smoke-test (the specification's flags only: it sends
    the probes recorded with the served version) -> set-staged-alias -> promote (first
    release, no gates);
-3. v2: trained by 'loradeploy train' (logged to MLflow, cached after the first run,
-   registered with probes from its eval data), the quality gate sets candidate, the same
-   deployment steps, then Gate 1 (compare-decision against live v1) and Gate 2
+3. v2: trained by 'loradeploy train' (logged to MLflow, registered with probes from its
+   eval data; the training itself is cached, and 'make setup' already put it in that cache
+   when it built the demo adapters, so the first run only evaluates it), the quality
+   gate sets candidate, the same deployment steps, then Gate 1 (compare-decision against live v1) and Gate 2
    (perf-decision); promoted from perf-passed when both pass;
 4. the regressed adapter (trained on shuffled answers): deployed to the candidate slot,
    stopped by the smoke test (its answers are far from the probes' references) and never

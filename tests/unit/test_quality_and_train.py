@@ -15,7 +15,7 @@ from loradeploy.domain.gates import METRIC_EXACT, METRIC_F1, METRIC_LOSS
 from loradeploy.domain.smoke import PROBES_FILE, PROBES_TAG, parse_probes, probes_digest
 from loradeploy.errors import NotFoundError, PermanentError, UsageError
 from loradeploy.steps.quality_gate import quality_gate
-from loradeploy.steps.train import TrainRequest, train
+from loradeploy.steps.train import TrainRequest, train, training_cache
 from support.fake_gate_registry import FakeGateRegistry
 from support.synthetic import write_adapter
 
@@ -226,3 +226,25 @@ def test_a_bad_probes_file_stops_train_before_anything_runs(
         train(replace(request_, probes_file=probes_file), worker=worker, registry=registry, actor=ACTOR)  # type: ignore[arg-type]
     assert 'rename "expect" to "reference"' in caught.value.one_line()
     assert worker.calls == [] and registry.version_runs == {}
+
+
+def test_an_adapter_kept_where_training_cache_says_is_not_trained_again(
+    request_: TrainRequest, worker: FakeMlWorker
+) -> None:
+    # what scripts/build_demo_adapters.py does for the demo's v2 during make setup
+    folder, _ = training_cache(
+        request_.cache_dir,
+        request_.model,
+        script=worker.workers_dir / "train_lora.py",
+        data=request_.data,
+        base_model_dir=request_.base_model_dir,
+        base_name=request_.base_name,
+        steps=request_.steps,
+        seed=request_.seed,
+    )
+    write_adapter(folder / "adapter")
+    summary = {"final_loss": 0.4, "train_seconds": 9.0, "loss_curve": [1.0]}
+    (folder / "train.json").write_text(json.dumps(summary))
+    result = train(request_, worker=worker, registry=FakeGateRegistry(MODEL), actor=ACTOR)  # type: ignore[arg-type]
+    assert worker.calls == ["eval_lora.py"]  # evaluated, not trained
+    assert result.details["cached_training"]

@@ -66,6 +66,33 @@ class TrainRequest:
     probes_file: Path | None = None  # the smoke test's probes; default: the eval data's
 
 
+def training_cache(
+    cache_dir: Path,
+    model: str,
+    *,
+    script: Path,
+    data: Path,
+    base_model_dir: Path,
+    base_name: str,
+    steps: int,
+    seed: int,
+) -> tuple[Path, str]:
+    """The folder where the adapter trained from exactly these inputs is kept (``adapter/``
+    and the worker's summary ``train.json``), and the key it is named by: the training
+    script's and data's bytes, the base model, the steps and the seed. ``make setup``
+    trains the demo's v2 into it, so the demo's ``train`` finds it there."""
+    key = _digest(
+        _read(script, "training script"),
+        _read(data, "training data"),
+        _read(base_model_dir / "config.json", "base model config"),
+        str(base_model_dir.resolve()),
+        base_name,
+        str(steps),
+        str(seed),
+    )
+    return cache_dir / f"{model}-steps{steps}-seed{seed}-{key[:12]}", key
+
+
 def _digest(*parts: bytes | str) -> str:
     sha = hashlib.sha256()
     for part in parts:
@@ -104,17 +131,16 @@ def train(
         if request.probes_file
         else probes_from_qa(read_qa(request.eval_data))
     )
-    base_config = _read(request.base_model_dir / "config.json", "base model config")
-    train_key = _digest(
-        _read(worker.workers_dir / TRAIN_SCRIPT, "training script"),
-        _read(request.data, "training data"),
-        base_config,
-        str(request.base_model_dir.resolve()),
-        request.base_name,
-        str(request.steps),
-        str(request.seed),
+    folder, train_key = training_cache(
+        request.cache_dir,
+        request.model,
+        script=worker.workers_dir / TRAIN_SCRIPT,
+        data=request.data,
+        base_model_dir=request.base_model_dir,
+        base_name=request.base_name,
+        steps=request.steps,
+        seed=request.seed,
     )
-    folder = request.cache_dir / f"{request.model}-steps{request.steps}-seed{request.seed}-{train_key[:12]}"
     adapter, summary_file = folder / "adapter", folder / "train.json"
     cached = summary_file.is_file() and (adapter / "adapter_config.json").is_file()
     with timer("train"):
