@@ -8,8 +8,8 @@
 3. v2: trained by 'loradeploy train' (logged to MLflow, registered with probes from its
    eval data; the training itself is cached, and 'make setup' already put it in that cache
    when it built the demo adapters, so the first run only evaluates it), the quality
-   gate sets candidate, the same deployment steps, then Gate 1 (compare-decision against live v1) and Gate 2
-   (perf-decision); promoted from perf-passed when both pass;
+   gate sets candidate, the same deployment steps, then Gate 1 (compare-decision
+   against live v1) and Gate 2 (perf-decision); promoted from perf-passed when both pass;
 4. the regressed adapter (trained on shuffled answers): deployed to the candidate slot,
    stopped by the smoke test (its answers are far from the probes' references) and never
    staged; Gate 1 agrees (eval-failed); live is untouched;
