@@ -12,9 +12,10 @@ CHECKOV_ENV := $(HOME_DIR)/envs/checkov
 ROUTER_ENV := $(HOME_DIR)/envs/router
 MODELS := $(HOME_DIR)/models
 DEMO_ADAPTERS := $(HOME_DIR)/adapters-src
-# Independent targets are built at once (the virtualenvs, the base models, lint beside
-# setup): most of a first setup is waiting on downloads. 'make -j1 ...' turns it off.
-MAKEFLAGS += --jobs=3
+# What setup builds does not depend on one another (the virtualenvs, the base models):
+# it is built SETUP_JOBS at a time, since most of a first setup waits on downloads. The
+# other targets run one at a time ('make clean demo' cleans first).
+SETUP_JOBS ?= 3
 # pip's warnings about local index folders that do not exist are noise here.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
@@ -62,7 +63,7 @@ $(MODELS)/smollm2-135m-instruct/.complete: $(ML_ENV)/.ok src/loradeploy/mlworker
 $(MODELS)/tiny-llama/.complete: $(ML_ENV)/.ok src/loradeploy/mlworkers/build_tiny_llama.py
 	$(ML_ENV)/bin/python src/loradeploy/mlworkers/build_tiny_llama.py --out $(MODELS)/tiny-llama
 
-$(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-llama/.complete \
+$(DEMO_ADAPTERS)/.ok: $(BIN)/loradeploy $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-llama/.complete \
 		src/loradeploy/mlworkers/train_lora.py data/aws-rag-qa/train.jsonl
 	@echo "== demo adapters: real PEFT LoRA fine-tunes of the base model (cached)"
 	$(BIN)/python scripts/build_demo_adapters.py --ml-python $(ML_ENV)/bin/python \
@@ -72,7 +73,12 @@ $(DEMO_ADAPTERS)/.ok: $(MODELS)/smollm2-135m-instruct/.complete $(MODELS)/tiny-l
 # What the demo needs; the tests need the policy scanner too.
 DEMO_NEEDS := $(BIN)/loradeploy $(ML_ENV)/.ok $(MLFLOW_ENV)/.ok $(ROUTER_ENV)/.ok $(DEMO_ADAPTERS)/.ok
 
-setup: $(DEMO_NEEDS) $(CHECKOV_ENV)/.ok ## Build the environments, the base model and the demo adapters (cached).
+setup: ## Build the environments, the base model and the demo adapters (cached).
+	@$(MAKE) --no-print-directory --jobs=$(SETUP_JOBS) setup-all
+
+.PHONY: setup-all demo-needs
+setup-all: $(DEMO_NEEDS) $(CHECKOV_ENV)/.ok
+demo-needs: $(DEMO_NEEDS)
 
 browser: ## Headless Chromium from Debian's packages (the release report's browser test); apt-get as root.
 	@command -v chromium >/dev/null || { \
@@ -80,20 +86,21 @@ browser: ## Headless Chromium from Debian's packages (the release report's brows
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-dejavu-core; }
 
-demo: $(DEMO_NEEDS) ## Set everything up and run the main job on the local stack.
+demo: ## Set everything up and run the main job on the local stack.
+	@$(MAKE) --no-print-directory --jobs=$(SETUP_JOBS) demo-needs
 	$(BIN)/python scripts/demo.py
 
 # Tests run in TEST_WORKERS processes (pytest-xdist). A test module never leaves its
 # process (--dist loadfile), so its fixtures are made once; each process that runs
 # integration modules starts its own local stack. Integration modules are handed out
-# first (they take longest) and unit modules fill the gaps while servers start or wait.
+# first (they take longest), unit modules after them.
 TEST_WORKERS ?= 2
 
-test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, and unit) in TEST_WORKERS processes.
+test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, then unit) in TEST_WORKERS processes.
 	$(BIN)/python -m pytest tests/integration tests/unit -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-unit: $(BIN)/loradeploy $(CHECKOV_ENV)/.ok ## Run the fast unit tests only (TEST_WORKERS processes).
-	$(BIN)/python -m pytest tests/unit -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest tests/unit -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(BIN)/loradeploy ## ruff, mypy and import-linter.
 	$(BIN)/ruff check src tests scripts benchmarks deploy

@@ -105,3 +105,21 @@ def test_a_running_server_is_kept_and_only_the_missing_one_starts(tmp_path: Path
         assert second.tracking_uri == first.tracking_uri
     finally:
         stack.down()
+
+
+def test_a_router_that_cannot_be_configured_stops_the_servers_already_started(tmp_path: Path) -> None:
+    stack = FakeServersStack(tmp_path, {"mlflow": 0.2, "vllm-0": 0.2})
+    stack.config.router = True
+    litellm = stack.config.assets / "envs" / "router" / "bin" / "litellm"
+    litellm.parent.mkdir(parents=True)
+    litellm.symlink_to(sys.executable)  # never started: its configuration fails first
+    (stack.home / "router" / "config.yaml").mkdir(parents=True)  # unreadable as a file
+    with pytest.raises(Exception):  # noqa: B017 (whatever the router client raises)
+        stack.up()
+    for name in ("mlflow", "vllm-0"):
+        record = processes.load(stack.home / "run" / f"{name}.json")
+        assert record is not None
+        deadline = time.monotonic() + 10
+        while processes.group_alive(record.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not processes.group_alive(record.pid), f"{name} was left running"

@@ -33,7 +33,7 @@ import httpx
 from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.clients.signing import generate_key_pair
 from loradeploy.domain.routes import REQUEST_LOG_MODULE, proxy_callbacks
-from loradeploy.errors import DeadlineExceededError, LoraDeployError, UsageError
+from loradeploy.errors import LoraDeployError, UsageError
 from loradeploy.settings import STACK_FILE, StackInfo, read_stack
 from loradeploy.stack import processes
 from loradeploy.stack.processes import ProcessRecord
@@ -151,12 +151,12 @@ class LocalStack:
 
     def _await(self, started: list[tuple[ProcessRecord, float]], on_tick: Tick | None) -> None:
         """Wait until every server of ``started`` answers, each within its own deadline
-        counted from its start. If one fails, every one of them is stopped (no
-        half-started leftovers) and the error is raised."""
+        counted from its start. If one fails (or the wait is interrupted), every one of
+        them is stopped (no half-started leftovers) and the error is raised."""
         try:
             for record, timeout_s in started:
                 self._wait_ready(record, timeout_s - max(0.0, time.time() - record.started_at), on_tick)
-        except DeadlineExceededError:
+        except BaseException:
             for record, _ in started:
                 processes.stop_group(record.pid, grace_s=5)
             raise
@@ -285,15 +285,20 @@ class LocalStack:
                 started.append((record, timeout_s))
             return record
 
-        mlflow = ensure("mlflow", lambda: self._spawn_mlflow("mlflow"), MLFLOW_START_TIMEOUT_S)
-        urls = [
-            ensure(name, functools.partial(self._spawn_vllm, name), VLLM_START_TIMEOUT_S).url
-            for name in self.vllm_names()
-        ]
-        router = None
-        if self.config.router:
-            router = ensure("router", lambda: self._spawn_router(urls), ROUTER_START_TIMEOUT_S)
-        self._await(started, on_tick)
+        try:
+            mlflow = ensure("mlflow", lambda: self._spawn_mlflow("mlflow"), MLFLOW_START_TIMEOUT_S)
+            urls = [
+                ensure(name, functools.partial(self._spawn_vllm, name), VLLM_START_TIMEOUT_S).url
+                for name in self.vllm_names()
+            ]
+            router = None
+            if self.config.router:
+                router = ensure("router", lambda: self._spawn_router(urls), ROUTER_START_TIMEOUT_S)
+            self._await(started, on_tick)
+        except BaseException:  # a later start that failed, a deadline, Ctrl-C: no half-started servers
+            for record, _ in started:
+                processes.stop_group(record.pid, grace_s=5)
+            raise
         info = StackInfo(
             home=self.home.resolve(),
             assets=self.config.assets.resolve(),
