@@ -274,6 +274,7 @@ def test_metrics_without_a_router_says_how_to_start_one() -> None:
         (["--max-p95-ratio=nan"], "--max-p95-ratio"),
         (["--quality-margin=-0.1"], "--quality-margin"),
         (["--interval=inf"], "--interval"),
+        (["--request-timeout=0.5"], "--request-timeout"),
         ([], "no router: the stack file names none"),
     ],
 )

@@ -165,6 +165,13 @@ def canary(
     shadow_min_pairs: Annotated[
         int, typer.Option("--shadow-min-pairs", help="Live/shadow pairs before the shadow counts.", min=1)
     ] = 20,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            "--request-timeout",
+            help="Seconds to wait for one answer of the shadow's judge (it queues behind live traffic).",
+        ),
+    ] = 120.0,
     reason: Annotated[str, typer.Option("--reason", help="Why; kept in the model's history.")] = "",
     prometheus_url: Annotated[
         str | None,
@@ -221,6 +228,12 @@ def canary(
                 "the canary reads Prometheus metrics, which hold none; nothing was changed",
                 hint="leave out --shadow-percent with --transport=kubectl",
             )
+        if not (math.isfinite(request_timeout) and request_timeout >= 1):
+            raise UsageError(
+                f"--request-timeout {request_timeout} is not a number of seconds of at least 1; "
+                "nothing was changed",
+                hint="pass for example --request-timeout=120",
+            )
         if not math.isfinite(interval):
             raise UsageError(
                 f"--interval {interval} is not a finite number of seconds; nothing was changed",
@@ -274,6 +287,9 @@ def canary(
         registry = _registry(settings)
         with (
             wiring.replicas(settings, router.backends) as replicas,
+            # the judge asks the first replica, as Gate 1 does, and like Gate 1's its
+            # questions wait behind the live traffic the canary runs under
+            wiring.vllm_client(settings, replicas[0].base_url, timeout_s=request_timeout) as judge,
             err.status(f"canary of {model} alias {source_alias} on {stable} ({steps} %)"),
         ):
             serve = _version_server(settings, registry, replicas, files)
@@ -284,7 +300,7 @@ def canary(
                 figures=figures,
                 serve=serve,
                 actor=_actor(settings, "canary"),
-                shadow=_shadow_scorer(figures, replicas[0], shadow_min_pairs) if shadow_percent else None,
+                shadow=_shadow_scorer(figures, judge, shadow_min_pairs) if shadow_percent else None,
             )
 
     _run("canary", output_dir, action)
