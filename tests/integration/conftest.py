@@ -81,11 +81,17 @@ class Stack:
     home: Path
     env: dict[str, str]
 
-    def run(self, *args: str, output_dir: Path | None = None, env: dict[str, str] | None = None) -> Outcome:
+    def run(
+        self,
+        *args: str,
+        output_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 300,
+    ) -> Outcome:
         command = [LORADEPLOY, *args]
         if output_dir is not None:
             command.append(f"--output-dir={output_dir}")
-        done = run_or_dump(command, env={**self.env, **(env or {})}, cwd=self.home, timeout_s=300)
+        done = run_or_dump(command, env={**self.env, **(env or {})}, cwd=self.home, timeout_s=timeout_s)
         result = None
         if output_dir is not None and (output_dir / "result.json").exists():
             result = json.loads((output_dir / "result.json").read_text())
