@@ -294,11 +294,11 @@ class LocalStack:
             router = None
             if self.config.router:
                 router = ensure("router", lambda: self._spawn_router(urls), ROUTER_START_TIMEOUT_S)
-            self._await(started, on_tick)
-        except BaseException:  # a later start that failed, a deadline, Ctrl-C: no half-started servers
+        except BaseException:  # a later start that failed, Ctrl-C: no half-started servers
             for record, _ in started:
                 processes.stop_group(record.pid, grace_s=5)
             raise
+        self._await(started, on_tick)  # stops every one of them itself if one fails
         info = StackInfo(
             home=self.home.resolve(),
             assets=self.config.assets.resolve(),
