@@ -17,15 +17,19 @@ from loradeploy.stack import processes
 from loradeploy.stack.local import LocalStack, StackConfig
 
 # Answers /health once ``delay`` seconds have passed since it started; writes the
-# moments it started and became ready to ``<stamps>/<name>.json``.
+# moments it started and became ready to ``<stamps>/<name>.json``. While the time in
+# ``<stamps>/<name>.busy`` has not come, each answer takes 2.5 s (a server busy serving).
 FAKE_SERVER = """
-import http.server, json, sys, time
+import http.server, json, os, sys, time
 name, port, delay, stamps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 started = time.time()
 if delay < 0:
     sys.exit(1)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        busy = f"{stamps}/{name}.busy"
+        if os.path.exists(busy) and time.time() < float(open(busy).read()):
+            time.sleep(2.5)
         ready = time.time() - started >= delay
         if ready:
             with open(f"{stamps}/{name}.json", "w") as f:
@@ -103,6 +107,24 @@ def test_a_running_server_is_kept_and_only_the_missing_one_starts(tmp_path: Path
         second = stack.up()
         assert processes.load(stack.home / "run" / "mlflow.json") == mlflow_pid
         assert second.tracking_uri == first.tracking_uri
+    finally:
+        stack.down()
+
+
+def test_a_running_server_too_busy_to_answer_at_once_is_waited_for_never_restarted(
+    tmp_path: Path,
+) -> None:
+    """A served vLLM holds the adapters loaded at run time: restarting it because its
+    health check was slow would drop them. 'stack up' waits for it instead."""
+    stack = FakeServersStack(tmp_path, {"mlflow": 0.1, "vllm-0": 0.1})
+    try:
+        stack.up()
+        before = processes.load(stack.home / "run" / "vllm-0.json")
+        (stack.stamps / "vllm-0.busy").write_text(str(time.time() + 4))  # > the 2 s probe
+        stack.up()
+        after = processes.load(stack.home / "run" / "vllm-0.json")
+        assert before is not None and after == before, "the busy vLLM was restarted"
+        assert processes.group_alive(before.pid)
     finally:
         stack.down()
 

@@ -23,7 +23,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -127,11 +127,17 @@ class LocalStack:
             )
 
     def _running(self, name: str) -> ProcessRecord | None:
+        """The recorded server ``name`` if its first process still runs, healthy or not.
+        One that does not answer at once may be busy serving (or still starting): it is
+        kept, since a restart would drop what it serves (the adapters loaded at run time).
+        A group whose first process died (vLLM's engine outliving its API process) is a
+        leftover: it is stopped and None returned."""
         record = processes.load(self._record_path(name))
-        if record and processes.group_alive(record.pid) and _healthy(name, record.url):
+        if record is None:
+            return None
+        if processes.group_alive(record.pid) and processes.leader_alive(record.pid):
             return record
-        if record:
-            processes.stop_group(record.pid, grace_s=5)  # half-dead leftovers
+        processes.stop_group(record.pid, grace_s=5)
         return None
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str], *, port: int) -> ProcessRecord:
@@ -149,12 +155,20 @@ class LocalStack:
         processes.save(record, self._record_path(name))
         return record
 
-    def _await(self, started: list[tuple[ProcessRecord, float]], on_tick: Tick | None) -> None:
+    def _await(
+        self,
+        started: list[tuple[ProcessRecord, float]],
+        on_tick: Tick | None,
+        kept: Sequence[tuple[ProcessRecord, float]] = (),
+    ) -> None:
         """Wait until every server of ``started`` answers, each within its own deadline
-        counted from its start. If one fails (or the wait is interrupted), every one of
-        them is stopped (no half-started leftovers) and the error is raised."""
+        counted from its start, and every one of ``kept`` (running before, not answering
+        yet) within its deadline counted from now. If one fails (or the wait is
+        interrupted), every one of ``started`` is stopped (no half-started leftovers) and
+        the error is raised; the ``kept`` ones are left running."""
+        now = time.time()
         try:
-            for record, timeout_s in started:
+            for record, timeout_s in [*((r, t + now - r.started_at) for r, t in kept), *started]:
                 self._wait_ready(record, timeout_s - max(0.0, time.time() - record.started_at), on_tick)
         except BaseException:
             for record, _ in started:
@@ -277,12 +291,15 @@ class LocalStack:
         # What is not running starts at once: the servers share the CPU while they start,
         # and their start-ups overlap instead of adding up.
         started: list[tuple[ProcessRecord, float]] = []
+        kept: list[tuple[ProcessRecord, float]] = []  # running, but not answering yet
 
         def ensure(name: str, spawn: Callable[[], ProcessRecord], timeout_s: float) -> ProcessRecord:
             record = self._running(name)
             if record is None:
                 record = spawn()
                 started.append((record, timeout_s))
+            elif not _healthy(name, record.url):
+                kept.append((record, timeout_s))
             return record
 
         try:
@@ -298,7 +315,7 @@ class LocalStack:
             for record, _ in started:
                 processes.stop_group(record.pid, grace_s=5)
             raise
-        self._await(started, on_tick)  # stops every one of them itself if one fails
+        self._await(started, on_tick, kept)  # stops the started ones itself if one fails
         info = StackInfo(
             home=self.home.resolve(),
             assets=self.config.assets.resolve(),
