@@ -93,11 +93,18 @@ demo: ## Set everything up and run the main job on the local stack.
 # Tests run in TEST_WORKERS processes (pytest-xdist). A test module never leaves its
 # process (--dist loadfile), so its fixtures are made once; each process that runs
 # integration modules starts its own local stack. Integration modules are handed out
-# first (they take longest), unit modules after them.
+# first (they take longest), unit modules after them. Modules marked 'exclusive' (they
+# count failed and slow requests under live traffic) run afterwards, alone, in one
+# process; both runs happen even if the first fails.
 TEST_WORKERS ?= 2
+PYTEST_SHARED = $(BIN)/python -m pytest tests/integration tests/unit -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not exclusive"
+PYTEST_ALONE = $(BIN)/python -m pytest tests/integration -q -m exclusive
 
-test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, then unit) in TEST_WORKERS processes.
-	$(BIN)/python -m pytest tests/integration tests/unit -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, and unit): TEST_WORKERS processes, then the exclusive modules alone.
+	@shared=0; $(PYTEST_SHARED) || shared=$$?; \
+	alone=0; $(PYTEST_ALONE) || alone=$$?; \
+	echo "== tests: shared run exit $$shared, exclusive run exit $$alone"; \
+	test $$shared -eq 0 && test $$alone -eq 0
 
 test-unit: $(BIN)/loradeploy $(CHECKOV_ENV)/.ok ## Run the fast unit tests only (TEST_WORKERS processes).
 	$(BIN)/python -m pytest tests/unit -q -n $(TEST_WORKERS) --dist loadfile

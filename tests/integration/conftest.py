@@ -97,6 +97,16 @@ class Stack:
             result = json.loads((output_dir / "result.json").read_text())
         return Outcome(done.returncode, done.stdout, done.stderr, result)
 
+    def up_router(self) -> Outcome:
+        """'stack up --router' as a user runs it. If it fails, the test fails with the
+        router's own log too (a CI run shows the failure, not the stack's files)."""
+        up = self.run("stack", "up", "--router")
+        if up.code != 0:
+            log = self.home / "logs" / "router.log"
+            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.exists() else "(none)"
+            pytest.fail(f"stack up --router exited {up.code}: {up.stderr.strip()}\nrouter log, end:\n{tail}")
+        return up
+
     def register(self, model: str, adapter: str, out: Path) -> str:
         """Register a demo adapter (reusing an identical version); its version."""
         done = self.run(

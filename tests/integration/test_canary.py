@@ -35,6 +35,10 @@ from loradeploy.stack.local import LocalStack, StackConfig
 
 from .conftest import ASSETS, LORADEPLOY, REPO, Stack
 
+# Counts failed and slow requests under live traffic through the router: it runs with no
+# other test module beside it (see the Makefile's test target).
+pytestmark = pytest.mark.exclusive
+
 MODEL = "it-canary"
 STABLE = "it-canary-live"
 DIRECT_SLOT = "it-canary-direct"  # direct mode's live slot, which promote-adapter fills
@@ -88,8 +92,7 @@ def routed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     saved = stack_file.read_bytes()
     local = LocalStack(StackConfig(home=stack.home, assets=ASSETS, router=True))
     try:
-        up = stack.run("stack", "up", "--router")
-        assert up.code == 0, up.stderr
+        stack.up_router()
         info = read_stack(stack_file)
         assert info.router_url and info.router_key_file and info.router_config and info.router_record
         key = info.router_key_file.read_text(encoding="utf-8").strip()

@@ -37,6 +37,10 @@ from loradeploy.stack.local import LocalStack, StackConfig
 
 from .conftest import ASSETS, DEMO_ADAPTERS, Stack
 
+# Counts failed and slow requests under live traffic through the router: it runs with no
+# other test module beside it (see the Makefile's test target).
+pytestmark = pytest.mark.exclusive
+
 STABLE = "it-router-live"
 V1, V2 = "it-router@v1", "it-router@v2"
 RETRIES = 2  # the OpenAI SDK's default max_retries, for connection errors
@@ -66,8 +70,7 @@ def routed(stack: Stack) -> Iterator[Routed]:
     saved = stack_file.read_bytes()
     local = LocalStack(StackConfig(home=stack.home, assets=ASSETS, router=True))
     try:
-        up = stack.run("stack", "up", "--router")
-        assert up.code == 0, up.stderr
+        up = stack.up_router()
         info = read_stack(stack_file)
         assert info.router_url and info.router_key_file and info.router_config and info.router_record
         assert f"router {info.router_url}" in up.stdout
@@ -251,8 +254,7 @@ def test_a_restarted_router_serves_the_routes_it_had(routed: Routed, stack: Stac
     routed.local.stop("router")
     down = stack.run("stack", "status")
     assert down.code == 75 and "stopped" in down.stdout  # a router that stopped is reported
-    up = stack.run("stack", "up", "--router")
-    assert up.code == 0, up.stderr
+    up = stack.up_router()
     assert f"router {routed.url}" in up.stdout  # the same port again
     assert routed.client.routes() == {STABLE: {V1: 40, V2: 60}}
     assert routed.client.serving() == {STABLE: {V1: 40, V2: 60}}

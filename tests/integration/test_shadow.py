@@ -20,6 +20,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from loradeploy.clients.request_log import RequestLog
 from loradeploy.clients.vllm import VllmClient
@@ -31,6 +32,10 @@ from loradeploy.steps.shadow import score_shadow
 
 from .conftest import REPO, Stack
 from .test_router import STABLE, V1, V2, Routed, routed  # noqa: F401 (the module's stack)
+
+# Counts failed and slow requests under live traffic through the router: it runs with no
+# other test module beside it (see the Makefile's test target).
+pytestmark = pytest.mark.exclusive
 
 PROMPTS = [f"In one word: what colour is item number {n}?" for n in range(40)]
 _LORA_INFO = re.compile(r"^vllm:lora_requests_info\{([^}]*)\}\s+(\S+)$", re.MULTILINE)
@@ -177,8 +182,7 @@ def test_status_shows_the_shadow_and_a_restarted_router_keeps_it(routed: Routed,
     assert status.code == 0, status.stderr
     assert f"route {STABLE} -> {V1} 100 %; shadow {V2} 10 %" in status.stdout
     routed.local.stop("router")
-    up = stack.run("stack", "up", "--router")
-    assert up.code == 0, up.stderr
+    stack.up_router()
     assert routed.client.serving_shadows() == {STABLE: Shadow(V2, 10)}
     # the candidate's own group answers a client that names it (the README says so)
     direct = httpx.post(
