@@ -100,7 +100,7 @@ TEST_WORKERS ?= 2
 PYTEST_SHARED = $(BIN)/python -m pytest tests/integration tests/unit -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not exclusive"
 PYTEST_ALONE = $(BIN)/python -m pytest tests/integration -q -m exclusive
 
-test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, and unit): TEST_WORKERS processes, then the exclusive modules alone.
+test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, and unit): two modules at a time, then the router modules alone.
 	@shared=0; $(PYTEST_SHARED) || shared=$$?; \
 	alone=0; $(PYTEST_ALONE) || alone=$$?; \
 	echo "== tests: shared run exit $$shared, exclusive run exit $$alone"; \
