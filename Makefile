@@ -95,13 +95,15 @@ demo: ## Set everything up and run the main job on the local stack.
 # integration modules starts its own local stack. Integration modules are handed out
 # first (they take longest), unit modules after them. Modules marked 'exclusive' (they
 # count failed and slow requests under live traffic) run afterwards, alone, in one
-# process; both runs happen even if the first fails.
+# process; both runs happen even if the first fails (not if it was interrupted: pytest's
+# exit 2, or Ctrl-C).
 TEST_WORKERS ?= 2
 PYTEST_SHARED = $(BIN)/python -m pytest tests/integration tests/unit -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not exclusive"
 PYTEST_ALONE = $(BIN)/python -m pytest tests/integration -q -m exclusive
 
 test: setup browser lint ## Lint, then every test (integration against real MLflow and vLLM, and unit): two modules at a time, then the router modules alone.
-	@shared=0; $(PYTEST_SHARED) || shared=$$?; \
+	@trap 'exit 130' INT; shared=0; $(PYTEST_SHARED) || shared=$$?; \
+	if [ $$shared -eq 2 ]; then exit 2; fi; \
 	alone=0; $(PYTEST_ALONE) || alone=$$?; \
 	echo "== tests: shared run exit $$shared, exclusive run exit $$alone"; \
 	test $$shared -eq 0 && test $$alone -eq 0

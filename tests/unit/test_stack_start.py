@@ -6,6 +6,9 @@ tests."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from loradeploy.errors import DeadlineExceededError
-from loradeploy.stack import processes
+from loradeploy.stack import local, processes
 from loradeploy.stack.local import LocalStack, StackConfig
 
 # Answers /health once ``delay`` seconds have passed since it started; writes the
@@ -120,12 +123,94 @@ def test_a_running_server_too_busy_to_answer_at_once_is_waited_for_never_restart
     try:
         stack.up()
         before = processes.load(stack.home / "run" / "vllm-0.json")
-        (stack.stamps / "vllm-0.busy").write_text(str(time.time() + 4))  # > the 2 s probe
+        busy_until = time.time() + 4  # longer than the 2 s health probe
+        (stack.stamps / "vllm-0.busy").write_text(str(busy_until))
         stack.up()
+        assert time.time() >= busy_until, "'stack up' returned before the busy server answered"
         after = processes.load(stack.home / "run" / "vllm-0.json")
         assert before is not None and after == before, "the busy vLLM was restarted"
         assert processes.group_alive(before.pid)
     finally:
+        stack.down()
+
+
+def test_a_running_server_that_never_answers_is_reported_and_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "KEPT_WAIT_S", 1.0)
+    monkeypatch.setattr(local, "VLLM_START_TIMEOUT_S", 1.0)
+    stack = FakeServersStack(tmp_path, {"mlflow": 0.1, "vllm-0": 0.1})
+    try:
+        stack.up()
+        record = processes.load(stack.home / "run" / "vllm-0.json")
+        assert record is not None
+        os.kill(record.pid, signal.SIGSTOP)  # wedged: alive, answers nothing
+        with pytest.raises(DeadlineExceededError, match="runs but did not answer") as failed:
+            stack.up()
+        assert "'loradeploy stack down' then 'stack up'" in (failed.value.hint or "")
+        assert processes.leader_alive(record.pid) and processes.runs(record)
+        assert processes.load(stack.home / "run" / "vllm-0.json") == record
+    finally:
+        if record is not None:
+            os.kill(record.pid, signal.SIGCONT)
+        stack.down()
+
+
+def test_a_record_whose_pid_is_now_another_process_is_neither_kept_nor_stopped(tmp_path: Path) -> None:
+    """Records outlive a reboot, and their pids go to other processes: 'up' starts the
+    server afresh and 'down' leaves that other process alone."""
+    stack = FakeServersStack(tmp_path, {"mlflow": 0.1, "vllm-0": 0.1})
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        stale = processes.ProcessRecord(
+            name="vllm-0",
+            pid=other.pid,
+            port=processes.free_port(),
+            url="http://127.0.0.1:1",
+            command=["vllm"],
+            log=tmp_path / "old.log",
+            started_at=time.time() - 3600,  # the pid's first owner, an hour ago
+        )
+        processes.save(stale, stack.home / "run" / "vllm-0.json")
+        info = stack.up()
+        fresh = processes.load(stack.home / "run" / "vllm-0.json")
+        assert fresh is not None and fresh.pid != other.pid and info.vllm_url == fresh.url
+        stack.down()
+        processes.save(stale, stack.home / "run" / "vllm-0.json")
+        assert "vllm-0" not in stack.down()
+        assert other.poll() is None, "an unrelated process was stopped"
+    finally:
+        other.kill()
+        other.wait()
+        stack.down()
+
+
+def test_what_is_left_of_a_server_whose_first_process_died_is_stopped_and_it_starts_again(
+    tmp_path: Path,
+) -> None:
+    stack = FakeServersStack(tmp_path, {"mlflow": 0.1, "vllm-0": 0.1})
+    (stack.home / "run").mkdir(parents=True)
+    leftover = processes.start(  # like vLLM's engine outliving its API process
+        "vllm-0",
+        ["sh", "-c", "sleep 60 & exit 0"],
+        env={"PATH": "/usr/bin:/bin"},
+        log=tmp_path / "leftover.log",
+        port=processes.free_port(),
+        url="http://127.0.0.1:1",
+        cwd=tmp_path,
+    )
+    processes.save(leftover, stack.home / "run" / "vllm-0.json")
+    try:
+        deadline = time.monotonic() + 10
+        while processes.leader_alive(leftover.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes.group_alive(leftover.pid)
+        stack.up()
+        fresh = processes.load(stack.home / "run" / "vllm-0.json")
+        assert fresh is not None and fresh.pid != leftover.pid
+        assert not processes.group_alive(leftover.pid), "the leftover group was not stopped"
+    finally:
+        processes.stop_group(leftover.pid, grace_s=2)
         stack.down()
 
 

@@ -33,7 +33,7 @@ import httpx
 from loradeploy.clients.router import LiteLLMRouter
 from loradeploy.clients.signing import generate_key_pair
 from loradeploy.domain.routes import REQUEST_LOG_MODULE, proxy_callbacks
-from loradeploy.errors import LoraDeployError, UsageError
+from loradeploy.errors import DeadlineExceededError, LoraDeployError, UsageError
 from loradeploy.settings import STACK_FILE, StackInfo, read_stack
 from loradeploy.stack import processes
 from loradeploy.stack.processes import ProcessRecord
@@ -43,6 +43,9 @@ BASE_MODEL_DIR = "models/smollm2-135m-instruct"
 MLFLOW_START_TIMEOUT_S = 120.0
 VLLM_START_TIMEOUT_S = 600.0
 ROUTER_START_TIMEOUT_S = 180.0
+# A server that ran before 'stack up' but does not answer at once (busy serving) is
+# waited for at least this long, and never restarted by 'up'.
+KEPT_WAIT_S = 60.0
 # The proxy would use a database named by the caller's environment: it runs without one.
 ROUTER_DB_ENV = frozenset({"DATABASE_URL", "DIRECT_URL", "STORE_MODEL_IN_DB"})
 HEALTH_PATHS = {"router": "/health/liveliness"}  # the proxy's /health asks every backend
@@ -131,11 +134,11 @@ class LocalStack:
         One that does not answer at once may be busy serving (or still starting): it is
         kept, since a restart would drop what it serves (the adapters loaded at run time).
         A group whose first process died (vLLM's engine outliving its API process) is a
-        leftover: it is stopped and None returned."""
+        leftover: it is stopped and None returned, as when the pid is another process's."""
         record = processes.load(self._record_path(name))
-        if record is None:
+        if record is None or not processes.runs(record):
             return None
-        if processes.group_alive(record.pid) and processes.leader_alive(record.pid):
+        if processes.leader_alive(record.pid):
             return record
         processes.stop_group(record.pid, grace_s=5)
         return None
@@ -159,21 +162,53 @@ class LocalStack:
         self,
         started: list[tuple[ProcessRecord, float]],
         on_tick: Tick | None,
-        kept: Sequence[tuple[ProcessRecord, float]] = (),
+        kept: Sequence[ProcessRecord] = (),
     ) -> None:
         """Wait until every server of ``started`` answers, each within its own deadline
         counted from its start, and every one of ``kept`` (running before, not answering
-        yet) within its deadline counted from now. If one fails (or the wait is
-        interrupted), every one of ``started`` is stopped (no half-started leftovers) and
-        the error is raised; the ``kept`` ones are left running."""
+        yet) as long as its start deadline still runs and at least ``KEPT_WAIT_S``. If
+        one fails (or the wait is interrupted), every one of ``started`` is stopped (no
+        half-started leftovers) and the error is raised; the ``kept`` ones are left as
+        they are, unless their first process died (then the rest of the group goes)."""
         now = time.time()
         try:
-            for record, timeout_s in [*((r, t + now - r.started_at) for r, t in kept), *started]:
+            for record in kept:
+                left = self._start_timeout(record) - (now - record.started_at)
+                self._wait_kept(record, max(KEPT_WAIT_S, left), on_tick)
+            for record, timeout_s in started:
                 self._wait_ready(record, timeout_s - max(0.0, time.time() - record.started_at), on_tick)
         except BaseException:
             for record, _ in started:
                 processes.stop_group(record.pid, grace_s=5)
+            for record in kept:
+                if not processes.leader_alive(record.pid):
+                    processes.stop_group(record.pid, grace_s=5)
             raise
+
+    @staticmethod
+    def _start_timeout(record: ProcessRecord) -> float:
+        if record.name == "mlflow":
+            return MLFLOW_START_TIMEOUT_S
+        return ROUTER_START_TIMEOUT_S if record.name == "router" else VLLM_START_TIMEOUT_S
+
+    def _wait_kept(self, record: ProcessRecord, timeout_s: float, on_tick: Tick | None) -> None:
+        """Wait for a server that ran before this ``up`` but does not answer yet."""
+        try:
+            self._wait_ready(record, timeout_s, on_tick)
+        except DeadlineExceededError:
+            if not processes.leader_alive(record.pid):
+                raise DeadlineExceededError(
+                    f"{record.name} at {record.url} (pid {record.pid}) exited while 'stack up' waited for it",
+                    hint=f"read its log: {record.log}; then run 'loradeploy stack up' again to start it",
+                ) from None
+            server = f"{record.name} at {record.url} (pid {record.pid})"
+            raise DeadlineExceededError(
+                f"{server} runs but did not answer within {timeout_s:.0f}s",
+                hint=(
+                    f"read its log: {record.log}; if it is stuck, 'loradeploy stack down' then 'stack up'"
+                    " restarts it (adapters loaded at run time must then be loaded again)"
+                ),
+            ) from None
 
     @staticmethod
     def _wait_ready(record: ProcessRecord, timeout_s: float, on_tick: Tick | None) -> None:
@@ -291,7 +326,7 @@ class LocalStack:
         # What is not running starts at once: the servers share the CPU while they start,
         # and their start-ups overlap instead of adding up.
         started: list[tuple[ProcessRecord, float]] = []
-        kept: list[tuple[ProcessRecord, float]] = []  # running, but not answering yet
+        kept: list[ProcessRecord] = []  # running, but not answering yet
 
         def ensure(name: str, spawn: Callable[[], ProcessRecord], timeout_s: float) -> ProcessRecord:
             record = self._running(name)
@@ -299,7 +334,7 @@ class LocalStack:
                 record = spawn()
                 started.append((record, timeout_s))
             elif not _healthy(name, record.url):
-                kept.append((record, timeout_s))
+                kept.append(record)
             return record
 
         try:
@@ -519,7 +554,7 @@ class LocalStack:
 
     def stop(self, name: str) -> None:
         record = processes.load(self._record_path(name))
-        if record:
+        if record and processes.runs(record):
             processes.stop_group(record.pid)
 
     def down(self) -> list[str]:
@@ -527,7 +562,7 @@ class LocalStack:
         stopped = []
         for name in ["router", *self.vllm_names(), "mlflow", *self._extra_records()]:
             record = processes.load(self._record_path(name))
-            if record and processes.group_alive(record.pid):
+            if record and processes.runs(record):
                 processes.stop_group(record.pid)
                 stopped.append(name)
         return stopped
@@ -540,7 +575,7 @@ class LocalStack:
         extra = []
         for name in found:
             record = processes.load(run / f"{name}.json")
-            if name not in known and record and processes.group_alive(record.pid):
+            if name not in known and record and processes.runs(record):
                 extra.append(name)
         return extra
 
@@ -554,7 +589,7 @@ class LocalStack:
     def _router_runs(self) -> bool:
         """A router from an earlier ``up --router`` still runs (a later ``up`` left it)."""
         record = processes.load(self._record_path("router"))
-        return record is not None and processes.group_alive(record.pid)
+        return record is not None and processes.runs(record)
 
     def status(self) -> list[ServiceStatus]:
         rows = []
@@ -566,7 +601,7 @@ class LocalStack:
             if record is None:
                 rows.append(ServiceStatus(name, None, None, False, False, None))
                 continue
-            running = processes.group_alive(record.pid)
+            running = processes.runs(record)
             rows.append(
                 ServiceStatus(
                     name,

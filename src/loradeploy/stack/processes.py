@@ -58,6 +58,38 @@ def group_alive(pid: int) -> bool:
     return True
 
 
+# How far the start time the kernel gives a process may be from the one its record
+# holds (the record is written just after the start; boot time is known to the second).
+START_TIME_SLACK_S = 30.0
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def runs(record: ProcessRecord) -> bool:
+    """Processes of the group ``record`` started are still there. Its pid may have gone
+    to another process since (records outlive a reboot): a group whose first process
+    started at another time than recorded is someone else's, and never ours to stop."""
+    if not group_alive(record.pid):
+        return False
+    if leader_alive(record.pid):
+        started = _start_time(record.pid)
+        return started is not None and abs(started - record.started_at) <= START_TIME_SLACK_S
+    return True  # the first process exited; what is left of the group is ours
+
+
 def leader_alive(pid: int) -> bool:
     """The group's first process runs (reaped if it exited). vLLM's API process can
     die at start-up while its engine process lingers; only the leader answers HTTP."""
