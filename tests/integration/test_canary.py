@@ -194,8 +194,7 @@ def canary(routed: Routed, out: Path, *flags: str, steps: str = "25,50,100") -> 
         *flags,
         output_dir=out,
         # a canary waits out its windows, and a shadow's judge may wait up to 120 s for an
-        # answer queued behind the clients: more than the harness's usual 300 s when
-        # another test module loads the same 2 cores
+        # answer queued behind the clients: together they can pass the harness's usual 300 s
         timeout_s=600,
     )
     assert done.result is not None, done.stderr

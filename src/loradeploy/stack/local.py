@@ -173,7 +173,7 @@ class LocalStack:
         now = time.time()
         try:
             for record in kept:
-                left = self._start_timeout(record) - (now - record.started_at)
+                left = self._start_timeout(record.name) - (now - record.started_at)
                 self._wait_kept(record, max(KEPT_WAIT_S, left), on_tick)
             for record, timeout_s in started:
                 self._wait_ready(record, timeout_s - max(0.0, time.time() - record.started_at), on_tick)
@@ -186,10 +186,11 @@ class LocalStack:
             raise
 
     @staticmethod
-    def _start_timeout(record: ProcessRecord) -> float:
-        if record.name == "mlflow":
+    def _start_timeout(name: str) -> float:
+        """How long ``up`` gives its server ``name`` (mlflow, router or a vLLM) to start."""
+        if name == "mlflow":
             return MLFLOW_START_TIMEOUT_S
-        return ROUTER_START_TIMEOUT_S if record.name == "router" else VLLM_START_TIMEOUT_S
+        return ROUTER_START_TIMEOUT_S if name == "router" else VLLM_START_TIMEOUT_S
 
     def _wait_kept(self, record: ProcessRecord, timeout_s: float, on_tick: Tick | None) -> None:
         """Wait for a server that ran before this ``up`` but does not answer yet."""
@@ -328,24 +329,21 @@ class LocalStack:
         started: list[tuple[ProcessRecord, float]] = []
         kept: list[ProcessRecord] = []  # running, but not answering yet
 
-        def ensure(name: str, spawn: Callable[[], ProcessRecord], timeout_s: float) -> ProcessRecord:
+        def ensure(name: str, spawn: Callable[[], ProcessRecord]) -> ProcessRecord:
             record = self._running(name)
             if record is None:
                 record = spawn()
-                started.append((record, timeout_s))
+                started.append((record, self._start_timeout(name)))
             elif not _healthy(name, record.url):
                 kept.append(record)
             return record
 
         try:
-            mlflow = ensure("mlflow", lambda: self._spawn_mlflow("mlflow"), MLFLOW_START_TIMEOUT_S)
-            urls = [
-                ensure(name, functools.partial(self._spawn_vllm, name), VLLM_START_TIMEOUT_S).url
-                for name in self.vllm_names()
-            ]
+            mlflow = ensure("mlflow", lambda: self._spawn_mlflow("mlflow"))
+            urls = [ensure(name, functools.partial(self._spawn_vllm, name)).url for name in self.vllm_names()]
             router = None
             if self.config.router:
-                router = ensure("router", lambda: self._spawn_router(urls), ROUTER_START_TIMEOUT_S)
+                router = ensure("router", lambda: self._spawn_router(urls))
         except BaseException:  # a later start that failed, Ctrl-C: no half-started servers
             for record, _ in started:
                 processes.stop_group(record.pid, grace_s=5)
