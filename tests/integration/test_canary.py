@@ -242,7 +242,10 @@ def test_a_regressed_version_is_rolled_back_at_its_first_step(routed: Routed, tm
     routed.router.apply({**routed.router.routes(), STABLE: {live: 100}})  # where the good canary left it
     set_candidate(routed, "aws-rag-qa-regressed")
     with Clients(routed).running() as clients:
-        code, result = canary(routed, tmp_path / "regressed")
+        # The regressed adapter also answers more slowly (its p50 1.4-1.5x live's in the
+        # demo, past 2x once here under the clients): latency limits out of reach, so what
+        # rolls it back is the check this test is about, live quality.
+        code, result = canary(routed, tmp_path / "regressed", "--max-p50-ratio=10", "--max-p95-ratio=10")
         finished = time.time()
         time.sleep(8)  # long enough for requests that start after the change (one takes seconds)
     details = result["details"]
